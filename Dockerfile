@@ -1,0 +1,35 @@
+# sfn-activity-worker: runs `sfn-worker run` as PID 1, tuned with SFN_* environment variables.
+# Build: docker build -t sfn-activity-worker .
+# Run:   docker run --rm -e SFN_ACTIVITY_ARN=arn:aws:states:... -e AWS_REGION=... sfn-activity-worker
+
+FROM python:3.13-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# Dependencies first (hash-pinned, exported from uv.lock) so code changes reuse this layer.
+COPY requirements.lock ./
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY service ./service
+RUN /opt/venv/bin/pip install --no-deps --no-compile . \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+
+FROM python:3.13-slim
+RUN groupadd --system --gid 10001 worker \
+    && useradd --system --uid 10001 --gid worker --no-create-home --shell /usr/sbin/nologin worker
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SFN_HTTP_PORT=8080
+USER 10001:10001
+EXPOSE 8080
+# ECS and `docker stop` send STOPSIGNAL to PID 1; the worker drains for SFN_SHUTDOWN_GRACE_SECONDS.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["sfn-worker", "healthcheck"]
+# Exec form: the worker itself is PID 1 and receives SIGTERM (a shell would not forward it).
+ENTRYPOINT ["sfn-worker"]
+CMD ["run"]

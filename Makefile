@@ -1,0 +1,62 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Each sets itself up.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+PYTHON_VERSION := 3.13
+# Tools and emulator live outside the work tree, shared by clones on this machine.
+CACHE_DIR ?= $(HOME)/.cache/sfn-worker
+UV_HOME := $(CACHE_DIR)/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help setup test check lint typecheck unit demo bench clean
+
+help:
+	@echo "make demo   - set up, start LocalStack, run the seed flow end to end, stop"
+	@echo "make test   - set up, lint, type-check, run every test (LocalStack included)"
+	@echo "make bench  - run the benchmark suite, write docs/benchmarks.md"
+
+$(UV):
+	@python="$$(scripts/find-python $(PYTHON_VERSION))"; \
+	  "$$python" -m venv "$(UV_HOME)" && "$(UV_HOME)/bin/pip" install -q "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python "$$(scripts/find-python $(PYTHON_VERSION))"
+	@touch $@
+
+setup: $(VENV)/.synced
+
+# The image installs requirements.lock; it must say what uv.lock says.
+EXPORT_LOCK := $(UV) export --frozen --no-dev --no-emit-project --no-header --format requirements-txt -q
+
+requirements.lock: uv.lock | $(UV)
+	$(EXPORT_LOCK) -o $@
+
+lint: setup
+	@$(EXPORT_LOCK) | diff -q - requirements.lock >/dev/null \
+	  || { echo "requirements.lock is out of date with uv.lock: run 'make requirements.lock'"; exit 1; }
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest -m "not localstack"
+
+test: lint typecheck
+	$(VENV)/bin/pytest
+
+demo: setup
+	$(VENV)/bin/python scripts/demo.py
+
+bench: setup
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,146 @@
+"""Exceptions users raise, Step Functions limits, and how API errors are classified."""
+
+from __future__ import annotations
+
+import asyncio
+from enum import Enum
+
+import aiohttp
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+# Step Functions API limits (SendTaskSuccess / SendTaskFailure).
+MAX_OUTPUT_BYTES = 262_144
+MAX_ERROR_CHARS = 256
+MAX_CAUSE_CHARS = 32_768
+TRUNCATION_MARK = "…[truncated]"
+
+# Error names the worker itself sends; stable so state machines can Retry/Catch on them.
+SHUTDOWN_ERROR = "Worker.Shutdown"
+INVALID_INPUT_ERROR = "Worker.InvalidInput"
+INVALID_OUTPUT_ERROR = "Worker.InvalidOutput"
+OUTPUT_TOO_LARGE_ERROR = "Worker.OutputTooLarge"
+
+
+class TaskFailed(Exception):
+    """Raise from a handler to fail the task with a chosen error name and cause."""
+
+    def __init__(self, error: str, cause: str = "") -> None:
+        super().__init__(error, cause)
+        self.error = error
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"{self.error}: {self.cause}" if self.cause else self.error
+
+
+class FatalWorkerError(Exception):
+    """The worker cannot go on (no such activity, access denied, no credentials)."""
+
+
+def truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATION_MARK)] + TRUNCATION_MARK
+
+
+class ErrorKind(Enum):
+    TRANSIENT = "transient"  # retry with backoff
+    TASK_GONE = "task_gone"  # the token is closed: stop working on it, send nothing
+    FATAL = "fatal"  # configuration or permission problem: stop the worker
+    REJECTED = "rejected"  # this request is wrong; retrying it will not help
+
+
+TASK_GONE_CODES = frozenset({"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"})
+FATAL_CODES = frozenset(
+    {
+        "ActivityDoesNotExist",
+        "InvalidArn",
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "MissingAuthenticationToken",
+        "KmsAccessDeniedException",
+        "KmsInvalidStateException",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "ActivityWorkerLimitExceeded",
+        "KmsThrottlingException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ExpiredTokenException",  # credentials refresh on the next attempt
+    }
+)
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+    return type(exc).__name__
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        if code in TASK_GONE_CODES:
+            return ErrorKind.TASK_GONE
+        if code in FATAL_CODES:
+            return ErrorKind.FATAL
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in TRANSIENT_CODES or status >= 500 or status == 429:
+            return ErrorKind.TRANSIENT
+        return ErrorKind.REJECTED
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return ErrorKind.FATAL
+    if isinstance(exc, HTTPClientError | aiohttp.ClientError | OSError | asyncio.TimeoutError):
+        return ErrorKind.TRANSIENT
+    return ErrorKind.REJECTED
+
+
+def may_have_been_recorded(exc: BaseException) -> bool:
+    """True when the server may have acted on a request even though we saw an error."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return bool(status >= 500)
+    # The request may have reached the server before the connection broke.
+    return classify(exc) is ErrorKind.TRANSIENT
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs: error code and message, never request parameters."""
+    if isinstance(exc, ClientError):
+        message = exc.response.get("Error", {}).get("Message", "")
+        return f"{error_code(exc)}: {message}" if message else error_code(exc)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# Everything a Step Functions call can raise that is about the call, not a bug in the worker.
+API_ERRORS: tuple[type[BaseException], ...] = (
+    ClientError,
+    BotoCoreError,
+    aiohttp.ClientError,
+    OSError,
+    asyncio.TimeoutError,
+)

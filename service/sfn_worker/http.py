@@ -1,0 +1,83 @@
+"""Optional HTTP server (SFN_HTTP_PORT): /healthz for orchestrators, /metrics for Prometheus."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+
+def make_app(worker: Worker) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        state = worker.state()
+        healthy = state.polling and state.pollers_alive == worker.settings.pollers
+        body = {
+            "status": "ok" if healthy else ("stopping" if state.stopping else "unhealthy"),
+            "pollers_alive": state.pollers_alive,
+            "running": state.running,
+            "queued": state.queued,
+        }
+        return web.json_response(body, status=200 if healthy else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        response = web.Response(body=worker.metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serve_http(settings: Settings, worker: Worker) -> AsyncIterator[int | None]:
+    """Serve while the block runs; yields the bound port (None when SFN_HTTP_PORT is 0)."""
+    if not settings.http_port:
+        yield None
+        return
+    runner = web.AppRunner(make_app(worker), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        yield settings.http_port
+    finally:
+        await runner.cleanup()
+
+
+def healthcheck(timeout: float) -> int:
+    """For Docker HEALTHCHECK / ECS: exit 0 when /healthz answers 200."""
+    port = os.environ.get("SFN_HTTP_PORT", "0")
+    if not port.isdigit() or int(port) == 0:
+        print(
+            "sfn-worker healthcheck: SFN_HTTP_PORT is not set; the health server is off",
+            file=sys.stderr,
+        )
+        return 1
+    url = f"http://127.0.0.1:{int(port)}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            print(json.dumps(json.load(answer)))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(
+            f"sfn-worker healthcheck: {exc.code} {exc.read().decode(errors='replace')}",
+            file=sys.stderr,
+        )
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"sfn-worker healthcheck: {url} unreachable: {exc}", file=sys.stderr)
+    return 1

@@ -1,0 +1,107 @@
+"""Pollers: take a free slot, long-poll GetActivityTask, hand the task to the queue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from .client import SFNClient
+from .errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe, error_code
+from .metrics import Metrics
+from .retry import POLL_BACKOFF, Backoff
+from .runner import ActivityTask
+
+log = structlog.get_logger("sfn_worker.poller")
+
+
+class Poller:
+    """One long-poll loop. ``holds_task`` is True from the moment a request may be open until
+    its task is in the queue: a poller in that state must never be cancelled, or a task the
+    service already handed out is lost until its timeout."""
+
+    def __init__(
+        self,
+        number: int,
+        *,
+        client: SFNClient,
+        activity_arn: str,
+        worker_name: str,
+        slots: asyncio.Semaphore,
+        queue: asyncio.Queue[ActivityTask | None],
+        stopping: asyncio.Event,
+        on_fatal: Callable[[FatalWorkerError], None],
+        metrics: Metrics,
+        backoff: Backoff = POLL_BACKOFF,
+    ) -> None:
+        self.number = number
+        self._client = client
+        self._activity_arn = activity_arn
+        self._worker_name = worker_name
+        self._slots = slots
+        self._queue = queue
+        self._stopping = stopping
+        self._on_fatal = on_fatal
+        self._metrics = metrics
+        self._backoff = backoff
+        self.holds_task = False
+
+    async def run(self) -> None:
+        with structlog.contextvars.bound_contextvars(poller=self.number):
+            failures = 0
+            while not self._stopping.is_set():
+                await self._slots.acquire()
+                if self._stopping.is_set():
+                    self._slots.release()
+                    break
+                self.holds_task = True
+                try:
+                    task = await self._poll()
+                except API_ERRORS as exc:
+                    self.holds_task = False
+                    self._slots.release()
+                    if not self._keep_going_after(exc):
+                        return
+                    delay = self._backoff.delay(failures)
+                    failures += 1
+                    log.warning(
+                        "poll failed; backing off", error=describe(exc), retry_in=round(delay, 2)
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
+                if task is None:
+                    self.holds_task = False
+                    self._slots.release()
+                    continue
+                # The slot now belongs to the task; the task coroutine releases it.
+                await self._queue.put(task)
+                self._metrics.queue_depth.set(self._queue.qsize())
+                self.holds_task = False
+
+    async def _poll(self) -> ActivityTask | None:
+        self._metrics.polls_open.inc()
+        try:
+            response = await self._client.get_activity_task(
+                activityArn=self._activity_arn, workerName=self._worker_name
+            )
+        finally:
+            self._metrics.polls_open.dec()
+        token = response.get("taskToken")
+        if not token:
+            self._metrics.empty_polls.inc()
+            return None
+        # A task that arrives once shutdown began is not started: it is failed at once.
+        return ActivityTask(
+            token=token, raw_input=response.get("input"), late=self._stopping.is_set()
+        )
+
+    def _keep_going_after(self, exc: BaseException) -> bool:
+        code = error_code(exc)
+        self._metrics.poll_errors.labels(code=code).inc()
+        # Only transient errors heal by waiting; anything else means this request can never work.
+        if classify(exc) is not ErrorKind.TRANSIENT:
+            self._on_fatal(FatalWorkerError(f"GetActivityTask failed: {describe(exc)}"))
+            return False
+        return True

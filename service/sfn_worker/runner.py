@@ -1,0 +1,227 @@
+"""Works one task: decode input, run the handler with its heartbeat, send the one answer."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import structlog
+
+from .client import SFNClient
+from .context import TaskContext, token_hash
+from .errors import SHUTDOWN_ERROR, describe
+from .handlers import HandlerInvoker
+from .heartbeat import heartbeat_until_cancelled
+from .metrics import Metrics
+from .outcome import (
+    Failure,
+    Outcome,
+    Success,
+    decode_input,
+    encode_output,
+    from_exception,
+    invalid_input,
+)
+from .sender import ResultSender, SendResult
+
+log = structlog.get_logger("sfn_worker.task")
+
+
+@dataclass(frozen=True)
+class ActivityTask:
+    """A task handed out by GetActivityTask. ``late``: it arrived after shutdown began."""
+
+    token: str = field(repr=False)
+    raw_input: str | None = field(repr=False)
+    late: bool = False
+
+
+class CancelReason(Enum):
+    TASK_GONE = "task_gone"  # a heartbeat was answered TaskTimedOut / TaskDoesNotExist / ...
+    SHUTDOWN = "shutdown"  # the shutdown grace period ran out
+
+
+@dataclass(eq=False)
+class RunningTask:
+    """The one record the worker keeps for each task it is working."""
+
+    token: str = field(repr=False)
+    ctx: TaskContext
+    started_at: float
+    handler: asyncio.Future[Any] | None = None
+    cancel_reason: CancelReason | None = None
+    gone_answer: str = ""
+    # Set when the handler finished, or when the worker stops waiting for it.
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def token_hash(self) -> str:
+        return self.ctx.token_hash
+
+    def cancel(self, reason: CancelReason) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self.ctx.cancel_requested.set()
+        if self.handler is not None:
+            self.handler.cancel()
+
+    def abandon(self) -> None:
+        """Stop waiting for a handler that ignores cancellation (sync handler in a thread)."""
+        self.settled.set()
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        *,
+        client: SFNClient,
+        invoker: HandlerInvoker,
+        sender: ResultSender,
+        metrics: Metrics,
+        worker_name: str,
+        activity_arn: str,
+        heartbeat_seconds: float,
+        shutdown_started: asyncio.Event,
+    ) -> None:
+        self._client = client
+        self._invoker = invoker
+        self._sender = sender
+        self._metrics = metrics
+        self._worker_name = worker_name
+        self._activity_arn = activity_arn
+        self._heartbeat_seconds = heartbeat_seconds
+        self._shutdown_started = shutdown_started
+        self.running: dict[int, RunningTask] = {}
+        # Set once the grace period is over: tasks not yet started are failed, not run.
+        self.refuse_new_work = False
+        # Set during shutdown: terminal calls must finish by then.
+        self.send_deadline: float | None = None
+
+    async def work(self, task: ActivityTask) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = TaskContext(
+            task_token=task.token,
+            worker_name=self._worker_name,
+            activity_arn=self._activity_arn,
+            token_hash=token_hash(task.token),
+            _shutdown_event=self._shutdown_started,
+        )
+        if self._shutdown_started.is_set():
+            ctx.shutdown_requested.set()
+        record = RunningTask(token=task.token, ctx=ctx, started_at=loop.time())
+        self.running[id(record)] = record
+        self._metrics.tasks_in_flight.inc()
+        try:
+            with structlog.contextvars.bound_contextvars(token=record.token_hash):
+                await self._work(task, record)
+        finally:
+            self._metrics.tasks_in_flight.dec()
+            del self.running[id(record)]
+
+    async def _work(self, task: ActivityTask, record: RunningTask) -> None:
+        loop = asyncio.get_running_loop()
+        if task.late:
+            log.info("task started", late=True)
+        else:
+            log.info("task started")
+        self._metrics.tasks_started.inc()
+        try:
+            outcome = await self._outcome(task, record)
+        except Exception as exc:
+            log.exception("internal error while working the task")
+            outcome = Failure.of("Worker.InternalError", describe(exc))
+        duration = round(loop.time() - record.started_at, 3)
+        self._metrics.handler_duration.observe(duration)
+        if outcome is None:
+            self._metrics.tasks_gone.inc()
+            log.info("task ended", outcome="gone", answer=record.gone_answer, duration=duration)
+            return
+        result, sent = await self._sender.send(record.token, outcome, self.send_deadline)
+        if result is SendResult.TASK_GONE or result is SendResult.GAVE_UP:
+            self._metrics.tasks_gone.inc()
+            log.info("task ended", outcome=result.value, duration=duration)
+            return
+        if isinstance(sent, Success):
+            self._metrics.tasks_succeeded.inc()
+            log.info("task ended", outcome="succeeded", duration=duration)
+        else:
+            self._metrics.tasks_failed.labels(error=sent.error).inc()
+            log.info("task ended", outcome="failed", error=sent.error, duration=duration)
+
+    async def _outcome(self, task: ActivityTask, record: RunningTask) -> Outcome | None:
+        """The answer to send, or None when the task is gone and nothing may be sent."""
+        if task.late or self.refuse_new_work:
+            return Failure.of(
+                SHUTDOWN_ERROR,
+                "the worker was shutting down when this task arrived; it was not started",
+            )
+        try:
+            task_input = decode_input(task.raw_input)
+        except ValueError as problem:
+            return invalid_input(problem)
+
+        handler = self._invoker.start(task_input, record.ctx)
+        record.handler = handler
+        handler.add_done_callback(lambda _: record.settled.set())
+        handler.add_done_callback(_mark_exception_retrieved)
+        heartbeat = self._start_heartbeat(record)
+        try:
+            await record.settled.wait()
+        finally:
+            if heartbeat is not None:
+                await _cancel_and_wait(heartbeat)
+
+        if record.cancel_reason is CancelReason.TASK_GONE:
+            return None
+        if not handler.done():
+            return Failure.of(
+                SHUTDOWN_ERROR,
+                "the worker shut down and the handler did not stop when cancelled; "
+                "its result, if any, is discarded",
+            )
+        if handler.cancelled():
+            return Failure.of(
+                SHUTDOWN_ERROR,
+                "the worker shut down and the shutdown grace period ran out; "
+                "the handler was interrupted",
+            )
+        error = handler.exception()
+        if error is not None:
+            outcome = from_exception(error)
+            log.info("handler failed", error=outcome.error)
+            return outcome
+        return encode_output(handler.result())
+
+    def _start_heartbeat(self, record: RunningTask) -> asyncio.Task[None] | None:
+        if not self._heartbeat_seconds:
+            return None
+
+        def task_gone(answer: str) -> None:
+            record.gone_answer = answer
+            record.cancel(CancelReason.TASK_GONE)
+            # A sync handler in a thread cannot be stopped: stop waiting for it.
+            record.abandon()
+
+        return asyncio.create_task(
+            heartbeat_until_cancelled(
+                self._client, record.token, self._heartbeat_seconds, self._metrics, task_gone
+            )
+        )
+
+
+def _mark_exception_retrieved(future: asyncio.Future[Any]) -> None:
+    # An abandoned handler may fail after nobody waits for it; keep asyncio from warning.
+    if not future.cancelled():
+        future.exception()
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves: never swallow that

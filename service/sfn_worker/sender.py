@@ -1,0 +1,111 @@
+"""Sends the one terminal call for a token: SendTaskSuccess or SendTaskFailure, with retries."""
+
+from __future__ import annotations
+
+import asyncio
+from enum import Enum
+
+import structlog
+
+from .client import SFNClient
+from .errors import (
+    API_ERRORS,
+    INVALID_OUTPUT_ERROR,
+    ErrorKind,
+    classify,
+    describe,
+    error_code,
+    may_have_been_recorded,
+)
+from .metrics import Metrics
+from .outcome import Failure, Outcome, Success
+from .retry import SEND_BACKOFF, Backoff
+
+log = structlog.get_logger("sfn_worker.sender")
+
+# How long transient errors are retried before the worker gives up on a terminal call
+# (the execution then waits for its own timeout). Shutdown passes a shorter deadline.
+SEND_RETRY_SECONDS = 30 * 60.0
+
+
+class SendResult(Enum):
+    SENT = "sent"
+    # The call was answered TaskTimedOut/... after an earlier attempt may have been recorded.
+    ALREADY_RECORDED = "already_recorded"
+    TASK_GONE = "task_gone"
+    GAVE_UP = "gave_up"
+
+
+class ResultSender:
+    def __init__(
+        self, client: SFNClient, metrics: Metrics, backoff: Backoff = SEND_BACKOFF
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._backoff = backoff
+
+    async def send(
+        self, token: str, outcome: Outcome, deadline: float | None = None
+    ) -> tuple[SendResult, Outcome]:
+        """Send ``outcome`` once; returns what happened and the outcome actually sent."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + SEND_RETRY_SECONDS
+        if deadline is not None:
+            give_up_at = min(give_up_at, deadline)
+        attempt = 0
+        maybe_recorded = False
+        while True:
+            try:
+                await self._call(token, outcome)
+            except API_ERRORS as exc:
+                kind = classify(exc)
+                if kind is ErrorKind.TASK_GONE:
+                    if maybe_recorded:
+                        log.info(
+                            "terminal call already recorded by an earlier attempt",
+                            answer=error_code(exc),
+                        )
+                        return SendResult.ALREADY_RECORDED, outcome
+                    log.warning("task closed before it was answered", answer=error_code(exc))
+                    return SendResult.TASK_GONE, outcome
+                if isinstance(outcome, Success) and error_code(exc) in {
+                    "InvalidOutput",
+                    "ValidationException",
+                }:
+                    # The service refused the output itself; nothing was recorded, so the
+                    # task still needs its one answer.
+                    outcome = Failure.of(
+                        INVALID_OUTPUT_ERROR, f"Step Functions rejected the output: {describe(exc)}"
+                    )
+                    continue
+                if kind is not ErrorKind.TRANSIENT:
+                    log.error("terminal call rejected; not retrying", error=describe(exc))
+                    return SendResult.GAVE_UP, outcome
+                maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
+                delay = self._backoff.delay(attempt)
+                if loop.time() + delay > give_up_at:
+                    log.error(
+                        "terminal call still failing; giving up",
+                        error=describe(exc),
+                        attempts=attempt + 1,
+                    )
+                    return SendResult.GAVE_UP, outcome
+                log.warning(
+                    "terminal call failed; retrying",
+                    error=describe(exc),
+                    attempt=attempt + 1,
+                    retry_in=round(delay, 3),
+                )
+                self._metrics.terminal_retries.inc()
+                attempt += 1
+                await asyncio.sleep(delay)
+            else:
+                return SendResult.SENT, outcome
+
+    async def _call(self, token: str, outcome: Outcome) -> None:
+        if isinstance(outcome, Success):
+            await self._client.send_task_success(taskToken=token, output=outcome.output)
+        else:
+            await self._client.send_task_failure(
+                taskToken=token, error=outcome.error, cause=outcome.cause
+            )

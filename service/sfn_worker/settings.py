@@ -1,0 +1,176 @@
+"""The worker's one settings object, read and validated from ``SFN_*`` environment variables."""
+
+from __future__ import annotations
+
+import re
+import socket
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Step Functions allows at most 1,000 open GetActivityTask polls per activity ARN.
+MAX_POLLERS_PER_ACTIVITY = 1000
+WORKER_NAME_MAX = 80
+# Sustained SendTaskHeartbeat rate above which an account's API quota is likely hit.
+HEARTBEAT_RATE_WARNING_PER_SECOND = 200.0
+
+ACTIVITY_ARN_PATTERN = r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:activity:[^\s:]{1,80}$"
+
+
+class HandlerMode(StrEnum):
+    """Where a *sync* handler runs; async handlers always run on the event loop."""
+
+    ASYNC = "async"
+    THREAD = "thread"
+    PROCESS = "process"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+def _default_worker_name() -> str:
+    return socket.gethostname()[:WORKER_NAME_MAX] or "sfn-worker"
+
+
+class Settings(BaseSettings):
+    """Frozen after validation; one instance per process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SFN_",
+        frozen=True,
+        extra="ignore",
+        case_sensitive=False,
+        use_enum_values=False,
+        validate_default=True,
+    )
+
+    activity_arn: str
+    handler: str = "sfn_worker.examples:seed_handler"
+    pollers: Annotated[int, Field(ge=1, le=MAX_POLLERS_PER_ACTIVITY)] = 4
+    concurrency: Annotated[int, Field(ge=1, le=100_000)] = 16
+    queue_size: Annotated[int, Field(ge=0, le=100_000)] = 0
+    heartbeat_seconds: Annotated[float, Field(ge=0, le=86_400)] = 10.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=1, le=3_600)] = 25.0
+    worker_name: Annotated[str, Field(min_length=1, max_length=WORKER_NAME_MAX)] = Field(
+        default_factory=_default_worker_name
+    )
+    handler_mode: HandlerMode = HandlerMode.THREAD
+    log_level: LogLevel = Field(
+        default=LogLevel.INFO, validation_alias=AliasChoices("LOG_LEVEL", "SFN_LOG_LEVEL")
+    )
+    log_format: LogFormat = LogFormat.JSON
+    # Optional HTTP server for /healthz and /metrics; 0 = off.
+    http_port: Annotated[int, Field(ge=0, le=65_535)] = 0
+    http_host: str = "0.0.0.0"
+    # Protect the ECS task from scale-in while activity tasks are in flight.
+    ecs_task_protection: bool = False
+    ecs_protection_minutes: Annotated[int, Field(ge=1, le=2_880)] = 60
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", "handler_mode", mode="before")
+    @classmethod
+    def _lower_choice(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("activity_arn")
+    @classmethod
+    def _activity_arn_shape(cls, value: str) -> str:
+        if not re.fullmatch(ACTIVITY_ARN_PATTERN, value):
+            raise ValueError(
+                "expected an activity ARN like arn:aws:states:<region>:<account>:activity:<name>"
+            )
+        return value
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
+            raise ValueError("expected 'package.module:function'")
+        return value
+
+    @field_validator("worker_name")
+    @classmethod
+    def _no_blank_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _pollers_within_concurrency(self) -> Self:
+        # A poller only polls with a free slot, so pollers beyond the slots would never poll.
+        if self.pollers > self.concurrency:
+            raise ValueError(
+                f"SFN_POLLERS ({self.pollers}) must not exceed SFN_CONCURRENCY ({self.concurrency})"
+            )
+        return self
+
+    @property
+    def effective_queue_size(self) -> int:
+        return self.queue_size or self.pollers
+
+    @property
+    def heartbeat_rate_per_second(self) -> float:
+        """Heartbeat calls per second when every slot holds a task."""
+        if not self.heartbeat_seconds:
+            return 0.0
+        return self.concurrency / self.heartbeat_seconds
+
+    @property
+    def failure_reserve_seconds(self) -> float:
+        """End of the grace period kept for SendTaskFailure calls on interrupted tasks."""
+        return min(self.shutdown_grace_seconds / 2, 2.0 + 0.004 * self.concurrency)
+
+
+class SettingsError(Exception):
+    """Settings could not be read; the message names the variable and is meant for operators."""
+
+
+_ENV_NAMES = {
+    "log_level": "LOG_LEVEL",
+}
+
+
+def env_name(field: str) -> str:
+    return _ENV_NAMES.get(field.lower(), f"SFN_{field.upper()}")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise SettingsError with one readable message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = error.get("loc", ())
+        field = str(loc[0]) if loc else ""
+        given = error.get("input")
+        message = str(error.get("msg", "invalid"))
+        if error.get("type") == "missing":
+            problems.append(f"{env_name(field)} is required but not set")
+        elif not field:
+            problems.append(message.removeprefix("Value error, "))
+        else:
+            shown = given if isinstance(given, str | int | float) else ""
+            problems.append(
+                f"{env_name(field)}={shown!r} is invalid: {message.removeprefix('Value error, ')}"
+            )
+    return "; ".join(problems)

@@ -1,0 +1,348 @@
+"""An in-process fake of the Step Functions activity API, speaking real AWS JSON 1.0 over HTTP.
+
+Point a real (aio)boto3 client at ``fake.endpoint_url`` (or set AWS_ENDPOINT_URL_SFN) and it
+works like the service for activity workers: long-poll GetActivityTask, heartbeats, terminal
+calls with AWS's answers (TaskTimedOut on a closed token). It records every token issued and
+every call, checks the API limits, and lets a test script faults per call.
+
+Tests wait on it with ``await fake.wait_for(predicate)``: no sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_ACTIVITY_ARN = "arn:aws:states:us-east-1:123456789012:activity:fake-activity"
+
+MAX_OUTPUT = 262_144
+MAX_ERROR = 256
+MAX_CAUSE = 32_768
+MAX_WORKER_NAME = 80
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the fake does instead of (or around) answering one call."""
+
+    kind: str  # error | http_status | reset_before | reset_after | delay
+    code: str = ""
+    status: int = 400
+    seconds: float = 0.0
+
+    @classmethod
+    def throttle(cls) -> Fault:
+        return cls("error", code="ThrottlingException", status=400)
+
+    @classmethod
+    def error(cls, code: str, status: int = 400) -> Fault:
+        return cls("error", code=code, status=status)
+
+    @classmethod
+    def server_error(cls, status: int = 500) -> Fault:
+        code = "ServiceUnavailable" if status == 503 else "InternalFailure"
+        return cls("error", code=code, status=status)
+
+    @classmethod
+    def reset_before(cls) -> Fault:
+        """Drop the connection without acting on the call."""
+        return cls("reset_before")
+
+    @classmethod
+    def reset_after(cls) -> Fault:
+        """Act on the call (record it), then drop the connection before answering."""
+        return cls("reset_after")
+
+    @classmethod
+    def delay(cls, seconds: float) -> Fault:
+        return cls("delay", seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Call:
+    operation: str
+    token: str | None
+    params: dict[str, Any] = field(repr=False)
+    answer: str  # "ok", an error code, or "reset"
+
+
+@dataclass(eq=False)
+class FakeTask:
+    token: str = field(repr=False)
+    input: str = field(repr=False)
+    number: int = 0
+    issued: bool = False
+    worker_name: str | None = None
+    heartbeats: int = 0
+    # "open" until the first accepted terminal call, expire() or a heartbeat timeout.
+    state: str = "open"  # open | succeeded | failed | timed_out
+    output: str | None = None
+    error: str | None = None
+    cause: str | None = None
+    terminal_calls: int = 0  # accepted terminal calls: must end at most 1
+
+
+class FakeStepFunctions:
+    def __init__(
+        self,
+        *,
+        activity_arn: str = DEFAULT_ACTIVITY_ARN,
+        poll_seconds: float = 60.0,
+        latency_seconds: float = 0.0,
+        token_chars: int = 900,
+    ) -> None:
+        self.activity_arn = activity_arn
+        self.poll_seconds = poll_seconds
+        self.latency_seconds = latency_seconds
+        self.token_chars = token_chars
+        self.tasks: dict[str, FakeTask] = {}
+        self.calls: list[Call] = []
+        self.record_calls = True
+        self.counts: dict[str, int] = {}
+        self.rejections: list[Call] = []  # requests that broke an API limit
+        self.open_polls = 0
+        self.max_open_polls = 0
+        self.max_slots_in_use = 0  # open polls + issued tokens not yet closed
+        self._issued_open = 0
+        self._pending: asyncio.Queue[FakeTask] = asyncio.Queue()
+        self._faults: dict[str, deque[Fault]] = {}
+        self._changed = asyncio.Condition()
+        self._release_polls = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.endpoint_url = ""
+        self._numbers = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_post("/", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_port = self._runner.addresses[0][1]
+        self.endpoint_url = f"http://{host}:{bound_port}"
+        return self.endpoint_url
+
+    async def close(self) -> None:
+        self.release_polls()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeStepFunctions:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- scripting -------------------------------------------------------------------------
+    def add_task(self, task_input: Any = None, *, raw_input: str | None = None) -> FakeTask:
+        """Schedule a task; ``raw_input`` sends the string as is (e.g. invalid JSON)."""
+        self._numbers += 1
+        text = raw_input if raw_input is not None else json.dumps(task_input)
+        token = (
+            f"{self._numbers:08d}-" + secrets.token_urlsafe(self.token_chars)[: self.token_chars]
+        )
+        task = FakeTask(token=token, input=text, number=self._numbers)
+        self.tasks[token] = task
+        self._pending.put_nowait(task)
+        return task
+
+    def inject(self, operation: str, *faults: Fault) -> None:
+        """Apply these faults, in order, to the next calls of ``operation``."""
+        self._faults.setdefault(operation, deque()).extend(faults)
+
+    def expire(self, task: FakeTask) -> None:
+        """The task times out at the service (HeartbeatSeconds/TimeoutSeconds passed)."""
+        if task.issued and task.state == "open":
+            self._close(task, "timed_out")
+
+    def release_polls(self) -> None:
+        """Answer every open long poll, and every later one, with no task at once (as if
+        its 60 s ran out). ``resume_polls`` makes polls wait for tasks again."""
+        self._release_polls.set()
+
+    def resume_polls(self) -> None:
+        self._release_polls = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(predicate)
+
+    # -- views for assertions --------------------------------------------------------------
+    def calls_of(self, operation: str) -> list[Call]:
+        return [c for c in self.calls if c.operation == operation]
+
+    @property
+    def issued(self) -> list[FakeTask]:
+        return [t for t in self.tasks.values() if t.issued]
+
+    def closed(self, *states: str) -> list[FakeTask]:
+        wanted = states or ("succeeded", "failed", "timed_out")
+        return [t for t in self.tasks.values() if t.issued and t.state in wanted]
+
+    # -- the protocol ----------------------------------------------------------------------
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        target = request.headers.get("X-Amz-Target", "")
+        operation = target.removeprefix("AWSStepFunctions.")
+        params: dict[str, Any] = (
+            await request.json(loads=json.loads) if request.can_read_body else {}
+        )
+        token = params.get("taskToken")
+        self.counts[operation] = self.counts.get(operation, 0) + 1
+        if self.latency_seconds:
+            await asyncio.sleep(self.latency_seconds)
+        fault = self._next_fault(operation)
+        if fault is not None and fault.kind == "delay":
+            await asyncio.sleep(fault.seconds)
+            fault = None
+        if fault is not None and fault.kind == "error":
+            await self._record(Call(operation, token, params, fault.code))
+            return _error(fault.code, fault.status)
+        if fault is not None and fault.kind == "reset_before":
+            await self._record(Call(operation, token, params, "reset"))
+            return _reset(request)
+        handler = getattr(self, f"_op_{operation}", None)
+        if handler is None:
+            return _error("UnknownOperationException", 400)
+        status, body = await handler(params)
+        answer = "ok" if status == 200 else str(body.get("__type", "")).rpartition("#")[2]
+        await self._record(Call(operation, token, params, answer if fault is None else "reset"))
+        if fault is not None:  # reset_after: the call took effect, the answer is lost
+            return _reset(request)
+        return web.json_response(body, status=status, content_type="application/x-amz-json-1.0")
+
+    def _next_fault(self, operation: str) -> Fault | None:
+        queue = self._faults.get(operation)
+        return queue.popleft() if queue else None
+
+    async def _record(self, call: Call) -> None:
+        if self.record_calls:
+            self.calls.append(call)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _op_GetActivityTask(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if params.get("activityArn") != self.activity_arn:
+            return 400, _body(
+                "ActivityDoesNotExist", f"Activity Does Not Exist: '{params.get('activityArn')}'"
+            )
+        name = params.get("workerName", "")
+        if name and not 1 <= len(name) <= MAX_WORKER_NAME:
+            return self._reject(params, "ValidationException", "workerName must be 1-80 characters")
+        self.open_polls += 1
+        self.max_open_polls = max(self.max_open_polls, self.open_polls)
+        self.max_slots_in_use = max(self.max_slots_in_use, self.open_polls + self._issued_open)
+        await self._notify()
+        try:
+            task = await self._next_task()
+        finally:
+            self.open_polls -= 1
+        if task is None:
+            return 200, {}
+        task.issued = True
+        task.worker_name = name
+        self._issued_open += 1
+        self.max_slots_in_use = max(self.max_slots_in_use, self.open_polls + self._issued_open)
+        return 200, {"taskToken": task.token, "input": task.input}
+
+    async def _next_task(self) -> FakeTask | None:
+        release = asyncio.ensure_future(self._release_polls.wait())
+        take = asyncio.ensure_future(self._pending.get())
+        try:
+            await asyncio.wait(
+                {release, take}, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            release.cancel()
+            if not take.done():
+                take.cancel()
+        return take.result() if take.done() and not take.cancelled() else None
+
+    async def _op_SendTaskHeartbeat(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        task, problem = self._open_task(params)
+        if task is None:
+            return problem
+        task.heartbeats += 1
+        return 200, {}
+
+    async def _op_SendTaskSuccess(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        output = params.get("output", "")
+        if len(output.encode()) > MAX_OUTPUT:
+            return self._reject(params, "ValidationException", "output exceeds 262144 bytes")
+        try:
+            json.loads(output)
+        except ValueError:
+            return self._reject(params, "InvalidOutput", "output is not valid JSON")
+        task, problem = self._open_task(params)
+        if task is None:
+            return problem
+        task.output = output
+        self._close(task, "succeeded")
+        return 200, {}
+
+    async def _op_SendTaskFailure(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        error, cause = params.get("error", ""), params.get("cause", "")
+        if len(error) > MAX_ERROR or len(cause) > MAX_CAUSE:
+            return self._reject(params, "ValidationException", "error or cause too long")
+        task, problem = self._open_task(params)
+        if task is None:
+            return problem
+        task.error, task.cause = error, cause
+        self._close(task, "failed")
+        return 200, {}
+
+    async def _op_DescribeActivity(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if params.get("activityArn") != self.activity_arn:
+            return 400, _body("ActivityDoesNotExist", "Activity Does Not Exist")
+        name = self.activity_arn.rsplit(":", 1)[-1]
+        return 200, {"activityArn": self.activity_arn, "name": name, "creationDate": 0}
+
+    def _open_task(
+        self, params: dict[str, Any]
+    ) -> tuple[FakeTask | None, tuple[int, dict[str, Any]]]:
+        task = self.tasks.get(params.get("taskToken", ""))
+        if task is None or not task.issued:
+            return None, (400, _body("InvalidToken", "Invalid token"))
+        if task.state != "open":
+            return None, (400, _body("TaskTimedOut", "Task Timed Out"))
+        return task, (200, {})
+
+    def _close(self, task: FakeTask, state: str) -> None:
+        if state in ("succeeded", "failed"):
+            task.terminal_calls += 1
+        task.state = state
+        self._issued_open -= 1
+
+    def _reject(
+        self, params: dict[str, Any], code: str, message: str
+    ) -> tuple[int, dict[str, Any]]:
+        self.rejections.append(Call("rejected", params.get("taskToken"), params, code))
+        return 400, _body(code, message)
+
+
+def _body(code: str, message: str = "") -> dict[str, Any]:
+    return {"__type": f"com.amazonaws.swf.service.v2.model#{code}", "message": message or code}
+
+
+def _error(code: str, status: int) -> web.Response:
+    return web.json_response(_body(code), status=status, content_type="application/x-amz-json-1.0")
+
+
+def _reset(request: web.Request) -> web.Response:
+    if request.transport is not None:
+        request.transport.abort()
+    return web.Response(status=500)

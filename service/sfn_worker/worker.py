@@ -1,0 +1,312 @@
+"""The worker: pollers feed a bounded queue, task coroutines drain it, shutdown is ordered.
+
+Shutdown, in order (each phase logs what it is waiting for):
+1. stop polling: idle pollers are cancelled, open long polls are left to return; a task
+   that arrives now is failed with ``Worker.Shutdown`` without being started;
+2. drain: running and queued tasks finish, until the grace period minus the reserve;
+3. cancel: what is still running is cancelled and answered with ``Worker.Shutdown``,
+   using the reserve (sized by SFN_CONCURRENCY) for those SendTaskFailure calls;
+4. hard deadline (end of the grace period): whatever is still pending is abandoned.
+A second signal (``force_stop``) jumps to phase 3 with a short deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+import structlog
+
+from .client import SFNClient, open_client
+from .errors import FatalWorkerError
+from .handlers import Handler, HandlerInvoker, load_handler
+from .metrics import Metrics
+from .poller import Poller
+from .runner import ActivityTask, CancelReason, TaskRunner
+from .sender import ResultSender
+from .settings import Settings
+
+log = structlog.get_logger("sfn_worker.worker")
+
+# After a second signal: time left for SendTaskFailure on everything still running.
+FORCED_EXIT_SECONDS = 1.5
+# After cancelling handlers at the end of the grace: how long to let them unwind before
+# the worker stops waiting for them and answers their tokens anyway.
+CANCEL_UNWIND_FRACTION = 0.25
+
+ClientFactory = Callable[[Settings], AbstractAsyncContextManager[SFNClient]]
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """A snapshot for health checks and metrics."""
+
+    polling: bool
+    stopping: bool
+    pollers_alive: int
+    running: int
+    queued: int
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        handler: Handler | None = None,
+        *,
+        client_factory: ClientFactory = open_client,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handler = handler if handler is not None else load_handler(settings.handler)
+        self.metrics = metrics or Metrics()
+        self._client_factory = client_factory
+        self._fatal: FatalWorkerError | None = None
+        self._stopping: asyncio.Event | None = None
+        self._pollers: list[Poller] = []
+        self._poller_tasks: list[asyncio.Task[None]] = []
+        self._work_tasks: set[asyncio.Task[None]] = set()
+        self._runner: TaskRunner | None = None
+        self._queue: asyncio.Queue[ActivityTask | None] | None = None
+        self._started = False
+
+    def state(self) -> WorkerState:
+        stopping = self._stopping is not None and self._stopping.is_set()
+        return WorkerState(
+            polling=self._started and not stopping,
+            stopping=stopping,
+            pollers_alive=sum(1 for task in self._poller_tasks if not task.done()),
+            running=len(self._runner.running) if self._runner else 0,
+            queued=self._queue.qsize() if self._queue else 0,
+        )
+
+    async def run(self, stop: asyncio.Event, force_stop: asyncio.Event | None = None) -> None:
+        """Work tasks until ``stop`` is set, then shut down in order.
+
+        Raises FatalWorkerError (after the same orderly shutdown) when the worker cannot go on.
+        """
+        settings = self.settings
+        force_stop = force_stop or asyncio.Event()
+        self._stopping = stopping = asyncio.Event()
+        fatal_event = asyncio.Event()
+
+        def on_fatal(error: FatalWorkerError) -> None:
+            if self._fatal is None:
+                self._fatal = error
+                log.error("fatal error; stopping the worker", error=str(error))
+            fatal_event.set()
+
+        invoker = HandlerInvoker(
+            self.handler, settings.handler_mode, settings.concurrency, settings.handler
+        )
+        try:
+            async with self._client_factory(settings) as client:
+                slots = asyncio.Semaphore(settings.concurrency)
+                queue: asyncio.Queue[ActivityTask | None] = asyncio.Queue(
+                    settings.effective_queue_size
+                )
+                self._queue = queue
+                self._runner = runner = TaskRunner(
+                    client=client,
+                    invoker=invoker,
+                    sender=ResultSender(client, self.metrics),
+                    metrics=self.metrics,
+                    worker_name=settings.worker_name,
+                    activity_arn=settings.activity_arn,
+                    heartbeat_seconds=settings.heartbeat_seconds,
+                    shutdown_started=stopping,
+                )
+                self._pollers = [
+                    Poller(
+                        number,
+                        client=client,
+                        activity_arn=settings.activity_arn,
+                        worker_name=settings.worker_name,
+                        slots=slots,
+                        queue=queue,
+                        stopping=stopping,
+                        on_fatal=on_fatal,
+                        metrics=self.metrics,
+                    )
+                    for number in range(settings.pollers)
+                ]
+                async with asyncio.TaskGroup() as group:
+                    self._poller_tasks = [group.create_task(p.run()) for p in self._pollers]
+                    dispatcher = group.create_task(self._dispatch(group, queue, slots, runner))
+                    self._started = True
+                    log.info(
+                        "worker started",
+                        activity=settings.activity_arn,
+                        pollers=settings.pollers,
+                        concurrency=settings.concurrency,
+                        heartbeat_seconds=settings.heartbeat_seconds,
+                        handler=_handler_name(self.handler),
+                        handler_mode=invoker.mode.value,
+                    )
+                    await _wait_any(stop, fatal_event)
+                    await self._shutdown(stopping, force_stop, queue, dispatcher, runner)
+        finally:
+            invoker.close(wait=False)
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _dispatch(
+        self,
+        group: asyncio.TaskGroup,
+        queue: asyncio.Queue[ActivityTask | None],
+        slots: asyncio.Semaphore,
+        runner: TaskRunner,
+    ) -> None:
+        while (task := await queue.get()) is not None:
+            self.metrics.queue_depth.set(queue.qsize())
+            work = group.create_task(self._work_then_free_slot(runner, task, slots))
+            self._work_tasks.add(work)
+            work.add_done_callback(self._work_tasks.discard)
+
+    @staticmethod
+    async def _work_then_free_slot(
+        runner: TaskRunner, task: ActivityTask, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            await runner.work(task)
+        finally:
+            slots.release()
+
+    async def _shutdown(
+        self,
+        stopping: asyncio.Event,
+        force_stop: asyncio.Event,
+        queue: asyncio.Queue[ActivityTask | None],
+        dispatcher: asyncio.Task[None],
+        runner: TaskRunner,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        grace_deadline = loop.time() + settings.shutdown_grace_seconds
+        drain_deadline = grace_deadline - settings.failure_reserve_seconds
+        stopping.set()
+        for record in runner.running.values():
+            record.ctx.shutdown_requested.set()
+
+        # Phase 1: stop polling. Only pollers without an open request may be cancelled.
+        idle = [
+            t for p, t in zip(self._pollers, self._poller_tasks, strict=True) if not p.holds_task
+        ]
+        for task in idle:
+            task.cancel()
+        log.info(
+            "shutdown: polling stopped",
+            open_polls=len(self._poller_tasks) - len(idle),
+            running=len(runner.running),
+            grace_seconds=settings.shutdown_grace_seconds,
+        )
+
+        async def pollers_then_dispatcher() -> None:
+            await asyncio.wait(self._poller_tasks)
+            await queue.put(None)
+            await dispatcher
+
+        closing = asyncio.create_task(pollers_then_dispatcher())
+
+        # Phase 2: drain until the grace period (minus the reserve) is over.
+        drained = await self._wait_all(closing, drain_deadline, force_stop)
+        if drained:
+            log.info("shutdown: all tasks finished")
+            return
+
+        # Phase 3: cancel what is left and answer each token with Worker.Shutdown.
+        forced = force_stop.is_set()
+        hard_deadline = loop.time() + FORCED_EXIT_SECONDS if forced else grace_deadline
+        runner.refuse_new_work = True
+        runner.send_deadline = hard_deadline
+        leftovers = list(runner.running.values())
+        log.warning(
+            "shutdown: cancelling running tasks",
+            reason="second signal" if forced else "grace period over",
+            count=len(leftovers),
+        )
+        for record in leftovers:
+            record.cancel(CancelReason.SHUTDOWN)
+        unwind_deadline = loop.time() + (hard_deadline - loop.time()) * CANCEL_UNWIND_FRACTION
+        if not await self._wait_all(closing, unwind_deadline, None):
+            stubborn = [r for r in runner.running.values() if r.handler and not r.handler.done()]
+            if stubborn:
+                log.warning(
+                    "shutdown: handlers ignore cancellation; answering them anyway",
+                    count=len(stubborn),
+                )
+            for record in runner.running.values():
+                record.abandon()
+
+        # Phase 4: the hard deadline; anything still pending is abandoned.
+        if await self._wait_all(closing, hard_deadline, None):
+            log.info("shutdown: every task answered")
+            return
+        open_polls = sum(1 for p in self._pollers if p.holds_task)
+        log.error(
+            "shutdown: deadline reached; abandoning what is left",
+            open_polls=open_polls,
+            unanswered=len(runner.running),
+            hint="a task handed to an abandoned poll waits for its timeout; "
+            "give SFN_SHUTDOWN_GRACE_SECONDS over 60 s (and stopTimeout above it) to avoid this",
+        )
+        closing.cancel()
+        for task in (*self._poller_tasks, dispatcher, *self._work_tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+
+    async def _wait_all(
+        self, closing: asyncio.Task[None], deadline: float, force_stop: asyncio.Event | None
+    ) -> bool:
+        """Wait until pollers, dispatcher and every task are done; False at the deadline."""
+        loop = asyncio.get_running_loop()
+        while True:
+            pending: set[asyncio.Future[None]] = {t for t in self._work_tasks if not t.done()}
+            if not closing.done():
+                pending.add(closing)
+            if not pending:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0 or (force_stop is not None and force_stop.is_set()):
+                return False
+            async with _waiting_for(force_stop) as forced:
+                everything = asyncio.ensure_future(asyncio.wait(pending))
+                try:
+                    await asyncio.wait(
+                        {everything, *([forced] if forced else [])},
+                        timeout=remaining,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    everything.cancel()
+
+
+async def _wait_any(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _waiting_for(event: asyncio.Event | None) -> AsyncIterator[asyncio.Task[bool] | None]:
+    if event is None:
+        yield None
+        return
+    waiter = asyncio.create_task(event.wait())
+    try:
+        yield waiter
+    finally:
+        waiter.cancel()
+
+
+def _handler_name(handler: Handler) -> str:
+    module = getattr(handler, "__module__", "?")
+    name = getattr(handler, "__qualname__", type(handler).__qualname__)
+    return f"{module}:{name}"

@@ -1,0 +1,91 @@
+"""Shared fixtures: AWS env isolated from the machine, a fake endpoint, a worker harness."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from sfn_worker.handlers import Handler
+from sfn_worker.settings import Settings
+from sfn_worker.testing import FakeStepFunctions
+from sfn_worker.worker import Worker
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Dummy credentials and no host config, so nothing reaches a real AWS account."""
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in list(__import__("os").environ):
+        if name.startswith("SFN_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeStepFunctions]:
+    async with FakeStepFunctions() as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SFN", server.endpoint_url)
+        yield server
+
+
+def make_settings(fake: FakeStepFunctions, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "activity_arn": fake.activity_arn,
+        "worker_name": "test-worker",
+        "pollers": 2,
+        "concurrency": 4,
+        "heartbeat_seconds": 0,
+        "shutdown_grace_seconds": 5,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class WorkerHarness:
+    """Runs ``Worker.run`` as a task; stop() triggers and awaits the ordered shutdown."""
+
+    def __init__(self, worker: Worker, fake: FakeStepFunctions) -> None:
+        self.worker = worker
+        self.fake = fake
+        self.stop_event = asyncio.Event()
+        self.force_event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.worker.run(self.stop_event, self.force_event))
+
+    async def stop(self, *, release_polls: bool = True) -> None:
+        """Signal stop; open long polls are answered empty (as AWS does within 60 s)."""
+        self.stop_event.set()
+        if release_polls:
+            await asyncio.sleep(0)
+            self.fake.release_polls()
+        await self.wait()
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        assert self.task is not None
+        async with asyncio.timeout(timeout):
+            await self.task
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    fake: FakeStepFunctions, handler: Handler, **overrides: Any
+) -> AsyncIterator[WorkerHarness]:
+    harness = WorkerHarness(Worker(make_settings(fake, **overrides), handler), fake)
+    harness.start()
+    try:
+        yield harness
+    finally:
+        if harness.task is not None and not harness.task.done():
+            await harness.stop()

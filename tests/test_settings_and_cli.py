@@ -1,0 +1,115 @@
+"""Settings validation and the command line: clear errors, exit codes, ``check``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from sfn_worker.cli import main
+from sfn_worker.settings import HandlerMode, SettingsError, load_settings
+from sfn_worker.testing import DEFAULT_ACTIVITY_ARN, FakeStepFunctions
+
+ARN = DEFAULT_ACTIVITY_ARN
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    settings = load_settings()
+    assert settings.handler == "sfn_worker.examples:seed_handler"
+    assert (settings.pollers, settings.concurrency, settings.effective_queue_size) == (4, 16, 4)
+    assert settings.heartbeat_seconds == 10
+    assert settings.shutdown_grace_seconds == 25
+    assert settings.handler_mode is HandlerMode.THREAD
+    assert 1 <= len(settings.worker_name) <= 80
+    # The reserve for failure calls leaves most of the grace for draining.
+    assert settings.failure_reserve_seconds < settings.shutdown_grace_seconds / 2
+    with pytest.raises(Exception, match="frozen"):
+        settings.pollers = 5
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "SFN_ACTIVITY_ARN is required but not set"),
+        ({"SFN_ACTIVITY_ARN": "nope"}, "SFN_ACTIVITY_ARN='nope' is invalid"),
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "abc"}, "SFN_POLLERS='abc' is invalid"),
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "0"}, "SFN_POLLERS='0' is invalid"),
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "20"}, "must not exceed SFN_CONCURRENCY"),
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_WORKER_NAME": "x" * 81}, "SFN_WORKER_NAME="),
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "no-colon"}, "SFN_HANDLER='no-colon'"),
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER_MODE": "fork"}, "SFN_HANDLER_MODE='fork'"),
+        ({"SFN_ACTIVITY_ARN": ARN, "LOG_LEVEL": "loud"}, "LOG_LEVEL='LOUD' is invalid"),
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_HEARTBEAT_SECONDS": "-1"}, "SFN_HEARTBEAT_SECONDS"),
+    ],
+)
+def test_invalid_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert message in str(caught.value)
+
+
+def _run_cli(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "sfn_worker", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "abc"}, "SFN_POLLERS='abc' is invalid"),
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "nowhere.at_all:fn"}, "cannot import"),
+        ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "sfn_worker.examples:missing"}, "no attribute"),
+        ({}, "SFN_ACTIVITY_ARN is required"),
+    ],
+)
+def test_bad_configuration_exits_2_with_one_clear_line(env: dict[str, str], message: str) -> None:
+    result = _run_cli("run", env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_region_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"SFN_ACTIVITY_ARN": ARN, "AWS_REGION": "", "AWS_DEFAULT_REGION": ""}
+    result = _run_cli("check", env=env)
+    assert result.returncode == 2
+    assert "AWS_REGION" in result.stderr
+
+
+async def test_check_against_fake(
+    fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from sfn_worker.cli import check
+
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn)
+    assert await check(load_settings()) == 0
+    assert "OK" in capsys.readouterr().out
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn + "-missing")
+    assert await check(load_settings()) == 1
+    assert "ActivityDoesNotExist" in capsys.readouterr().err
+
+
+def test_version_flag(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert "sfn-worker" in capsys.readouterr().out
