@@ -189,9 +189,7 @@ class TaskRunner:
             )
         error = handler.exception()
         if error is not None:
-            outcome = from_exception(error)
-            log.info("handler failed", error=outcome.error)
-            return outcome
+            return from_exception(error)
         return encode_output(handler.result())
 
     def _start_heartbeat(self, record: RunningTask) -> asyncio.Task[None] | None:

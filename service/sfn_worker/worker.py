@@ -31,6 +31,8 @@ from .settings import Settings
 
 log = structlog.get_logger("sfn_worker.worker")
 
+# A long poll lasts up to 60 s; a grace this long lets every open poll return.
+POLL_RETURN_SECONDS = 65.0
 # After a second signal: time left for SendTaskFailure on everything still running.
 FORCED_EXIT_SECONDS = 1.5
 # After cancelling handlers at the end of the grace: how long to let them unwind before
@@ -146,6 +148,13 @@ class Worker:
                         handler=_handler_name(self.handler),
                         handler_mode=invoker.mode.value,
                     )
+                    if settings.shutdown_grace_seconds < POLL_RETURN_SECONDS:
+                        log.info(
+                            "note: long polls open at shutdown may outlast the grace period",
+                            grace_seconds=settings.shutdown_grace_seconds,
+                            hint="SFN_SHUTDOWN_GRACE_SECONDS >= 65 (and ECS stopTimeout above "
+                            "it) lets every open poll return before exit",
+                        )
                     await _wait_any(stop, fatal_event)
                     await self._shutdown(stopping, force_stop, queue, dispatcher, runner)
         finally:
@@ -212,47 +221,71 @@ class Worker:
         closing = asyncio.create_task(pollers_then_dispatcher())
 
         # Phase 2: drain until the grace period (minus the reserve) is over.
-        drained = await self._wait_all(closing, drain_deadline, force_stop)
-        if drained:
-            log.info("shutdown: all tasks finished")
+        if await self._wait_all(closing, drain_deadline, force_stop):
+            log.info("shutdown: all tasks answered and all polls returned")
             return
 
         # Phase 3: cancel what is left and answer each token with Worker.Shutdown.
         forced = force_stop.is_set()
-        hard_deadline = loop.time() + FORCED_EXIT_SECONDS if forced else grace_deadline
+        hard_deadline = grace_deadline
+        if forced:
+            hard_deadline = min(hard_deadline, loop.time() + FORCED_EXIT_SECONDS)
+        reason = "second signal" if forced else "grace period over"
+        await self._cancel_running(runner, closing, hard_deadline, reason)
+
+        # Phase 4: until the hard deadline, late tokens are failed and open polls may return.
+        # A second signal now shortens the deadline.
+        drained = await self._wait_all(closing, hard_deadline, None if forced else force_stop)
+        if not drained and not forced and force_stop.is_set():
+            hard_deadline = min(hard_deadline, loop.time() + FORCED_EXIT_SECONDS)
+            await self._cancel_running(runner, closing, hard_deadline, "second signal")
+            await self._wait_all(closing, hard_deadline, None)
+        await self._abandon_what_is_left(runner, closing, dispatcher)
+
+    async def _cancel_running(
+        self, runner: TaskRunner, closing: asyncio.Task[None], hard_deadline: float, reason: str
+    ) -> None:
+        loop = asyncio.get_running_loop()
         runner.refuse_new_work = True
         runner.send_deadline = hard_deadline
         leftovers = list(runner.running.values())
-        log.warning(
-            "shutdown: cancelling running tasks",
-            reason="second signal" if forced else "grace period over",
-            count=len(leftovers),
-        )
+        if not leftovers:
+            return
+        log.warning("shutdown: cancelling running tasks", reason=reason, count=len(leftovers))
         for record in leftovers:
             record.cancel(CancelReason.SHUTDOWN)
         unwind_deadline = loop.time() + (hard_deadline - loop.time()) * CANCEL_UNWIND_FRACTION
-        if not await self._wait_all(closing, unwind_deadline, None):
-            stubborn = [r for r in runner.running.values() if r.handler and not r.handler.done()]
-            if stubborn:
-                log.warning(
-                    "shutdown: handlers ignore cancellation; answering them anyway",
-                    count=len(stubborn),
-                )
-            for record in runner.running.values():
-                record.abandon()
+        if await self._wait_all(closing, unwind_deadline, None):
+            return
+        stubborn = [r for r in runner.running.values() if r.handler and not r.handler.done()]
+        if stubborn:
+            log.warning(
+                "shutdown: handlers ignore cancellation; answering their tokens anyway",
+                count=len(stubborn),
+            )
+        for record in runner.running.values():
+            record.abandon()
 
-        # Phase 4: the hard deadline; anything still pending is abandoned.
-        if await self._wait_all(closing, hard_deadline, None):
+    async def _abandon_what_is_left(
+        self, runner: TaskRunner, closing: asyncio.Task[None], dispatcher: asyncio.Task[None]
+    ) -> None:
+        open_polls = sum(1 for p in self._pollers if p.holds_task)
+        unanswered = len(runner.running)
+        if not open_polls and not unanswered and closing.done():
             log.info("shutdown: every task answered")
             return
-        open_polls = sum(1 for p in self._pollers if p.holds_task)
-        log.error(
-            "shutdown: deadline reached; abandoning what is left",
-            open_polls=open_polls,
-            unanswered=len(runner.running),
-            hint="a task handed to an abandoned poll waits for its timeout; "
-            "give SFN_SHUTDOWN_GRACE_SECONDS over 60 s (and stopTimeout above it) to avoid this",
-        )
+        if unanswered:
+            log.error(
+                "shutdown: deadline reached with tasks unanswered; they wait for their timeout",
+                unanswered=unanswered,
+            )
+        if open_polls:
+            log.warning(
+                "shutdown: deadline reached with long polls still open; closing them",
+                open_polls=open_polls,
+                hint="a task Step Functions hands to a closed poll waits for its timeout; "
+                "a grace of 65 s or more (ECS stopTimeout above it) lets every poll return",
+            )
         closing.cancel()
         for task in (*self._poller_tasks, dispatcher, *self._work_tasks):
             task.cancel()

@@ -1,0 +1,150 @@
+"""The seed flow end to end on LocalStack: `make demo`.
+
+Starts LocalStack (Step Functions only), creates the activity and the seed state machine
+from config/demo-state-machine.json, starts `sfn-worker run` as a real subprocess with the
+built-in seed handler, runs two executions ({"in": "SUCCESS"} and {"in": "RANDOM"}), prints
+how each ended, then sends SIGTERM to the worker and stops LocalStack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emulator import CONFIG, EmulatorError, LocalStack
+
+REGION = "us-east-1"
+ROLE_ARN = "arn:aws:iam::000000000000:role/demo-role"  # LocalStack does not check it
+EXECUTION_TIMEOUT_SECONDS = 60.0
+
+
+def aws_env(endpoint_url: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL_SFN": endpoint_url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def sfn_client(endpoint_url: str) -> Any:
+    return boto3.client(
+        "stepfunctions",
+        endpoint_url=endpoint_url,
+        region_name=REGION,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+def state_machine_definition(activity_arn: str) -> str:
+    definition = json.loads((CONFIG / "demo-state-machine.json").read_text())
+    definition.pop("Comment", None)
+    definition["States"]["TestActivity"]["Resource"] = activity_arn
+    return json.dumps(definition)
+
+
+def wait_for_execution(client: Any, execution_arn: str) -> dict[str, Any]:
+    deadline = time.monotonic() + EXECUTION_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        described: dict[str, Any] = client.describe_execution(executionArn=execution_arn)
+        if described["status"] != "RUNNING":
+            return described
+        time.sleep(0.2)  # an external service: polling its status is the only way
+    raise TimeoutError(f"execution still RUNNING after {EXECUTION_TIMEOUT_SECONDS:.0f}s")
+
+
+def worker_command() -> list[str]:
+    script = Path(sys.executable).parent / "sfn-worker"
+    return [str(script), "run"] if script.exists() else [sys.executable, "-m", "sfn_worker", "run"]
+
+
+def run_demo() -> int:
+    with LocalStack() as emulator, tempfile.TemporaryDirectory() as tmp:
+        print(f"LocalStack (Step Functions) is up at {emulator.endpoint_url}")
+        client = sfn_client(emulator.endpoint_url)
+        activity_arn = client.create_activity(name="seed-activity")["activityArn"]
+        machine_arn = client.create_state_machine(
+            name="seed-state-machine",
+            definition=state_machine_definition(activity_arn),
+            roleArn=ROLE_ARN,
+        )["stateMachineArn"]
+        print(f"activity:      {activity_arn}")
+        print(f"state machine: {machine_arn}")
+
+        worker_log = Path(tmp) / "worker.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SFN_"))}
+        env.update(aws_env(emulator.endpoint_url))
+        env.update(
+            SFN_ACTIVITY_ARN=activity_arn,
+            SFN_WORKER_NAME="demo-worker",
+            SFN_LOG_FORMAT="console",
+            # Open 60 s long polls would hold a default 25 s grace; the demo has no more work.
+            SFN_SHUTDOWN_GRACE_SECONDS="3",
+        )
+        command = worker_command()
+        with open(worker_log, "wb") as log:
+            worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        print(f"worker:        sfn-worker run, seed handler (pid {worker.pid})")
+        try:
+            executions = [
+                (
+                    payload,
+                    client.start_execution(
+                        stateMachineArn=machine_arn,
+                        name=f"demo-{payload['in'].lower()}-{uuid.uuid4().hex[:8]}",
+                        input=json.dumps(payload),
+                    )["executionArn"],
+                )
+                for payload in ({"in": "SUCCESS"}, {"in": "RANDOM"})
+            ]
+            print()
+            for payload, arn in executions:
+                result = wait_for_execution(client, arn)
+                print(f"input  {json.dumps(payload)}")
+                print(f"  status {result['status']}")
+                if result["status"] == "SUCCEEDED":
+                    print(f"  output {json.dumps(json.loads(result['output']))}")
+                else:
+                    print(f"  error  {result.get('error')}")
+                    print(f"  cause  {result.get('cause')}")
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                code = worker.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                code = worker.wait()
+        print()
+        print(f"worker stopped with SIGTERM, exit code {code}; its log:")
+        for line in worker_log.read_text(errors="replace").splitlines():
+            print(f"  | {line}")
+    print("LocalStack stopped.")
+    return 0 if code == 0 else 1
+
+
+def main() -> int:
+    # SIGTERM to the demo unwinds the `with` blocks, so LocalStack and the worker stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return run_demo()
+    except EmulatorError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

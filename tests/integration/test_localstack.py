@@ -1,0 +1,221 @@
+"""The worker against LocalStack's Step Functions: a real implementation none of us wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed
+from sfn_worker.handlers import Handler
+from sfn_worker.settings import Settings
+from sfn_worker.worker import Worker
+
+from .conftest import Flow
+
+WORKER_BIN = Path(sys.executable).parent / "sfn-worker"
+
+
+@contextmanager
+def worker_process(
+    flow: Flow, aws: dict[str, str], **settings: str
+) -> Iterator[subprocess.Popen[str]]:
+    """``sfn-worker run`` as a real subprocess; killed if a test leaves it running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    env.update(aws)
+    env.update(SFN_ACTIVITY_ARN=flow.activity_arn, SFN_WORKER_NAME="integration", **settings)
+    process = subprocess.Popen(
+        [str(WORKER_BIN), "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def stop(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stderr
+
+
+@asynccontextmanager
+async def in_process_worker(
+    flow: Flow, handler: Handler, **overrides: Any
+) -> AsyncIterator[Worker]:
+    values: dict[str, Any] = {
+        "activity_arn": flow.activity_arn,
+        "worker_name": "integration",
+        "pollers": 1,
+        "concurrency": 2,
+        "heartbeat_seconds": 0,
+        "shutdown_grace_seconds": 2,
+    }
+    values.update(overrides)
+    worker = Worker(Settings(**values), handler)
+    stop_event = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop_event))
+    try:
+        yield worker
+    finally:
+        stop_event.set()
+        await asyncio.wait_for(running, 30)
+
+
+def test_seed_flow_both_branches(make_flow: Any, aws_for_localstack: dict[str, str]) -> None:
+    flow: Flow = make_flow()
+    with worker_process(flow, aws_for_localstack, SFN_SHUTDOWN_GRACE_SECONDS="3") as worker:
+        succeeded = flow.wait(flow.start({"in": "SUCCESS"}))
+        failed = flow.wait(flow.start({"in": "RANDOM"}))
+        code, log = stop(worker)
+    assert succeeded["status"] == "SUCCEEDED"
+    assert succeeded["output"].replace(" ", "") == '{"result":{"in":"SUCCESS"}}'
+    assert failed["status"] == "FAILED"
+    assert (failed["error"], failed["cause"]) == ("NO_SUCCESS_INPUT", 'Input is not "SUCCESS"')
+    assert code == 0, log
+    assert '"event": "task ended"' in log
+
+
+async def test_retry_in_the_state_machine_redrives_each_attempt(make_flow: Any) -> None:
+    flow: Flow = make_flow(
+        Retry=[
+            {
+                "ErrorEquals": ["NO_SUCCESS_INPUT"],
+                "IntervalSeconds": 1,
+                "MaxAttempts": 2,
+                "BackoffRate": 1.0,
+            }
+        ]
+    )
+    attempts: list[Any] = []
+
+    def flaky(task_input: Any, ctx: TaskContext) -> Any:
+        attempts.append(task_input)
+        if len(attempts) < 3:
+            raise TaskFailed("NO_SUCCESS_INPUT", f"attempt {len(attempts)}")
+        return {"attempts": len(attempts)}
+
+    async with in_process_worker(flow, flaky):
+        result = await flow.wait_async(flow.start({"in": "RETRY"}))
+    assert result["status"] == "SUCCEEDED"
+    assert attempts == [{"in": "RETRY"}] * 3
+    assert flow.history_types(result["executionArn"]).count("ActivityFailed") == 2
+
+
+async def test_heartbeats_keep_a_long_task_alive_only_when_on(make_flow: Any) -> None:
+    async def three_heartbeat_windows(task_input: Any, ctx: TaskContext) -> Any:
+        await asyncio.sleep(6)  # 3 x HeartbeatSeconds
+        return {"ok": True}
+
+    quiet: Flow = make_flow(HeartbeatSeconds=2, TimeoutSeconds=60)
+    beating: Flow = make_flow(HeartbeatSeconds=2, TimeoutSeconds=60)
+    async with (
+        in_process_worker(quiet, three_heartbeat_windows, heartbeat_seconds=0),
+        in_process_worker(beating, three_heartbeat_windows, heartbeat_seconds=0.5),
+    ):
+        quiet_run, beating_run = quiet.start({}), beating.start({})
+        quiet_result, beating_result = await asyncio.gather(
+            quiet.wait_async(quiet_run), beating.wait_async(beating_run)
+        )
+    assert (quiet_result["status"], quiet_result.get("error")) == ("FAILED", "States.Timeout")
+    assert beating_result["status"] == "SUCCEEDED"
+
+
+async def test_timed_out_task_is_cancelled_and_the_worker_keeps_serving(make_flow: Any) -> None:
+    flow: Flow = make_flow(HeartbeatSeconds=2, TimeoutSeconds=3)
+    cancelled = asyncio.Event()
+
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        if task_input.get("quick"):
+            return {"served": True}
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {"late": True}
+
+    async with in_process_worker(flow, handler, heartbeat_seconds=0.5) as worker:
+        timed_out = await flow.wait_async(flow.start({"quick": False}))
+        await asyncio.wait_for(cancelled.wait(), 10)
+        following = await flow.wait_async(flow.start({"quick": True}))
+    assert (timed_out["status"], timed_out.get("error")) == ("FAILED", "States.Timeout")
+    assert following["status"] == "SUCCEEDED"
+    # The heartbeat learned the task was gone: no terminal call was made for it.
+    assert worker.metrics.tasks_gone._value.get() == 1
+    assert worker.metrics.tasks_succeeded._value.get() == 1
+
+
+async def test_answer_after_timeout_is_logged_and_the_worker_keeps_serving(
+    make_flow: Any,
+) -> None:
+    flow: Flow = make_flow(TimeoutSeconds=1)
+    finish = asyncio.Event()
+
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        if not task_input.get("quick"):
+            await finish.wait()
+        return {"done": True}
+
+    async with in_process_worker(flow, handler) as worker:
+        timed_out = await flow.wait_async(flow.start({"quick": False}))
+        finish.set()  # answers a task Step Functions already timed out
+        following = await flow.wait_async(flow.start({"quick": True}))
+    assert (timed_out["status"], timed_out.get("error")) == ("FAILED", "States.Timeout")
+    assert following["status"] == "SUCCEEDED"
+    assert worker.metrics.tasks_gone._value.get() == 1
+
+
+def test_sigterm_fails_a_long_task_with_worker_shutdown(
+    make_flow: Any, aws_for_localstack: dict[str, str]
+) -> None:
+    flow: Flow = make_flow()
+    grace = 4.0
+    with worker_process(
+        flow,
+        aws_for_localstack,
+        SFN_HANDLER="sfn_worker.examples:sleep_handler",
+        SFN_HEARTBEAT_SECONDS="0",
+        SFN_SHUTDOWN_GRACE_SECONDS=str(grace),
+    ) as worker:
+        execution = flow.start({"seconds": 300})
+        deadline = time.monotonic() + 30
+        while "ActivityStarted" not in flow.history_types(execution):
+            assert time.monotonic() < deadline, "the worker never started the task"
+            time.sleep(0.1)
+        signalled = time.monotonic()
+        code, log = stop(worker)
+        took = time.monotonic() - signalled
+        result = flow.wait(execution)
+    assert code == 0, log
+    assert took < grace + 2
+    assert (result["status"], result.get("error")) == ("FAILED", SHUTDOWN_ERROR)
+    assert "interrupted" in result.get("cause", "")
+
+
+def _check(flow_arn: str, aws: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    env.update(aws, SFN_ACTIVITY_ARN=flow_arn)
+    return subprocess.run(
+        [str(WORKER_BIN), "check"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_check_command(make_flow: Any, aws_for_localstack: dict[str, str]) -> None:
+    flow: Flow = make_flow()
+    ok = _check(flow.activity_arn, aws_for_localstack)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+    missing = _check(flow.activity_arn + "-missing", aws_for_localstack)
+    assert missing.returncode == 1
+    assert "ActivityDoesNotExist" in missing.stderr
+    assert "Traceback" not in missing.stderr
