@@ -6,7 +6,9 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.8
 PYTHON_VERSION := 3.13
 # Tools and emulator live outside the work tree, shared by clones on this machine.
-CACHE_DIR ?= $(HOME)/.cache/sfn-worker
+SFN_WORKER_CACHE ?= $(HOME)/.cache/sfn-worker
+export SFN_WORKER_CACHE
+CACHE_DIR := $(SFN_WORKER_CACHE)
 UV_HOME := $(CACHE_DIR)/uv-$(UV_VERSION)
 UV := $(UV_HOME)/bin/uv
 VENV := .venv
