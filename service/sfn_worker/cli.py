@@ -15,8 +15,10 @@ import structlog
 
 from . import __version__
 from .client import open_client
+from .ecs_protection import task_protection
 from .errors import API_ERRORS, FatalWorkerError, describe
 from .handlers import Handler, HandlerLoadError, load_handler
+from .http import healthcheck, serve_http
 from .logs import configure_logging
 from .settings import HEARTBEAT_RATE_WARNING_PER_SECOND, Settings, SettingsError, load_settings
 from .worker import Worker
@@ -77,9 +79,10 @@ async def serve(settings: Settings, handler: Handler) -> int:
             hint="raise SFN_HEARTBEAT_SECONDS or lower SFN_CONCURRENCY",
         )
     try:
-        from .http import serve_http
-
-        async with serve_http(settings, worker):
+        async with (
+            serve_http(settings, worker),
+            task_protection(settings, worker.in_flight, worker.tasks_changed),
+        ):
             await worker.run(stop, force_stop)
     except FatalWorkerError as exc:
         log.error("worker stopped", error=str(exc))
@@ -142,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "healthcheck":
-        from .http import healthcheck
-
         return healthcheck(args.timeout)
     try:
         settings, handler = _configure()

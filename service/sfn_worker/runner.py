@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from .aio import cancel_and_wait
 from .client import SFNClient
 from .context import TaskContext, token_hash
 from .errors import SHUTDOWN_ERROR, describe
@@ -84,6 +85,7 @@ class TaskRunner:
         activity_arn: str,
         heartbeat_seconds: float,
         shutdown_started: asyncio.Event,
+        tasks_changed: asyncio.Event | None = None,
     ) -> None:
         self._client = client
         self._invoker = invoker
@@ -93,6 +95,7 @@ class TaskRunner:
         self._activity_arn = activity_arn
         self._heartbeat_seconds = heartbeat_seconds
         self._shutdown_started = shutdown_started
+        self._tasks_changed = tasks_changed or asyncio.Event()
         self.running: dict[int, RunningTask] = {}
         # Set once the grace period is over: tasks not yet started are failed, not run.
         self.refuse_new_work = False
@@ -113,12 +116,14 @@ class TaskRunner:
         record = RunningTask(token=task.token, ctx=ctx, started_at=loop.time())
         self.running[id(record)] = record
         self._metrics.tasks_in_flight.inc()
+        self._tasks_changed.set()
         try:
             with structlog.contextvars.bound_contextvars(token=record.token_hash):
                 await self._work(task, record)
         finally:
             self._metrics.tasks_in_flight.dec()
             del self.running[id(record)]
+            self._tasks_changed.set()
 
     async def _work(self, task: ActivityTask, record: RunningTask) -> None:
         loop = asyncio.get_running_loop()
@@ -171,7 +176,7 @@ class TaskRunner:
             await record.settled.wait()
         finally:
             if heartbeat is not None:
-                await _cancel_and_wait(heartbeat)
+                await cancel_and_wait(heartbeat)
 
         if record.cancel_reason is CancelReason.TASK_GONE:
             return None
@@ -213,13 +218,3 @@ def _mark_exception_retrieved(future: asyncio.Future[Any]) -> None:
     # An abandoned handler may fail after nobody waits for it; keep asyncio from warning.
     if not future.cancelled():
         future.exception()
-
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # we are being cancelled ourselves: never swallow that

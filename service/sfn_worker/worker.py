@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from .aio import cancel_and_wait
 from .client import SFNClient, open_client
 from .errors import FatalWorkerError
 from .handlers import Handler, HandlerInvoker, load_handler
@@ -74,6 +75,11 @@ class Worker:
         self._runner: TaskRunner | None = None
         self._queue: asyncio.Queue[ActivityTask | None] | None = None
         self._started = False
+        # Set whenever a task starts or ends (for ECS task protection).
+        self.tasks_changed = asyncio.Event()
+
+    def in_flight(self) -> int:
+        return len(self._runner.running) if self._runner else 0
 
     def state(self) -> WorkerState:
         stopping = self._stopping is not None and self._stopping.is_set()
@@ -120,6 +126,7 @@ class Worker:
                     activity_arn=settings.activity_arn,
                     heartbeat_seconds=settings.heartbeat_seconds,
                     shutdown_started=stopping,
+                    tasks_changed=self.tasks_changed,
                 )
                 self._pollers = [
                     Poller(
@@ -286,11 +293,9 @@ class Worker:
                 hint="a task Step Functions hands to a closed poll waits for its timeout; "
                 "a grace of 65 s or more (ECS stopTimeout above it) lets every poll return",
             )
-        closing.cancel()
         for task in (*self._poller_tasks, dispatcher, *self._work_tasks):
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await closing
+        await cancel_and_wait(closing)
 
     async def _wait_all(
         self, closing: asyncio.Task[None], deadline: float, force_stop: asyncio.Event | None

@@ -1,0 +1,142 @@
+"""Operator files in config/ and the Dockerfile agree with the code and with each other."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfn_worker.settings import Settings, env_name
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config"
+SETTING_NAMES = {env_name(name) for name in Settings.model_fields}
+
+
+def load_json(name: str) -> Any:
+    return json.loads((CONFIG / name).read_text())
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG.rglob("*.json")), ids=lambda p: p.name)
+def test_every_json_file_loads(path: Path) -> None:
+    assert json.loads(path.read_text())
+
+
+def test_env_example_lists_exactly_the_settings() -> None:
+    text = (CONFIG / "worker.env.example").read_text()
+    listed = re.findall(r"^([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE)
+    assert len(listed) == len(set(listed)), "a variable is listed twice"
+    assert set(listed) == SETTING_NAMES
+
+
+def test_env_example_defaults_match_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (CONFIG / "worker.env.example").read_text()
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.MULTILINE))
+    values.pop("SFN_WORKER_NAME")  # defaults to the hostname
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    from_example = Settings()  # type: ignore[call-arg]
+    defaults = Settings(activity_arn=values["SFN_ACTIVITY_ARN"])
+    assert from_example.model_dump(exclude={"worker_name"}) == defaults.model_dump(
+        exclude={"worker_name"}
+    )
+
+
+def _container() -> dict[str, Any]:
+    container: dict[str, Any] = load_json("ecs-task-definition.json")["containerDefinitions"][0]
+    return container
+
+
+def test_ecs_task_definition_fits_grace_into_stop_timeout() -> None:
+    container = _container()
+    env = {item["name"]: item["value"] for item in container["environment"]}
+    assert set(env) <= SETTING_NAMES
+    grace = float(env["SFN_SHUTDOWN_GRACE_SECONDS"])
+    assert container["stopTimeout"] <= 120  # the ECS maximum
+    assert grace + 5 <= container["stopTimeout"]
+    assert grace >= 65  # every open long poll returns before the worker exits
+    assert container["healthCheck"]["command"] == ["CMD", "sfn-worker", "healthcheck"]
+    assert env["SFN_HTTP_PORT"] != "0"  # the health check needs the server
+    assert container["logConfiguration"]["logDriver"] == "awslogs"
+
+
+def test_iam_policy_is_least_privilege() -> None:
+    policy = load_json("iam-task-role-policy.json")
+    actions = {a for statement in policy["Statement"] for a in statement["Action"]}
+    assert actions == {
+        "states:GetActivityTask",
+        "states:DescribeActivity",
+        "states:SendTaskSuccess",
+        "states:SendTaskFailure",
+        "states:SendTaskHeartbeat",
+        "ecs:UpdateTaskProtection",
+        "ecs:GetTaskProtection",
+    }
+    for statement in policy["Statement"]:
+        if "states:GetActivityTask" in statement["Action"]:
+            assert ":activity:" in statement["Resource"]
+
+
+def test_autoscaling_example_uses_the_activity_metrics() -> None:
+    scaling = load_json("ecs-service-autoscaling.json")
+    metrics = {alarm["MetricName"] for alarm in scaling["Alarms"]}
+    assert metrics == {"ActivityScheduleTime", "ActivitiesScheduled"}
+    assert all(alarm["Namespace"] == "AWS/States" for alarm in scaling["Alarms"])
+
+
+def test_ec2_examples_give_the_container_its_stop_time() -> None:
+    unit = (CONFIG / "ec2" / "sfn-worker.service").read_text()
+    grace = float(re.search(r"SFN_SHUTDOWN_GRACE_SECONDS=(\d+)", unit).group(1))  # type: ignore[union-attr]
+    docker_stop = int(re.search(r"--stop-timeout (\d+)", unit).group(1))  # type: ignore[union-attr]
+    systemd_stop = int(re.search(r"TimeoutStopSec=(\d+)", unit).group(1))  # type: ignore[union-attr]
+    assert grace < docker_stop < systemd_stop
+    script = (CONFIG / "ec2" / "run.sh").read_text()
+    assert "--stop-timeout 120" in script
+    assert "SFN_SHUTDOWN_GRACE_SECONDS=110" in script
+
+
+def dockerfile_instructions() -> dict[str, list[str]]:
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            found.setdefault(keyword.upper(), []).append(rest.strip())
+    return found
+
+
+def image_command() -> list[str]:
+    """ENTRYPOINT + CMD of the final stage, both in exec form."""
+    instructions = dockerfile_instructions()
+    entrypoint: list[str] = json.loads(instructions["ENTRYPOINT"][-1])
+    cmd: list[str] = json.loads(instructions["CMD"][-1])
+    return entrypoint + cmd
+
+
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for declaration in dockerfile_instructions()["ENV"][-1:]:
+        for pair in shlex.split(declaration):
+            name, _, value = pair.partition("=")
+            env[name] = value
+    return env
+
+
+def test_dockerfile_shape() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions["FROM"][-1].startswith("python:3.13-slim")
+    assert len(instructions["FROM"]) >= 2, "multi-stage build"
+    assert image_command() == ["sfn-worker", "run"]
+    assert instructions["STOPSIGNAL"] == ["SIGTERM"]
+    assert re.fullmatch(r"\d+(:\d+)?", instructions["USER"][-1]), "numeric non-root user"
+    assert not instructions["USER"][-1].startswith("0")
+    assert "sfn-worker" in instructions["HEALTHCHECK"][-1]
+    assert "--require-hashes" in " ".join(instructions["RUN"])
+    assert "requirements.lock" in " ".join(instructions["COPY"])
+    ignored = (REPO / ".dockerignore").read_text()
+    assert ignored.splitlines()[1] == "*"

@@ -1,0 +1,211 @@
+"""Operations: /healthz, /metrics, the healthcheck command, ECS task scale-in protection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sfn_worker import TaskContext, ecs_protection
+from sfn_worker.ecs_protection import task_protection
+from sfn_worker.examples import seed_handler
+from sfn_worker.http import healthcheck, serve_http
+from sfn_worker.testing import FakeStepFunctions
+from sfn_worker.worker import Worker
+
+from .conftest import WorkerHarness, make_settings
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_healthz_and_metrics(fake: FakeStepFunctions) -> None:
+    release = asyncio.Event()
+
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        if task_input.get("wait"):
+            await release.wait()
+        return seed_handler(task_input, ctx)
+
+    port = free_port()
+    settings = make_settings(fake, http_port=port, http_host="127.0.0.1")
+    worker = Worker(settings, handler)
+    harness = WorkerHarness(worker, fake)
+    done = fake.add_task({"in": "SUCCESS"})
+    failed = fake.add_task({"in": "RANDOM"})
+    async with serve_http(settings, worker):
+        harness.start()
+        await fake.wait_for(lambda: done.state != "open" and failed.state != "open")
+        await fake.wait_for(lambda: fake.open_polls == settings.pollers)
+        status, body = await get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200
+        assert json.loads(body)["status"] == "ok"
+
+        status, metrics = await get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert "sfn_worker_tasks_succeeded_total 1.0" in metrics
+        assert 'sfn_worker_tasks_failed_total{error="NO_SUCCESS_INPUT"} 1.0' in metrics
+        for name in (
+            "sfn_worker_tasks_started_total",
+            "sfn_worker_tasks_in_flight",
+            "sfn_worker_queue_depth",
+            "sfn_worker_empty_polls_total",
+            "sfn_worker_heartbeats_sent_total",
+            "sfn_worker_handler_duration_seconds_bucket",
+            "sfn_worker_terminal_call_retries_total",
+            "sfn_worker_heartbeat_lag_seconds_bucket",
+            "sfn_worker_polls_open",
+        ):
+            assert name in metrics, name
+
+        slow = fake.add_task({"wait": True, "in": "SUCCESS"})
+        await fake.wait_for(lambda: slow.issued)
+        harness.stop_event.set()
+        fake.release_polls()
+        await asyncio.sleep(0)
+        status, body = await get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 503
+        assert json.loads(body)["status"] == "stopping"
+        release.set()
+        await harness.wait()
+    assert slow.state == "succeeded"
+
+
+async def test_healthcheck_command(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeStepFunctions
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("SFN_HTTP_PORT", str(port))
+    assert await asyncio.to_thread(healthcheck, 1.0) == 1  # nothing listening
+    settings = make_settings(fake, http_port=port, http_host="127.0.0.1")
+    worker = Worker(settings, seed_handler)
+    harness = WorkerHarness(worker, fake)
+    async with serve_http(settings, worker):
+        harness.start()
+        await fake.wait_for(lambda: fake.open_polls == settings.pollers)
+        assert await asyncio.to_thread(healthcheck, 2.0) == 0
+        await harness.stop()
+    monkeypatch.setenv("SFN_HTTP_PORT", "0")
+    assert await asyncio.to_thread(healthcheck, 1.0) == 1
+
+
+class FakeEcsAgent:
+    """Records PUT /task-protection/v1/state; can answer errors first."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.fail_next = 0
+        self.changed = asyncio.Condition()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _state(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if self.fail_next:
+            self.fail_next -= 1
+            response = web.json_response({"error": {"Code": "ServerException"}}, status=500)
+        else:
+            self.requests.append(body)
+            response = web.json_response(
+                {"protection": {"ProtectionEnabled": body["ProtectionEnabled"]}}
+            )
+        async with self.changed:
+            self.changed.notify_all()
+        return response
+
+    async def wait_for(self, predicate: Any, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout), self.changed:
+            await self.changed.wait_for(predicate)
+
+    async def __aenter__(self) -> FakeEcsAgent:
+        app = web.Application()
+        app.router.add_put("/task-protection/v1/state", self._state)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@pytest.fixture
+async def agent(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeEcsAgent]:
+    async with FakeEcsAgent() as fake_agent:
+        monkeypatch.setenv("ECS_AGENT_URI", fake_agent.url)
+        yield fake_agent
+
+
+async def test_task_protection_follows_in_flight_work(
+    fake: FakeStepFunctions, agent: FakeEcsAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Renew after ~0.1 s instead of 80 % of a minute, to see renewals in a test.
+    monkeypatch.setattr(ecs_protection, "RENEW_FRACTION", 0.1 / 60)
+    monkeypatch.setattr(ecs_protection, "RETRY_AFTER_ERROR_SECONDS", 0.05)
+    release = asyncio.Event()
+
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        await release.wait()
+        return "done"
+
+    settings = make_settings(fake, ecs_task_protection=True, ecs_protection_minutes=1)
+    worker = Worker(settings, handler)
+    harness = WorkerHarness(worker, fake)
+    async with task_protection(settings, worker.in_flight, worker.tasks_changed) as protection:
+        assert protection is not None
+        harness.start()
+        await fake.wait_for(lambda: fake.open_polls == settings.pollers)
+        assert agent.requests == []  # idle: no protection asked for
+        agent.fail_next = 1  # the first attempt fails; the worker logs and tries again
+        task = fake.add_task({})
+        await agent.wait_for(lambda: len(agent.requests) >= 2)  # set, then renewed
+        assert agent.requests[0] == {"ProtectionEnabled": True, "ExpiresInMinutes": 1}
+        assert agent.requests[1] == {"ProtectionEnabled": True, "ExpiresInMinutes": 1}
+        release.set()
+        await fake.wait_for(lambda: task.state == "succeeded")
+        await agent.wait_for(lambda: agent.requests[-1] == {"ProtectionEnabled": False})
+        await harness.stop()
+    assert protection.protected is False
+    assert agent.requests[-1] == {"ProtectionEnabled": False}
+
+
+async def test_task_protection_without_agent_is_off(
+    fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ECS_AGENT_URI", raising=False)
+    settings = make_settings(fake, ecs_task_protection=True)
+    async with task_protection(settings, lambda: 0, asyncio.Event()) as protection:
+        assert protection is None
+
+
+async def test_unreachable_agent_is_never_fatal(
+    fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ECS_AGENT_URI", f"http://127.0.0.1:{free_port()}")
+    settings = make_settings(fake, ecs_task_protection=True)
+    worker = Worker(settings, seed_handler)
+    harness = WorkerHarness(worker, fake)
+    async with task_protection(settings, worker.in_flight, worker.tasks_changed) as protection:
+        assert protection is not None
+        harness.start()
+        task = fake.add_task({"in": "SUCCESS"})
+        await fake.wait_for(lambda: task.state == "succeeded")
+        await harness.stop()
+    assert protection.protected is False
