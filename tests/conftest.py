@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sfn_worker.handlers import Handler
+from sfn_worker.retry import Backoff
 from sfn_worker.settings import Settings
 from sfn_worker.testing import FakeStepFunctions
 from sfn_worker.worker import Worker
@@ -78,11 +79,21 @@ class WorkerHarness:
             await self.task
 
 
+# Retries in milliseconds, so fault tests run fast; the production curves are in retry.py.
+FAST_BACKOFF = Backoff(base_seconds=0.005, cap_seconds=0.05)
+
+
 @contextlib.asynccontextmanager
 async def running_worker(
     fake: FakeStepFunctions, handler: Handler, **overrides: Any
 ) -> AsyncIterator[WorkerHarness]:
-    harness = WorkerHarness(Worker(make_settings(fake, **overrides), handler), fake)
+    worker = Worker(
+        make_settings(fake, **overrides),
+        handler,
+        poll_backoff=FAST_BACKOFF,
+        send_backoff=FAST_BACKOFF,
+    )
+    harness = WorkerHarness(worker, fake)
     harness.start()
     try:
         yield harness

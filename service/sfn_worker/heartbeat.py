@@ -11,7 +11,7 @@ import structlog
 from .client import SFNClient
 from .errors import API_ERRORS, ErrorKind, classify, describe, error_code
 from .metrics import Metrics
-from .retry import SEND_BACKOFF
+from .retry import SEND_BACKOFF, Backoff
 
 log = structlog.get_logger("sfn_worker.heartbeat")
 
@@ -26,6 +26,7 @@ async def heartbeat_until_cancelled(
     interval: float,
     metrics: Metrics,
     on_task_gone: Callable[[str], None],
+    backoff: Backoff = SEND_BACKOFF,
 ) -> None:
     """Heartbeat every ``interval`` seconds until cancelled or the task is gone.
 
@@ -55,7 +56,7 @@ async def heartbeat_until_cancelled(
                     )
                     return
                 # Retry soon: a late heartbeat can still beat the state's HeartbeatSeconds.
-                delay = min(SEND_BACKOFF.delay(attempt), interval / 2)
+                delay = min(backoff.delay(attempt), interval / 2)
                 log.warning(
                     "heartbeat failed; retrying", error=describe(exc), retry_in=round(delay, 3)
                 )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 from .settings import LogFormat, LogLevel
 
 
-def configure_logging(level: LogLevel, fmt: LogFormat, worker_name: str) -> None:
+def configure_logging(
+    level: LogLevel, fmt: LogFormat, worker_name: str, stream: TextIO | None = None
+) -> None:
     renderer: structlog.typing.Processor
     if fmt is LogFormat.CONSOLE:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -25,7 +28,7 @@ def configure_logging(level: LogLevel, fmt: LogFormat, worker_name: str) -> None
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.value)),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.clear_contextvars()

@@ -54,6 +54,9 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400),
             registry=r,
         )
+        self.loop_lag = Gauge(
+            "sfn_worker_event_loop_lag_seconds", "How late the last loop timer fired", registry=r
+        )
         self.terminal_retries = Counter(
             "sfn_worker_terminal_call_retries",
             "Retried SendTaskSuccess/Failure attempts",

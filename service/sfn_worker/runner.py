@@ -25,6 +25,7 @@ from .outcome import (
     from_exception,
     invalid_input,
 )
+from .retry import SEND_BACKOFF, Backoff
 from .sender import ResultSender, SendResult
 
 log = structlog.get_logger("sfn_worker.task")
@@ -86,6 +87,7 @@ class TaskRunner:
         heartbeat_seconds: float,
         shutdown_started: asyncio.Event,
         tasks_changed: asyncio.Event | None = None,
+        heartbeat_backoff: Backoff = SEND_BACKOFF,
     ) -> None:
         self._client = client
         self._invoker = invoker
@@ -96,6 +98,7 @@ class TaskRunner:
         self._heartbeat_seconds = heartbeat_seconds
         self._shutdown_started = shutdown_started
         self._tasks_changed = tasks_changed or asyncio.Event()
+        self._heartbeat_backoff = heartbeat_backoff
         self.running: dict[int, RunningTask] = {}
         # Set once the grace period is over: tasks not yet started are failed, not run.
         self.refuse_new_work = False
@@ -209,7 +212,12 @@ class TaskRunner:
 
         return asyncio.create_task(
             heartbeat_until_cancelled(
-                self._client, record.token, self._heartbeat_seconds, self._metrics, task_gone
+                self._client,
+                record.token,
+                self._heartbeat_seconds,
+                self._metrics,
+                task_gone,
+                self._heartbeat_backoff,
             )
         )
 

@@ -24,8 +24,10 @@ from .aio import cancel_and_wait
 from .client import SFNClient, open_client
 from .errors import FatalWorkerError
 from .handlers import Handler, HandlerInvoker, load_handler
+from .loop_monitor import watch_loop_lag
 from .metrics import Metrics
 from .poller import Poller
+from .retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from .runner import ActivityTask, CancelReason, TaskRunner
 from .sender import ResultSender
 from .settings import Settings
@@ -62,11 +64,15 @@ class Worker:
         *,
         client_factory: ClientFactory = open_client,
         metrics: Metrics | None = None,
+        poll_backoff: Backoff = POLL_BACKOFF,
+        send_backoff: Backoff = SEND_BACKOFF,
     ) -> None:
         self.settings = settings
         self.handler = handler if handler is not None else load_handler(settings.handler)
         self.metrics = metrics or Metrics()
         self._client_factory = client_factory
+        self._poll_backoff = poll_backoff
+        self._send_backoff = send_backoff
         self._fatal: FatalWorkerError | None = None
         self._stopping: asyncio.Event | None = None
         self._pollers: list[Poller] = []
@@ -120,13 +126,14 @@ class Worker:
                 self._runner = runner = TaskRunner(
                     client=client,
                     invoker=invoker,
-                    sender=ResultSender(client, self.metrics),
+                    sender=ResultSender(client, self.metrics, self._send_backoff),
                     metrics=self.metrics,
                     worker_name=settings.worker_name,
                     activity_arn=settings.activity_arn,
                     heartbeat_seconds=settings.heartbeat_seconds,
                     shutdown_started=stopping,
                     tasks_changed=self.tasks_changed,
+                    heartbeat_backoff=self._send_backoff,
                 )
                 self._pollers = [
                     Poller(
@@ -139,12 +146,14 @@ class Worker:
                         stopping=stopping,
                         on_fatal=on_fatal,
                         metrics=self.metrics,
+                        backoff=self._poll_backoff,
                     )
                     for number in range(settings.pollers)
                 ]
                 async with asyncio.TaskGroup() as group:
                     self._poller_tasks = [group.create_task(p.run()) for p in self._pollers]
                     dispatcher = group.create_task(self._dispatch(group, queue, slots, runner))
+                    monitor = group.create_task(watch_loop_lag(self.metrics))
                     self._started = True
                     log.info(
                         "worker started",
@@ -164,6 +173,7 @@ class Worker:
                         )
                     await _wait_any(stop, fatal_event)
                     await self._shutdown(stopping, force_stop, queue, dispatcher, runner)
+                    await cancel_and_wait(monitor)
         finally:
             invoker.close(wait=False)
         if self._fatal is not None:

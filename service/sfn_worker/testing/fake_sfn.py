@@ -26,6 +26,8 @@ MAX_OUTPUT = 262_144
 MAX_ERROR = 256
 MAX_CAUSE = 32_768
 MAX_WORKER_NAME = 80
+TERMINAL_CALLS = frozenset({"SendTaskSuccess", "SendTaskFailure"})
+TASK_GONE_ANSWERS = frozenset({"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"})
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class FakeTask:
     error: str | None = None
     cause: str | None = None
     terminal_calls: int = 0  # accepted terminal calls: must end at most 1
+    # The worker was told the task is closed (its answer was accepted, or TaskTimedOut...).
+    told_closed: bool = False
+    calls_after_told_closed: int = 0  # must stay 0: a double answer or a call after "gone"
 
 
 class FakeStepFunctions:
@@ -111,6 +116,8 @@ class FakeStepFunctions:
         self.max_open_polls = 0
         self.max_slots_in_use = 0  # open polls + issued tokens not yet closed
         self._issued_open = 0
+        self.issued_count = 0
+        self.closed_count = 0  # issued tasks closed by a terminal call or expire()
         self._pending: asyncio.Queue[FakeTask] = asyncio.Queue()
         self._faults: dict[str, deque[Fault]] = {}
         self._changed = asyncio.Condition()
@@ -118,6 +125,10 @@ class FakeStepFunctions:
         self._runner: web.AppRunner | None = None
         self.endpoint_url = ""
         self._numbers = 0
+        self._feed_remaining = 0
+        self._feed_input = "null"
+        # Drop closed tasks (keep only the counters): for long runs that measure memory.
+        self.forget_closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -156,6 +167,11 @@ class FakeStepFunctions:
         self.tasks[token] = task
         self._pending.put_nowait(task)
         return task
+
+    def feed(self, count: int, task_input: Any) -> None:
+        """Hand out ``count`` more tasks with this input, created only when polled."""
+        self._feed_remaining += count
+        self._feed_input = json.dumps(task_input)
 
     def inject(self, operation: str, *faults: Fault) -> None:
         """Apply these faults, in order, to the next calls of ``operation``."""
@@ -199,6 +215,9 @@ class FakeStepFunctions:
         )
         token = params.get("taskToken")
         self.counts[operation] = self.counts.get(operation, 0) + 1
+        known = self.tasks.get(token or "")
+        if known is not None and known.told_closed:
+            known.calls_after_told_closed += 1
         if self.latency_seconds:
             await asyncio.sleep(self.latency_seconds)
         fault = self._next_fault(operation)
@@ -219,6 +238,10 @@ class FakeStepFunctions:
         await self._record(Call(operation, token, params, answer if fault is None else "reset"))
         if fault is not None:  # reset_after: the call took effect, the answer is lost
             return _reset(request)
+        if known is not None and (
+            answer in TASK_GONE_ANSWERS or (answer == "ok" and operation in TERMINAL_CALLS)
+        ):
+            known.told_closed = True  # the worker now knows: it must not call again
         return web.json_response(body, status=status, content_type="application/x-amz-json-1.0")
 
     def _next_fault(self, operation: str) -> Fault | None:
@@ -256,10 +279,14 @@ class FakeStepFunctions:
         task.issued = True
         task.worker_name = name
         self._issued_open += 1
+        self.issued_count += 1
         self.max_slots_in_use = max(self.max_slots_in_use, self.open_polls + self._issued_open)
         return 200, {"taskToken": task.token, "input": task.input}
 
     async def _next_task(self) -> FakeTask | None:
+        if self._pending.empty() and self._feed_remaining > 0:
+            self._feed_remaining -= 1
+            self.add_task(raw_input=self._feed_input)
         release = asyncio.ensure_future(self._release_polls.wait())
         take = asyncio.ensure_future(self._pending.get())
         try:
@@ -326,6 +353,9 @@ class FakeStepFunctions:
             task.terminal_calls += 1
         task.state = state
         self._issued_open -= 1
+        self.closed_count += 1
+        if self.forget_closed:
+            del self.tasks[task.token]
 
     def _reject(
         self, params: dict[str, Any], code: str, message: str
