@@ -77,11 +77,9 @@ async def worker_process(
 ) -> AsyncIterator[WorkerProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
     env.update(
-        SFN_ACTIVITY_ARN=fake.activity_arn,
-        SFN_WORKER_NAME="process-test",
-        SFN_LOG_FORMAT="json",
-        **settings,
+        SFN_ACTIVITY_ARN=fake.activity_arn, SFN_WORKER_NAME="process-test", SFN_LOG_FORMAT="json"
     )
+    env.update(settings)
     process = await asyncio.create_subprocess_exec(
         *command, env=env, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
@@ -188,3 +186,35 @@ async def test_second_sigterm_exits_within_two_seconds(fake: FakeStepFunctions) 
         assert await worker.exit_code(timeout=10) == 0
         assert loop.time() - second < 2.0
     assert (task.state, task.error) == ("failed", SHUTDOWN_ERROR)
+
+
+@pytest.mark.parametrize(
+    ("settings", "drop_credentials", "expected"),
+    [
+        (
+            {"SFN_ACTIVITY_ARN": "arn:aws:states:us-east-1:123456789012:activity:gone"},
+            False,
+            "ActivityDoesNotExist",
+        ),
+        ({}, True, "credentials"),
+    ],
+    ids=["no-such-activity", "no-credentials"],
+)
+async def test_fatal_errors_exit_1_with_a_clear_message(
+    fake: FakeStepFunctions,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, str],
+    drop_credentials: bool,
+    expected: str,
+) -> None:
+    if drop_credentials:
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"], fake, SFN_SHUTDOWN_GRACE_SECONDS="1", **settings
+    ) as worker:
+        assert await worker.exit_code() == 1
+    stopped = [e for e in worker.events if e.get("event") == "worker stopped"]
+    assert stopped
+    assert expected in stopped[-1]["error"]
+    assert not any("Traceback" in line for line in worker.raw)
