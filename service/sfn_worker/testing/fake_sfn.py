@@ -129,6 +129,8 @@ class FakeStepFunctions:
         self._feed_input = "null"
         # Drop closed tasks (keep only the counters): for long runs that measure memory.
         self.forget_closed = False
+        # Heartbeat arrival times per task number (loop clock), for interval statistics.
+        self.heartbeat_times: dict[int, list[float]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -304,6 +306,9 @@ class FakeStepFunctions:
         if task is None:
             return problem
         task.heartbeats += 1
+        if self.heartbeat_times is not None:
+            now = asyncio.get_running_loop().time()
+            self.heartbeat_times.setdefault(task.number, []).append(now)
         return 200, {}
 
     async def _op_SendTaskSuccess(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -1,0 +1,30 @@
+"""Handlers the benchmark runs in `sfn-worker` (imported via PYTHONPATH=bench)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from sfn_worker import TaskContext
+from sfn_worker.examples import seed_handler
+
+SLEEP_SECONDS = float(os.environ.get("BENCH_SLEEP_SECONDS", "0"))
+BURN_SECONDS = float(os.environ.get("BENCH_BURN_SECONDS", "5"))
+
+
+async def seed_then_sleep(task_input: Any, ctx: TaskContext) -> Any:
+    """The seed handler after an I/O wait of BENCH_SLEEP_SECONDS (0 = none)."""
+    if SLEEP_SECONDS:
+        await asyncio.sleep(SLEEP_SECONDS)
+    return seed_handler(task_input, ctx)
+
+
+def burn_cpu(task_input: Any, ctx: TaskContext) -> Any:
+    """Pure-Python CPU work for BENCH_BURN_SECONDS (holds the GIL between switches)."""
+    deadline = time.process_time() + BURN_SECONDS
+    total = 0
+    while time.process_time() < deadline:
+        total += sum(i * i for i in range(2_000))
+    return {"burned": BURN_SECONDS, "checksum": total % 997}
