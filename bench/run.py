@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import math
 import os
@@ -81,8 +80,14 @@ def contender_env(fake: FakeStepFunctions, extra: dict[str, str]) -> dict[str, s
     return env
 
 
+@dataclass
+class Running:
+    process: asyncio.subprocess.Process
+    stats: psutil.Process  # for CPU and memory; waiting is done through ``process``
+
+
 @asynccontextmanager
-async def running(contender: Contender, fake: FakeStepFunctions) -> AsyncIterator[psutil.Process]:
+async def running(contender: Contender, fake: FakeStepFunctions) -> AsyncIterator[Running]:
     command = [part.replace("{arn}", fake.activity_arn) for part in contender.command]
     process = await asyncio.create_subprocess_exec(
         *command,
@@ -92,7 +97,7 @@ async def running(contender: Contender, fake: FakeStepFunctions) -> AsyncIterato
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        yield psutil.Process(process.pid)
+        yield Running(process, psutil.Process(process.pid))
     finally:
         if process.returncode is None:
             process.kill()
@@ -135,12 +140,12 @@ async def throughput(
         fake.record_calls = False
         fake.forget_closed = True
         fake.feed(10**9, {"in": "SUCCESS"})
-        async with running(contender, fake) as process:
+        async with running(contender, fake) as run:
             await asyncio.sleep(warmup)  # a benchmark window, not a wait for state
-            count0, time0, cpu0 = fake.closed_count, time.monotonic(), cpu_seconds(process)
+            count0, time0, cpu0 = fake.closed_count, time.monotonic(), cpu_seconds(run.stats)
             await asyncio.sleep(window)
-            count1, time1, cpu1 = fake.closed_count, time.monotonic(), cpu_seconds(process)
-            rss = rss_bytes(process)
+            count1, time1, cpu1 = fake.closed_count, time.monotonic(), cpu_seconds(run.stats)
+            rss = rss_bytes(run.stats)
     done = count1 - count0
     return Throughput(
         tasks_per_second=done / (time1 - time0),
@@ -219,10 +224,13 @@ async def many_in_flight(
         fake.record_calls = False
         fake.heartbeat_times = {}
         fake.feed(in_flight, {"in": "SUCCESS"})
-        async with running(contender, fake) as process:
+        began = time.monotonic()
+        async with running(contender, fake) as run:
             await fake.wait_for(lambda: fake.issued_count >= in_flight, timeout=300)
+            filled = time.monotonic()
             await asyncio.sleep(duration)
-            rss = rss_bytes(process)
+            rss = rss_bytes(run.stats)
+        print(f"    {in_flight} in flight after {filled - began:.1f} s", file=sys.stderr)
         return heartbeat_stats(fake, interval, fake.issued_count, rss)
 
 
@@ -246,10 +254,10 @@ async def cpu_bound(mode: str, interval: float, duration: float) -> HeartbeatSta
         fake.record_calls = False
         fake.heartbeat_times = {}
         fake.feed(cores, {"in": "SUCCESS"})
-        async with running(contender, fake) as process:
+        async with running(contender, fake) as run:
             await fake.wait_for(lambda: fake.issued_count >= cores, timeout=60)
             await asyncio.sleep(duration)
-            rss = rss_bytes(process)
+            rss = rss_bytes(run.stats)
         return heartbeat_stats(fake, interval, cores, rss)
 
 
@@ -260,18 +268,17 @@ class ShutdownResult:
     unanswered: int
 
 
-async def shutdown(contender: Contender, in_flight: int) -> ShutdownResult:
+async def shutdown(contender: Contender, in_flight: int, holds: int) -> ShutdownResult:
+    """SIGTERM once the contender holds ``holds`` tasks (the seed loop can hold only one)."""
     async with FakeStepFunctions(poll_seconds=20) as fake:
         fake.record_calls = False
         fake.feed(in_flight, {"in": "SUCCESS"})
-        async with running(contender, fake) as process:
-            # The seed loop holds one task at a time: do not wait for the rest.
-            with contextlib.suppress(TimeoutError):
-                await fake.wait_for(lambda: fake.issued_count >= in_flight, timeout=60)
+        async with running(contender, fake) as run:
+            await fake.wait_for(lambda: fake.issued_count >= holds, timeout=120)
             taken = fake.issued_count
             started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(process.wait, 300)
+            run.process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(run.process.wait(), 300)
             took = time.monotonic() - started
         return ShutdownResult(taken, took, fake.issued_count - fake.closed_count)
 
@@ -512,7 +519,8 @@ async def main() -> int:
     ours: ShutdownResult | None = None
     for contender in shutdown_contenders:
         progress(f"  {contender.name}")
-        result_s = await shutdown(contender, shutdown_in_flight)
+        holds = 1 if contender.name.startswith("seed") else shutdown_in_flight
+        result_s = await shutdown(contender, shutdown_in_flight, holds)
         say(
             f"| {contender.name} | {result_s.in_flight:,} | {result_s.seconds_to_exit:.1f} "
             f"| {result_s.unanswered:,} |"
@@ -561,6 +569,7 @@ async def main() -> int:
             curves[label].append(point.tasks_per_second)
             if label == "seed loop":
                 seed_point = point.tasks_per_second
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     plot_path = args.output.with_suffix(".png")
     draw_plot(levels, curves, plot_path, plot_latency, plot_sleep)
     say(

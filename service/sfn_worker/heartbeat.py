@@ -1,4 +1,4 @@
-"""One heartbeat coroutine per running task token."""
+"""One heartbeat per running task token, started once the first beat is due."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import structlog
 
+from .aio import cancel_and_wait
 from .client import SFNClient
 from .errors import API_ERRORS, ErrorKind, classify, describe, error_code
 from .metrics import Metrics
@@ -20,27 +21,62 @@ log = structlog.get_logger("sfn_worker.heartbeat")
 JITTER_FRACTION = 0.1
 
 
-async def heartbeat_until_cancelled(
-    client: SFNClient,
-    token: str,
-    interval: float,
-    metrics: Metrics,
-    on_task_gone: Callable[[str], None],
-    backoff: Backoff = SEND_BACKOFF,
-) -> None:
-    """Heartbeat every ``interval`` seconds until cancelled or the task is gone.
+def next_wait(interval: float) -> float:
+    return interval * (1 - JITTER_FRACTION * random.random())
 
-    ``on_task_gone`` gets the service's answer (TaskTimedOut, ...) and must stop the handler.
+
+class Heartbeat:
+    """The heartbeat of one running token.
+
+    A timer waits for the first beat; only a task that outlives one interval gets its
+    heartbeat coroutine, so short tasks cost a timer, not a coroutine. ``stop`` must be
+    awaited before the terminal call: no heartbeat may race the answer.
     """
-    loop = asyncio.get_running_loop()
-    while True:
-        wait = interval * (1 - JITTER_FRACTION * random.random())
-        due = loop.time() + wait
-        await asyncio.sleep(wait)
+
+    def __init__(
+        self,
+        client: SFNClient,
+        token: str,
+        interval: float,
+        metrics: Metrics,
+        on_task_gone: Callable[[str], None],
+        backoff: Backoff = SEND_BACKOFF,
+    ) -> None:
+        self._client = client
+        self._token = token
+        self._interval = interval
+        self._metrics = metrics
+        self._on_task_gone = on_task_gone
+        self._backoff = backoff
+        self._task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        first = next_wait(interval)
+        self._timer = loop.call_later(first, self._begin, loop.time() + first)
+
+    def _begin(self, due: float) -> None:
+        self._task = asyncio.create_task(self._beat(due))
+
+    async def stop(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+
+    async def _beat(self, due: float) -> None:
+        """Heartbeat every interval until cancelled or the task is gone."""
+        loop = asyncio.get_running_loop()
+        while await self._send(due):
+            wait = next_wait(self._interval)
+            due = loop.time() + wait
+            await asyncio.sleep(wait)
+
+    async def _send(self, due: float) -> bool:
+        """One heartbeat, retried while transient; False when heartbeats must end."""
+        loop = asyncio.get_running_loop()
+        metrics = self._metrics
         attempt = 0
         while True:
             try:
-                await client.send_task_heartbeat(taskToken=token)
+                await self._client.send_task_heartbeat(taskToken=self._token)
             except API_ERRORS as exc:
                 kind = classify(exc)
                 metrics.heartbeats_failed.labels(code=error_code(exc)).inc()
@@ -48,15 +84,15 @@ async def heartbeat_until_cancelled(
                     log.warning(
                         "heartbeat says the task is gone; cancelling it", answer=error_code(exc)
                     )
-                    on_task_gone(error_code(exc))
-                    return
+                    self._on_task_gone(error_code(exc))
+                    return False
                 if kind is not ErrorKind.TRANSIENT:
                     log.error(
                         "heartbeat rejected; no more heartbeats for this task", error=describe(exc)
                     )
-                    return
+                    return False
                 # Retry soon: a late heartbeat can still beat the state's HeartbeatSeconds.
-                delay = min(backoff.delay(attempt), interval / 2)
+                delay = min(self._backoff.delay(attempt), self._interval / 2)
                 log.warning(
                     "heartbeat failed; retrying", error=describe(exc), retry_in=round(delay, 3)
                 )
@@ -65,4 +101,4 @@ async def heartbeat_until_cancelled(
             else:
                 metrics.heartbeats_sent.inc()
                 metrics.heartbeat_lag.observe(max(0.0, loop.time() - due))
-                break
+                return True

@@ -9,12 +9,11 @@ from typing import Any
 
 import structlog
 
-from .aio import cancel_and_wait
 from .client import SFNClient
 from .context import TaskContext, token_hash
 from .errors import SHUTDOWN_ERROR, describe
 from .handlers import HandlerInvoker
-from .heartbeat import heartbeat_until_cancelled
+from .heartbeat import Heartbeat
 from .metrics import Metrics
 from .outcome import (
     Failure,
@@ -179,7 +178,7 @@ class TaskRunner:
             await record.settled.wait()
         finally:
             if heartbeat is not None:
-                await cancel_and_wait(heartbeat)
+                await heartbeat.stop()
 
         if record.cancel_reason is CancelReason.TASK_GONE:
             return None
@@ -200,7 +199,7 @@ class TaskRunner:
             return from_exception(error)
         return encode_output(handler.result())
 
-    def _start_heartbeat(self, record: RunningTask) -> asyncio.Task[None] | None:
+    def _start_heartbeat(self, record: RunningTask) -> Heartbeat | None:
         if not self._heartbeat_seconds:
             return None
 
@@ -210,15 +209,13 @@ class TaskRunner:
             # A sync handler in a thread cannot be stopped: stop waiting for it.
             record.abandon()
 
-        return asyncio.create_task(
-            heartbeat_until_cancelled(
-                self._client,
-                record.token,
-                self._heartbeat_seconds,
-                self._metrics,
-                task_gone,
-                self._heartbeat_backoff,
-            )
+        return Heartbeat(
+            self._client,
+            record.token,
+            self._heartbeat_seconds,
+            self._metrics,
+            task_gone,
+            self._heartbeat_backoff,
         )
 
 

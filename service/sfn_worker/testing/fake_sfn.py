@@ -286,7 +286,8 @@ class FakeStepFunctions:
         return 200, {"taskToken": task.token, "input": task.input}
 
     async def _next_task(self) -> FakeTask | None:
-        if self._pending.empty() and self._feed_remaining > 0:
+        # One fed task per arriving poll: a poll never waits while fed tasks remain.
+        if self._feed_remaining > 0:
             self._feed_remaining -= 1
             self.add_task(raw_input=self._feed_input)
         release = asyncio.ensure_future(self._release_polls.wait())
