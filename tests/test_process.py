@@ -218,3 +218,31 @@ async def test_fatal_errors_exit_1_with_a_clear_message(
     assert stopped
     assert expected in stopped[-1]["error"]
     assert not any("Traceback" in line for line in worker.raw)
+
+
+async def test_sigterm_with_stubborn_thread_handlers_exits_inside_the_grace(
+    fake: FakeStepFunctions,
+) -> None:
+    """Sync handlers that never look at cancellation: the process still leaves on time."""
+    grace = 3.0
+    tasks = [fake.add_task({"seconds": 120}) for _ in range(50)]
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"],
+        fake,
+        SFN_HANDLER="sfn_worker.examples:blocking_sleep_handler",
+        SFN_POLLERS="5",
+        SFN_CONCURRENCY="50",
+        SFN_HEARTBEAT_SECONDS="0",
+        SFN_SHUTDOWN_GRACE_SECONDS=str(grace),
+    ) as worker:
+        await wait_states(fake, lambda: all(t.issued for t in tasks))
+        loop = asyncio.get_running_loop()
+        signalled = loop.time()
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+        assert loop.time() - signalled < grace + 5
+    assert all((t.state, t.error) == ("failed", SHUTDOWN_ERROR) for t in tasks)
+    assert any(
+        e.get("event") == "exiting with handler threads still running" for e in worker.events
+    )

@@ -113,3 +113,15 @@ def test_version_flag(capsys: Any) -> None:
         main(["--version"])
     assert exited.value.code == 0
     assert "sfn-worker" in capsys.readouterr().out
+
+
+async def test_check_warns_about_the_heartbeat_rate(
+    fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from sfn_worker.cli import check
+
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn)
+    monkeypatch.setenv("SFN_CONCURRENCY", "5000")
+    monkeypatch.setenv("SFN_HEARTBEAT_SECONDS", "10")
+    assert await check(load_settings()) == 0
+    assert "500 heartbeats/s" in capsys.readouterr().out

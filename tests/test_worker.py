@@ -267,3 +267,26 @@ async def test_second_signal_fails_running_tasks_at_once(fake: FakeStepFunctions
         await harness.wait(timeout=5)
         assert loop.time() - forced_at < 2
     assert (task.state, task.error) == ("failed", SHUTDOWN_ERROR)
+
+
+async def test_process_mode_runs_sync_handlers_in_spawned_processes(
+    fake: FakeStepFunctions,
+) -> None:
+    ok = fake.add_task({"in": "SUCCESS"})
+    bad = fake.add_task({"in": "RANDOM"})
+    async with running_worker(fake, seed_handler, handler_mode="process", concurrency=2):
+        await fake.wait_for(lambda: ok.state != "open" and bad.state != "open", timeout=30)
+    assert json.loads(ok.output or "") == {"result": {"in": "SUCCESS"}}
+    assert (bad.state, bad.error) == ("failed", "NO_SUCCESS_INPUT")
+
+
+async def test_run_handler_helper_returns_what_the_worker_would_send() -> None:
+    from sfn_worker.outcome import Failure, Success
+    from sfn_worker.testing import run_handler
+
+    assert await run_handler(seed_handler, {"in": "SUCCESS"}) == Success(
+        '{"result":{"in":"SUCCESS"}}'
+    )
+    assert await run_handler(seed_handler, {"in": "x"}) == Failure(
+        "NO_SUCCESS_INPUT", 'Input is not "SUCCESS"'
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from .context import TaskContext
@@ -14,6 +15,13 @@ def seed_handler(task_input: Any, ctx: TaskContext) -> Any:
     if isinstance(task_input, dict) and task_input.get("in") == "SUCCESS":
         return {"result": task_input}
     raise TaskFailed("NO_SUCCESS_INPUT", 'Input is not "SUCCESS"')
+
+
+def blocking_sleep_handler(task_input: Any, ctx: TaskContext) -> Any:
+    """Blocks its thread for ``input["seconds"]``, ignoring cancellation: a stubborn job."""
+    seconds = float(task_input.get("seconds", 1)) if isinstance(task_input, dict) else 1.0
+    time.sleep(seconds)
+    return {"slept": seconds}
 
 
 async def sleep_handler(task_input: Any, ctx: TaskContext) -> Any:

@@ -7,14 +7,16 @@ process pool, so the loop keeps polling and heartbeating while they block or bur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import ctypes
 import functools
 import importlib
 import inspect
 import multiprocessing
 import os
+import signal
 import sys
-import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, cast
@@ -52,6 +54,13 @@ def load_handler(path: str) -> Handler:
     return cast(Handler, target)
 
 
+def import_path(handler: Handler) -> str:
+    """``module:qualname`` of a handler: how a spawned process finds it again."""
+    module = getattr(handler, "__module__", "?")
+    name = getattr(handler, "__qualname__", type(handler).__qualname__)
+    return f"{module}:{name}"
+
+
 def is_async_handler(handler: Handler) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
         getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
@@ -63,8 +72,16 @@ _process_handler: Handler | None = None
 
 
 def _init_process(path: str) -> None:
+    _die_with_parent()
     global _process_handler
     _process_handler = load_handler(path)
+
+
+def _die_with_parent() -> None:
+    # Linux: if the worker is SIGKILLed, its handler processes go too instead of idling on.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
 
 
 def _call_in_process(task_input: Any, task_token: str, worker_name: str, activity_arn: str) -> Any:
@@ -76,15 +93,11 @@ def _call_in_process(task_input: Any, task_token: str, worker_name: str, activit
 class HandlerInvoker:
     """Owns the pools sync handlers run in; ``start`` begins one call and returns its future."""
 
-    def __init__(
-        self, handler: Handler, mode: HandlerMode, concurrency: int, handler_path: str = ""
-    ) -> None:
+    def __init__(self, handler: Handler, mode: HandlerMode, concurrency: int) -> None:
         self.handler = handler
         self.is_async = is_async_handler(handler)
         self.mode = HandlerMode.ASYNC if self.is_async else mode
         self._executor: Executor | None = None
-        self._threads_lock = threading.Lock()
-        self._threads_busy = 0
         if self.mode is HandlerMode.THREAD:
             # CPU-bound handler threads hold the GIL for a whole switch interval each time;
             # the event loop needs it dozens of times per heartbeat. A shorter interval keeps
@@ -94,14 +107,12 @@ class HandlerInvoker:
                 max_workers=concurrency, thread_name_prefix="sfn-handler"
             )
         elif self.mode is HandlerMode.PROCESS:
-            if not handler_path:
-                raise HandlerLoadError("process mode needs the handler's import path")
             # spawn: forking a process that runs an event loop and threads is unsafe.
             self._executor = ProcessPoolExecutor(
                 max_workers=min(concurrency, os.cpu_count() or 1),
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_process,
-                initargs=(handler_path,),
+                initargs=(import_path(handler),),
             )
 
     def start(self, task_input: Any, ctx: TaskContext) -> asyncio.Future[Any]:
@@ -110,9 +121,7 @@ class HandlerInvoker:
             coroutine = cast(Awaitable[Any], self.handler(task_input, ctx))
             return asyncio.ensure_future(coroutine)
         if self.mode is HandlerMode.THREAD:
-            call = functools.partial(
-                contextvars.copy_context().run, self._call_in_thread, task_input, ctx
-            )
+            call = functools.partial(contextvars.copy_context().run, self.handler, task_input, ctx)
             return loop.run_in_executor(self._executor, call)
         if self.mode is HandlerMode.PROCESS:
             return loop.run_in_executor(
@@ -129,20 +138,11 @@ class HandlerInvoker:
         # HandlerMode.ASYNC with a sync handler: the caller chose to run it on the loop.
         return self.handler(task_input, ctx)
 
-    def _call_in_thread(self, task_input: Any, ctx: TaskContext) -> Any:
-        with self._threads_lock:
-            self._threads_busy += 1
-        try:
-            return self.handler(task_input, ctx)
-        finally:
-            with self._threads_lock:
-                self._threads_busy -= 1
-
-    @property
-    def threads_busy(self) -> int:
-        """Sync handler calls still running in threads (a thread cannot be interrupted)."""
-        return self._threads_busy
-
     def close(self, *, wait: bool) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=wait, cancel_futures=True)
+        if self._executor is None:
+            return
+        if not wait and isinstance(self._executor, ProcessPoolExecutor):
+            # Their tokens are answered; do not leave handler processes running on their own.
+            for process in list(getattr(self._executor, "_processes", {}).values()):
+                process.terminate()
+        self._executor.shutdown(wait=wait, cancel_futures=True)

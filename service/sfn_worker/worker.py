@@ -23,7 +23,7 @@ import structlog
 from .aio import cancel_and_wait
 from .client import SFNClient, open_client
 from .errors import FatalWorkerError
-from .handlers import Handler, HandlerInvoker, load_handler
+from .handlers import Handler, HandlerInvoker, import_path, load_handler
 from .loop_monitor import watch_loop_lag
 from .metrics import Metrics
 from .poller import Poller
@@ -113,9 +113,7 @@ class Worker:
                 log.error("fatal error; stopping the worker", error=str(error))
             fatal_event.set()
 
-        invoker = HandlerInvoker(
-            self.handler, settings.handler_mode, settings.concurrency, settings.handler
-        )
+        invoker = HandlerInvoker(self.handler, settings.handler_mode, settings.concurrency)
         try:
             async with self._client_factory(settings) as client:
                 slots = asyncio.Semaphore(settings.concurrency)
@@ -161,7 +159,7 @@ class Worker:
                         pollers=settings.pollers,
                         concurrency=settings.concurrency,
                         heartbeat_seconds=settings.heartbeat_seconds,
-                        handler=_handler_name(self.handler),
+                        handler=import_path(self.handler),
                         handler_mode=invoker.mode.value,
                     )
                     if settings.shutdown_grace_seconds < POLL_RETURN_SECONDS:
@@ -352,9 +350,3 @@ async def _waiting_for(event: asyncio.Event | None) -> AsyncIterator[asyncio.Tas
         yield waiter
     finally:
         waiter.cancel()
-
-
-def _handler_name(handler: Handler) -> str:
-    module = getattr(handler, "__module__", "?")
-    name = getattr(handler, "__qualname__", type(handler).__qualname__)
-    return f"{module}:{name}"
