@@ -336,7 +336,7 @@ async def main() -> int:
     say("- method: the fake endpoint runs in the benchmark process, each contender in its own")
     say("  process; CPU and RSS are the contender's own (psutil). Throughput and CPU are the")
     say(f"  median of {repeats} run(s) of {window:g} s after {warmup:g} s of warm-up.")
-    say("- reproduce: `make bench` (about 15 minutes; `--quick` for a smoke run)")
+    say("- reproduce: `make bench` (about 12 minutes; `--quick` for a smoke run)")
     say("")
 
     # 1. overhead -------------------------------------------------------------------------

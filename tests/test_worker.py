@@ -290,3 +290,15 @@ async def test_run_handler_helper_returns_what_the_worker_would_send() -> None:
     assert await run_handler(seed_handler, {"in": "x"}) == Failure(
         "NO_SUCCESS_INPUT", 'Input is not "SUCCESS"'
     )
+
+
+async def test_a_handler_cancelled_by_itself_is_not_reported_as_shutdown(
+    fake: FakeStepFunctions,
+) -> None:
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        raise asyncio.CancelledError  # e.g. a library cancelled the handler's own task
+
+    task = fake.add_task({})
+    async with running_worker(fake, handler):
+        await fake.wait_for(lambda: task.state != "open")
+    assert (task.state, task.error) == ("failed", "CancelledError")

@@ -188,6 +188,8 @@ class TaskRunner:
                 "the worker shut down and the handler did not stop when cancelled; "
                 "its result, if any, is discarded",
             )
+        if handler.cancelled() and record.cancel_reason is None:
+            return Failure.of("CancelledError", "the handler was cancelled, not by the worker")
         if handler.cancelled():
             return Failure.of(
                 SHUTDOWN_ERROR,
