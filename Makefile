@@ -15,7 +15,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup test check lint typecheck unit demo bench clean
+.PHONY: help setup test check lint typecheck unit oldest-python demo bench clean
 
 help:
 	@echo "make demo   - set up, start LocalStack, run the seed flow end to end, stop"
@@ -51,7 +51,17 @@ typecheck: setup
 unit: setup
 	$(VENV)/bin/pytest -m "not localstack"
 
-test: lint typecheck
+# The oldest Python that pyproject.toml accepts runs the unit tests too.
+OLDEST_PYTHON := 3.11
+OLDEST_VENV := .venv-py$(OLDEST_PYTHON)
+
+oldest-python: | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(OLDEST_VENV) $(UV) sync --frozen --quiet \
+	  --python "$$(scripts/find-python $(OLDEST_PYTHON))"
+	PATH="$(CURDIR)/$(OLDEST_VENV)/bin:$$PATH" $(OLDEST_VENV)/bin/pytest -q \
+	  -m "not localstack and not slow" -p no:cacheprovider
+
+test: lint typecheck oldest-python
 	$(VENV)/bin/pytest
 
 demo: setup
@@ -61,4 +71,4 @@ bench: setup
 	$(VENV)/bin/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) .mypy_cache .ruff_cache .pytest_cache
