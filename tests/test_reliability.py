@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from sfn_worker import SHUTDOWN_ERROR, FatalWorkerError, TaskContext, TaskFailed
 from sfn_worker.examples import seed_handler
-from sfn_worker.logs import configure_logging
+from sfn_worker.logs import configure_logging, reset_logging
 from sfn_worker.retry import Backoff
 from sfn_worker.settings import LogFormat, LogLevel
 from sfn_worker.testing import FakeStepFunctions, FakeTask, Fault
@@ -174,7 +174,7 @@ async def test_logs_never_contain_tokens_or_payloads(fake: FakeStepFunctions) ->
             await fake.wait_for(lambda: slow.state != "open")
             await harness.stop()
     finally:
-        structlog.reset_defaults()
+        reset_logging()
     logged = stream.getvalue()
     assert '"event": "task ended"' in logged
     for secret in (secret_input, secret_output, secret_cause):

@@ -125,3 +125,30 @@ async def test_check_warns_about_the_heartbeat_rate(
     monkeypatch.setenv("SFN_HEARTBEAT_SECONDS", "10")
     assert await check(load_settings()) == 0
     assert "500 heartbeats/s" in capsys.readouterr().out
+
+
+def test_library_logs_share_the_json_format() -> None:
+    import io
+    import json
+    import logging
+
+    from sfn_worker.logs import configure_logging, reset_logging
+    from sfn_worker.settings import LogFormat, LogLevel
+
+    stream = io.StringIO()
+    configure_logging(LogLevel.DEBUG, LogFormat.JSON, "log-test", stream=stream)
+    try:
+        logging.getLogger("botocore.endpoint").debug("request body with a payload")
+        logging.getLogger("aiohttp.server").warning("Error handling request")
+    finally:
+        reset_logging()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines == [
+        {
+            "event": "Error handling request",
+            "level": "warning",
+            "logger": "aiohttp.server",
+            "timestamp": lines[0]["timestamp"],
+            "worker": "log-test",
+        }
+    ]

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -118,9 +119,17 @@ async def check(settings: Settings) -> int:
     return EXIT_OK
 
 
+# Idle pool threads leave within milliseconds of the pool's shutdown; busy ones do not.
+THREAD_EXIT_WAIT_SECONDS = 0.5
+
+
 def _exit_now_if_threads_linger(code: int) -> int:
     # Sync handlers in threads cannot be interrupted; the interpreter would wait for them
     # at exit, past the grace period. Their tokens are already answered: leave now.
+    deadline = time.monotonic() + THREAD_EXIT_WAIT_SECONDS
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
     lingering = [
         t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
     ]

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from .client import SFNClient
-from .context import TaskContext, token_hash
+from .context import TaskContext
 from .errors import SHUTDOWN_ERROR, describe
 from .handlers import HandlerInvoker
 from .heartbeat import Heartbeat
@@ -110,7 +110,6 @@ class TaskRunner:
             task_token=task.token,
             worker_name=self._worker_name,
             activity_arn=self._activity_arn,
-            token_hash=token_hash(task.token),
             _shutdown_event=self._shutdown_started,
         )
         if self._shutdown_started.is_set():

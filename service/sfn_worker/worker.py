@@ -93,7 +93,7 @@ class Worker:
             polling=self._started and not stopping,
             stopping=stopping,
             pollers_alive=sum(1 for task in self._poller_tasks if not task.done()),
-            running=len(self._runner.running) if self._runner else 0,
+            running=self.in_flight(),
             queued=self._queue.qsize() if self._queue else 0,
         )
 
