@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sfn_worker import TaskContext, ecs_protection
+from sfn_worker import TaskContext, ecs_protection, http
 from sfn_worker.ecs_protection import task_protection
 from sfn_worker.examples import seed_handler
 from sfn_worker.http import healthcheck, serve_http
@@ -209,3 +209,20 @@ async def test_unreachable_agent_is_never_fatal(
         await fake.wait_for(lambda: task.state == "succeeded")
         await harness.stop()
     assert protection.protected is False
+
+
+async def test_healthz_is_unhealthy_when_the_loop_was_blocked(
+    fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any measured lag counts as too much: no need to block the loop for seconds here.
+    monkeypatch.setattr(http, "LOOP_LAG_UNHEALTHY_SECONDS", -1.0)
+    port = free_port()
+    settings = make_settings(fake, http_port=port, http_host="127.0.0.1")
+    worker = Worker(settings, seed_handler)
+    harness = WorkerHarness(worker, fake)
+    async with serve_http(settings, worker):
+        harness.start()
+        await fake.wait_for(lambda: fake.open_polls == settings.pollers)
+        status, body = await get(f"http://127.0.0.1:{port}/healthz")
+        assert (status, json.loads(body)["status"]) == (503, "unhealthy")
+        await harness.stop()

@@ -20,15 +20,25 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 
+# A loop that was blocked this long at its last sample cannot poll or heartbeat in time.
+LOOP_LAG_UNHEALTHY_SECONDS = 5.0
+
+
 def make_app(worker: Worker) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         state = worker.state()
-        healthy = state.polling and state.pollers_alive == worker.settings.pollers
+        loop_lag = worker.metrics.last_loop_lag
+        healthy = (
+            state.polling
+            and state.pollers_alive == worker.settings.pollers
+            and loop_lag < LOOP_LAG_UNHEALTHY_SECONDS
+        )
         body = {
             "status": "ok" if healthy else ("stopping" if state.stopping else "unhealthy"),
             "pollers_alive": state.pollers_alive,
             "running": state.running,
             "queued": state.queued,
+            "loop_lag_seconds": round(loop_lag, 3),
         }
         return web.json_response(body, status=200 if healthy else 503)
 

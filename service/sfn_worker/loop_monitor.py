@@ -26,6 +26,7 @@ async def watch_loop_lag(metrics: Metrics) -> None:
         await asyncio.sleep(SAMPLE_SECONDS)
         lag = max(0.0, loop.time() - planned)
         metrics.loop_lag.set(lag)
+        metrics.last_loop_lag = lag
         if lag >= BLOCKED_WARNING_SECONDS:
             log.warning(
                 "event loop was blocked; polls and heartbeats were delayed",

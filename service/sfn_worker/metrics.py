@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.last_loop_lag = 0.0  # seconds; also exported as sfn_worker_event_loop_lag_seconds
         r = self.registry
         self.tasks_started = Counter(
             "sfn_worker_tasks_started", "Tasks taken and started", registry=r
