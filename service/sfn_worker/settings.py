@@ -50,6 +50,8 @@ class Settings(BaseSettings):
         env_prefix="SFN_",
         frozen=True,
         extra="ignore",
+        # `docker run --env-file` passes `NAME=` as an empty string: treat it as unset.
+        env_ignore_empty=True,
         case_sensitive=False,
         use_enum_values=False,
         validate_default=True,
