@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import psutil
 import uvloop
@@ -39,6 +40,16 @@ REPO = HERE.parent
 BIN = Path(sys.executable).parent
 
 PYTHON = sys.executable
+# Bytes of padding added to each task input (--input-bytes); the seed handler echoes the
+# input back, so the output grows by the same amount.
+INPUT_PADDING = 0
+
+
+def task_input() -> dict[str, Any]:
+    payload: dict[str, Any] = {"in": "SUCCESS"}
+    if INPUT_PADDING:
+        payload["pad"] = "x" * INPUT_PADDING
+    return payload
 
 
 # -- contenders ---------------------------------------------------------------------------
@@ -141,7 +152,7 @@ async def throughput(
     async with FakeStepFunctions(latency_seconds=latency, poll_seconds=20) as fake:
         fake.record_calls = False
         fake.forget_closed = True
-        fake.feed(10**9, {"in": "SUCCESS"})
+        fake.feed(10**9, task_input())
         async with running(contender, fake) as run:
             await asyncio.sleep(warmup)  # a benchmark window, not a wait for state
             count0, time0, cpu0 = fake.closed_count, time.monotonic(), cpu_seconds(run.stats)
@@ -229,7 +240,7 @@ async def many_in_flight(
     async with FakeStepFunctions(poll_seconds=20) as fake:
         fake.record_calls = False
         fake.heartbeat_times = {}
-        fake.feed(in_flight, {"in": "SUCCESS"})
+        fake.feed(in_flight, task_input())
         began = time.monotonic()
         async with running(contender, fake) as run:
             await fake.wait_for(lambda: fake.issued_count >= in_flight, timeout=300)
@@ -259,7 +270,7 @@ async def cpu_bound(mode: str, interval: float, duration: float) -> HeartbeatSta
     async with FakeStepFunctions(poll_seconds=20) as fake:
         fake.record_calls = False
         fake.heartbeat_times = {}
-        fake.feed(cores, {"in": "SUCCESS"})
+        fake.feed(cores, task_input())
         async with running(contender, fake) as run:
             await fake.wait_for(lambda: fake.issued_count >= cores, timeout=60)
             await asyncio.sleep(duration)
@@ -278,7 +289,7 @@ async def shutdown(contender: Contender, in_flight: int, holds: int) -> Shutdown
     """SIGTERM once the contender holds ``holds`` tasks (the seed loop can hold only one)."""
     async with FakeStepFunctions(poll_seconds=20) as fake:
         fake.record_calls = False
-        fake.feed(in_flight, {"in": "SUCCESS"})
+        fake.feed(in_flight, task_input())
         async with running(contender, fake) as run:
             await fake.wait_for(lambda: fake.issued_count >= holds, timeout=120)
             taken = fake.issued_count
@@ -317,7 +328,12 @@ async def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short windows, for a smoke run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--input-bytes", type=int, default=0, help="pad each task input (and output) by N bytes"
+    )
     args = parser.parse_args()
+    global INPUT_PADDING
+    INPUT_PADDING = args.input_bytes
     quick = args.quick
     repeats = 1 if quick else args.repeats
     warmup, window = (1.0, 2.0) if quick else (3.0, 8.0)
@@ -333,6 +349,7 @@ async def main() -> int:
     say(f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; mode: {'quick' if quick else 'full'}")
     say(f"- machine: {machine()}")
     say(f"- Python {platform.python_version()}; {versions()}")
+    say(f'- task input: `{{"in": "SUCCESS"}}` plus {INPUT_PADDING:,} bytes of padding')
     say("- method: the fake endpoint runs in the benchmark process, each contender in its own")
     say("  process; CPU and RSS are the contender's own (psutil). Throughput and CPU are the")
     say(f"  median of {repeats} run(s) of {window:g} s after {warmup:g} s of warm-up.")
