@@ -320,3 +320,20 @@ async def test_shutdown_with_1000_in_flight_answers_every_task(fake: FakeStepFun
     assert took < grace + 5
     assert all(t.terminal_calls == 1 for t in tasks)
     assert {(t.state, t.error) for t in tasks} == {("failed", SHUTDOWN_ERROR)}
+
+
+def test_error_descriptions_never_echo_a_token() -> None:
+    from botocore.exceptions import ClientError
+
+    from sfn_worker.errors import describe
+
+    token = "AAAAKgAAAAIAAAAAAAAAA" + "x9Z" * 200
+    error = ClientError(
+        {"Error": {"Code": "InvalidToken", "Message": f"Invalid token: '{token}'"}},
+        "SendTaskSuccess",
+    )
+    text = describe(error)
+    assert text.startswith("InvalidToken: Invalid token:")
+    assert token[:64] not in text
+    assert "<redacted>" in text
+    assert len(describe(ValueError("y " * 1000))) <= 300

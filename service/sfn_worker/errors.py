@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from enum import Enum
 
 import aiohttp
@@ -127,13 +128,20 @@ def may_have_been_recorded(exc: BaseException) -> bool:
     return classify(exc) is ErrorKind.TRANSIENT
 
 
+# Long unbroken runs of token-like characters: a service message may echo a task token.
+_SECRET_LIKE = re.compile(r"[A-Za-z0-9+/=_\-]{64,}")
+MAX_DESCRIBED_CHARS = 300
+
+
 def describe(exc: BaseException) -> str:
-    """One line for logs: error code and message, never request parameters."""
+    """One line for logs: error code and message, never request parameters or tokens."""
     if isinstance(exc, ClientError):
-        message = exc.response.get("Error", {}).get("Message", "")
-        return f"{error_code(exc)}: {message}" if message else error_code(exc)
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        message = str(exc.response.get("Error", {}).get("Message", ""))
+        text = f"{error_code(exc)}: {message}" if message else error_code(exc)
+    else:
+        detail = str(exc)
+        text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return truncate(_SECRET_LIKE.sub("<redacted>", text), MAX_DESCRIBED_CHARS)
 
 
 # Everything a Step Functions call can raise that is about the call, not a bug in the worker.
