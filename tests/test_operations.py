@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ from aiohttp import web
 from sfn_worker import TaskContext, ecs_protection, http
 from sfn_worker.ecs_protection import task_protection
 from sfn_worker.examples import seed_handler
+from sfn_worker.handlers import Handler
 from sfn_worker.http import healthcheck, serve_http
 from sfn_worker.testing import FakeStepFunctions
 from sfn_worker.worker import Worker
@@ -33,6 +35,25 @@ async def get(url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+@asynccontextmanager
+async def worker_with_http(
+    fake: FakeStepFunctions, handler: Handler, port: int = 0
+) -> AsyncIterator[tuple[WorkerHarness, str]]:
+    """A running worker with its HTTP server on loopback; yields the harness and base URL."""
+    port = port or free_port()
+    settings = make_settings(fake, http_port=port, http_host="127.0.0.1")
+    worker = Worker(settings, handler)
+    harness = WorkerHarness(worker, fake)
+    async with serve_http(settings, worker):
+        harness.start()
+        try:
+            await fake.wait_for(lambda: fake.open_polls == settings.pollers)
+            yield harness, f"http://127.0.0.1:{port}"
+        finally:
+            if harness.task is not None and not harness.task.done():
+                await harness.stop()
+
+
 async def test_healthz_and_metrics(fake: FakeStepFunctions) -> None:
     release = asyncio.Event()
 
@@ -41,21 +62,16 @@ async def test_healthz_and_metrics(fake: FakeStepFunctions) -> None:
             await release.wait()
         return seed_handler(task_input, ctx)
 
-    port = free_port()
-    settings = make_settings(fake, http_port=port, http_host="127.0.0.1")
-    worker = Worker(settings, handler)
-    harness = WorkerHarness(worker, fake)
     done = fake.add_task({"in": "SUCCESS"})
     failed = fake.add_task({"in": "RANDOM"})
-    async with serve_http(settings, worker):
-        harness.start()
+    async with worker_with_http(fake, handler) as (harness, url):
         await fake.wait_for(lambda: done.state != "open" and failed.state != "open")
-        await fake.wait_for(lambda: fake.open_polls == settings.pollers)
-        status, body = await get(f"http://127.0.0.1:{port}/healthz")
+        await fake.wait_for(lambda: fake.open_polls == harness.worker.settings.pollers)
+        status, body = await get(f"{url}/healthz")
         assert status == 200
         assert json.loads(body)["status"] == "ok"
 
-        status, metrics = await get(f"http://127.0.0.1:{port}/metrics")
+        status, metrics = await get(f"{url}/metrics")
         assert status == 200
         assert "sfn_worker_tasks_succeeded_total 1.0" in metrics
         assert 'sfn_worker_tasks_failed_total{error="NO_SUCCESS_INPUT"} 1.0' in metrics
@@ -77,7 +93,7 @@ async def test_healthz_and_metrics(fake: FakeStepFunctions) -> None:
         harness.stop_event.set()
         fake.release_polls()
         await asyncio.sleep(0)
-        status, body = await get(f"http://127.0.0.1:{port}/healthz")
+        status, body = await get(f"{url}/healthz")
         assert status == 503
         assert json.loads(body)["status"] == "stopping"
         release.set()
@@ -91,12 +107,7 @@ async def test_healthcheck_command(
     port = free_port()
     monkeypatch.setenv("SFN_HTTP_PORT", str(port))
     assert await asyncio.to_thread(healthcheck, 1.0) == 1  # nothing listening
-    settings = make_settings(fake, http_port=port, http_host="127.0.0.1")
-    worker = Worker(settings, seed_handler)
-    harness = WorkerHarness(worker, fake)
-    async with serve_http(settings, worker):
-        harness.start()
-        await fake.wait_for(lambda: fake.open_polls == settings.pollers)
+    async with worker_with_http(fake, seed_handler, port) as (harness, _):
         assert await asyncio.to_thread(healthcheck, 2.0) == 0
         await harness.stop()
     monkeypatch.setenv("SFN_HTTP_PORT", "0")
@@ -216,13 +227,6 @@ async def test_healthz_is_unhealthy_when_the_loop_was_blocked(
 ) -> None:
     # Any measured lag counts as too much: no need to block the loop for seconds here.
     monkeypatch.setattr(http, "LOOP_LAG_UNHEALTHY_SECONDS", -1.0)
-    port = free_port()
-    settings = make_settings(fake, http_port=port, http_host="127.0.0.1")
-    worker = Worker(settings, seed_handler)
-    harness = WorkerHarness(worker, fake)
-    async with serve_http(settings, worker):
-        harness.start()
-        await fake.wait_for(lambda: fake.open_polls == settings.pollers)
-        status, body = await get(f"http://127.0.0.1:{port}/healthz")
+    async with worker_with_http(fake, seed_handler) as (_, url):
+        status, body = await get(f"{url}/healthz")
         assert (status, json.loads(body)["status"]) == (503, "unhealthy")
-        await harness.stop()
