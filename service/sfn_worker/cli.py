@@ -123,16 +123,17 @@ async def check(settings: Settings) -> int:
 THREAD_EXIT_WAIT_SECONDS = 0.5
 
 
+def _threads_exit_waits_for() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+
+
 def _exit_now_if_threads_linger(code: int) -> int:
     # Sync handlers in threads cannot be interrupted; the interpreter would wait for them
     # at exit, past the grace period. Their tokens are already answered: leave now.
     deadline = time.monotonic() + THREAD_EXIT_WAIT_SECONDS
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join(max(0.0, deadline - time.monotonic()))
-    lingering = [
-        t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
-    ]
+    for thread in _threads_exit_waits_for():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = _threads_exit_waits_for()
     if lingering:
         log.warning("exiting with handler threads still running", threads=len(lingering))
         sys.stdout.flush()
