@@ -85,13 +85,18 @@ FAST_BACKOFF = Backoff(base_seconds=0.005, cap_seconds=0.05)
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    fake: FakeStepFunctions, handler: Handler, **overrides: Any
+    fake: FakeStepFunctions,
+    handler: Handler,
+    *,
+    poll_backoff: Backoff = FAST_BACKOFF,
+    send_backoff: Backoff = FAST_BACKOFF,
+    **overrides: Any,
 ) -> AsyncIterator[WorkerHarness]:
     worker = Worker(
         make_settings(fake, **overrides),
         handler,
-        poll_backoff=FAST_BACKOFF,
-        send_backoff=FAST_BACKOFF,
+        poll_backoff=poll_backoff,
+        send_backoff=send_backoff,
     )
     harness = WorkerHarness(worker, fake)
     harness.start()

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from . import __version__
-from .client import open_client
+from .client import open_clients
 from .ecs_protection import task_protection
 from .errors import API_ERRORS, FatalWorkerError, describe
 from .handlers import Handler, HandlerLoadError, load_handler
@@ -97,9 +97,9 @@ async def serve(settings: Settings, handler: Handler) -> int:
 
 async def check(settings: Settings) -> int:
     """Validate settings and credentials, and make sure the activity exists."""
-    async with open_client(settings) as client:
+    async with open_clients(settings) as clients:
         try:
-            activity = await client.describe_activity(activityArn=settings.activity_arn)
+            activity = await clients.calls.describe_activity(activityArn=settings.activity_arn)
         except API_ERRORS as exc:
             print(f"sfn-worker check: FAILED: {describe(exc)}", file=sys.stderr)
             return EXIT_FAILURE

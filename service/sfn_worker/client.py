@@ -1,17 +1,32 @@
-"""The one Step Functions client the worker shares between pollers, heartbeats and senders."""
+"""The Step Functions clients the worker shares: one for long polls, one for quick calls.
+
+A long poll holds its request open for up to 60 s, so its read timeout must outlast that.
+Every other call (heartbeats, answers, DescribeActivity) is answered at once; with the long
+poll's timeout, one request sent into a dead connection would wait 70 s before its retry.
+So the two kinds of call get two clients from one session, each with its own pool:
+
+- polls: read timeout 70 s; a dead connection under an open poll is noticed by TCP
+  keepalive (below) within ``DEAD_CONNECTION_SECONDS`` instead;
+- calls: read and connect timeout ``call_timeout_seconds`` (2-5 s: half the shortest
+  heartbeat interval, within those bounds); a call that times out fails on that connection,
+  which aiohttp closes, and the caller's retry opens a fresh one.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 import botocore
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from botocore.exceptions import NoRegionError
 
 from .settings import Settings, SettingsError
@@ -32,7 +47,19 @@ def _package_version() -> str:
 # GetActivityTask holds the request open for up to 60 s: the read timeout must outlast it,
 # or the SDK gives up on a poll the service may already have handed a task to.
 LONG_POLL_READ_TIMEOUT_SECONDS = 70.0
-CONNECT_TIMEOUT_SECONDS = 10.0
+POLL_CONNECT_TIMEOUT_SECONDS = 10.0
+# Quick calls: long enough for a 256 KB answer on a slow path, short next to a heartbeat.
+CALL_TIMEOUT_MIN_SECONDS = 2.0
+CALL_TIMEOUT_MAX_SECONDS = 5.0
+
+# TCP keepalive on every connection: an idle connection (a long poll waiting for its answer)
+# is probed after KEEPALIVE_IDLE s, every KEEPALIVE_INTERVAL s; KEEPALIVE_COUNT unanswered
+# probes, or data unacknowledged for as long, close it with ETIMEDOUT.
+KEEPALIVE_IDLE_SECONDS = 10
+KEEPALIVE_INTERVAL_SECONDS = 5
+KEEPALIVE_COUNT = 3
+DEAD_CONNECTION_SECONDS = KEEPALIVE_IDLE_SECONDS + KEEPALIVE_INTERVAL_SECONDS * KEEPALIVE_COUNT
+
 USER_AGENT = (
     f"sfn-activity-worker/{_package_version()} Botocore/{botocore.__version__} "
     f"Python/{platform.python_version()} {platform.system()}/{platform.release()}"
@@ -40,13 +67,58 @@ USER_AGENT = (
 NO_REGION = "no AWS region configured: set AWS_REGION (or AWS_DEFAULT_REGION)"
 
 
-def client_config(settings: Settings) -> AioConfig:
+def call_timeout_seconds(shortest_heartbeat_seconds: float) -> float:
+    """Read (and connect) timeout of quick calls: half the heartbeat interval, 2-5 s."""
+    if not shortest_heartbeat_seconds:
+        return CALL_TIMEOUT_MAX_SECONDS
+    return min(
+        CALL_TIMEOUT_MAX_SECONDS, max(CALL_TIMEOUT_MIN_SECONDS, shortest_heartbeat_seconds / 2)
+    )
+
+
+def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """aiohttp ``socket_factory``: a TCP socket that notices a dead path on its own."""
+    family, type_, proto, *_ = addr_info
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # Linux names; other platforms keep the OS defaults (a long poll then ends by its
+    # read timeout).
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", DEAD_CONNECTION_SECONDS * 1000),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    return sock
+
+
+class KeepaliveHTTPSession(AIOHTTPSession):
+    """aiobotocore's HTTP session, its aiohttp connector given ``keepalive_socket``.
+
+    aiobotocore 2.25 (the version aioboto3 15.5 pins) ignores botocore's socket options and
+    refuses ``socket_factory`` in ``AioConfig.connector_args``; its session constructor
+    hands ``connector_args`` to ``aiohttp.TCPConnector`` unchanged, and ``socket_factory``
+    is aiohttp's supported way to configure the sockets. ``http_session_cls`` is the
+    AioConfig option for choosing the session class.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        connector_args = kwargs.pop("connector_args", None) or {}
+        super().__init__(
+            connector_args={**connector_args, "socket_factory": keepalive_socket}, **kwargs
+        )
+
+
+def _config(*, read_timeout: float, connect_timeout: float, pool: int) -> AioConfig:
     return AioConfig(
-        read_timeout=LONG_POLL_READ_TIMEOUT_SECONDS,
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        # Every poller and every task slot may hold a connection at once (polls, heartbeats,
-        # terminal calls); a smaller pool would make heartbeats wait behind long polls.
-        max_pool_connections=settings.pollers + settings.concurrency + 2,
+        read_timeout=read_timeout,
+        connect_timeout=connect_timeout,
+        max_pool_connections=pool,
+        http_session_cls=KeepaliveHTTPSession,
         # The worker retries itself: it must know whether an earlier attempt of a terminal
         # call may have been recorded, and a poll must never be retried behind its back.
         retries={"total_max_attempts": 1, "mode": "standard"},
@@ -58,19 +130,45 @@ def client_config(settings: Settings) -> AioConfig:
     )
 
 
+def poll_config(pollers: int) -> AioConfig:
+    # One connection per poller: an open poll holds its connection for up to 60 s.
+    return _config(
+        read_timeout=LONG_POLL_READ_TIMEOUT_SECONDS,
+        connect_timeout=POLL_CONNECT_TIMEOUT_SECONDS,
+        pool=pollers,
+    )
+
+
+def call_config(concurrency: int, timeout: float) -> AioConfig:
+    # Each task makes one call at a time (a heartbeat or its answer); two spare for the rest.
+    return _config(read_timeout=timeout, connect_timeout=timeout, pool=concurrency + 2)
+
+
+@dataclass(frozen=True)
+class SfnClients:
+    """``polls`` for GetActivityTask only; ``calls`` for everything answered at once."""
+
+    polls: SFNClient
+    calls: SFNClient
+
+
 @contextlib.asynccontextmanager
-async def open_client(settings: Settings) -> AsyncIterator[SFNClient]:
+async def open_clients(settings: Settings) -> AsyncIterator[SfnClients]:
     """Region, credentials and endpoint (AWS_ENDPOINT_URL_SFN) come from the AWS chain."""
     # botocore reads AWS_DEFAULT_REGION; ECS, Lambda and the other SDKs set AWS_REGION.
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
     session = aioboto3.Session(region_name=region)
     if not session.region_name:
         raise SettingsError(NO_REGION)
+    timeout = call_timeout_seconds(settings.heartbeat_seconds)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            client = await stack.enter_async_context(
-                session.client("stepfunctions", config=client_config(settings))
+            polls = await stack.enter_async_context(
+                session.client("stepfunctions", config=poll_config(settings.pollers))
+            )
+            calls = await stack.enter_async_context(
+                session.client("stepfunctions", config=call_config(settings.concurrency, timeout))
             )
         except NoRegionError:
             raise SettingsError(NO_REGION) from None
-        yield client
+        yield SfnClients(polls=polls, calls=calls)

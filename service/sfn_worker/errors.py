@@ -10,10 +10,13 @@ import aiohttp
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    CredentialRetrievalError,
     HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
 )
+from botocore.exceptions import ConnectionError as SdkConnectionError
 
 # Step Functions API limits (SendTaskSuccess / SendTaskFailure).
 MAX_OUTPUT_BYTES = 262_144
@@ -101,6 +104,18 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+# The path to the service or to the credential provider failed; waiting can heal it.
+_NETWORK_ERRORS = (
+    HTTPClientError,  # read timeout, connection closed or reset mid-call
+    SdkConnectionError,  # could not connect, connect timeout, proxy, TLS handshake
+    IncompleteReadError,
+    CredentialRetrievalError,  # the ECS/EC2 credential endpoint did not answer
+    aiohttp.ClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
 def classify(exc: BaseException) -> ErrorKind:
     if isinstance(exc, ClientError):
         code = error_code(exc)
@@ -114,7 +129,7 @@ def classify(exc: BaseException) -> ErrorKind:
         return ErrorKind.REJECTED
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return ErrorKind.FATAL
-    if isinstance(exc, HTTPClientError | aiohttp.ClientError | OSError | asyncio.TimeoutError):
+    if isinstance(exc, _NETWORK_ERRORS):
         return ErrorKind.TRANSIENT
     return ErrorKind.REJECTED
 
@@ -124,7 +139,8 @@ def may_have_been_recorded(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return bool(status >= 500)
-    # The request may have reached the server before the connection broke.
+    # The request may have reached the server before the connection broke (aiobotocore
+    # reports a reset after sending as EndpointConnectionError too).
     return classify(exc) is ErrorKind.TRANSIENT
 
 

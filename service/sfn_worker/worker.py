@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import structlog
 
 from .aio import cancel_and_wait
-from .client import SFNClient, open_client
+from .client import SfnClients, open_clients
 from .errors import FatalWorkerError
 from .handlers import Handler, HandlerInvoker, import_path, load_handler
 from .loop_monitor import watch_loop_lag
@@ -42,7 +42,7 @@ FORCED_EXIT_SECONDS = 1.5
 # the worker stops waiting for them and answers their tokens anyway.
 CANCEL_UNWIND_FRACTION = 0.25
 
-ClientFactory = Callable[[Settings], AbstractAsyncContextManager[SFNClient]]
+ClientFactory = Callable[[Settings], AbstractAsyncContextManager[SfnClients]]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Worker:
         settings: Settings,
         handler: Handler | None = None,
         *,
-        client_factory: ClientFactory = open_client,
+        client_factory: ClientFactory = open_clients,
         metrics: Metrics | None = None,
         poll_backoff: Backoff = POLL_BACKOFF,
         send_backoff: Backoff = SEND_BACKOFF,
@@ -115,16 +115,16 @@ class Worker:
 
         invoker = HandlerInvoker(self.handler, settings.handler_mode, settings.concurrency)
         try:
-            async with self._client_factory(settings) as client:
+            async with self._client_factory(settings) as clients:
                 slots = asyncio.Semaphore(settings.concurrency)
                 queue: asyncio.Queue[ActivityTask | None] = asyncio.Queue(
                     settings.effective_queue_size
                 )
                 self._queue = queue
                 self._runner = runner = TaskRunner(
-                    client=client,
+                    client=clients.calls,
                     invoker=invoker,
-                    sender=ResultSender(client, self.metrics, self._send_backoff),
+                    sender=ResultSender(clients.calls, self.metrics, self._send_backoff),
                     metrics=self.metrics,
                     worker_name=settings.worker_name,
                     activity_arn=settings.activity_arn,
@@ -136,7 +136,7 @@ class Worker:
                 self._pollers = [
                     Poller(
                         number,
-                        client=client,
+                        client=clients.polls,
                         activity_arn=settings.activity_arn,
                         worker_name=settings.worker_name,
                         slots=slots,
