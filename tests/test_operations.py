@@ -37,11 +37,11 @@ async def get(url: str) -> tuple[int, str]:
 
 @asynccontextmanager
 async def worker_with_http(
-    fake: FakeStepFunctions, handler: Handler, port: int = 0
+    fake: FakeStepFunctions, handler: Handler, port: int = 0, **overrides: Any
 ) -> AsyncIterator[tuple[WorkerHarness, str]]:
     """A running worker with its HTTP server on loopback; yields the harness and base URL."""
     port = port or free_port()
-    settings = make_settings(fake, http_port=port, http_host="127.0.0.1")
+    settings = make_settings(fake, http_port=port, http_host="127.0.0.1", **overrides)
     worker = Worker(settings, handler)
     harness = WorkerHarness(worker, fake)
     async with serve_http(settings, worker):

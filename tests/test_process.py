@@ -22,6 +22,7 @@ from .test_config_files import image_command, image_env
 from .test_operations import free_port
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 class WorkerProcess:
@@ -60,7 +61,7 @@ class WorkerProcess:
         """Signal the worker itself (PID 1 inside its namespace when run under unshare)."""
         target = self.process.pid
         children = Path(f"/proc/{target}/task/{target}/children")
-        if children.exists() and children.read_text().split():
+        if Path(f"/proc/{target}/comm").read_text().strip() == "unshare":
             target = int(children.read_text().split()[0])
         os.kill(target, signum)
 
@@ -79,6 +80,7 @@ async def worker_process(
     env.update(
         SFN_ACTIVITY_ARN=fake.activity_arn, SFN_WORKER_NAME="process-test", SFN_LOG_FORMAT="json"
     )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(settings)
     process = await asyncio.create_subprocess_exec(
         *command, env=env, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE

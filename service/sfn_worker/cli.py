@@ -17,7 +17,7 @@ import structlog
 from . import __version__
 from .client import open_clients
 from .ecs_protection import task_protection
-from .errors import API_ERRORS, FatalWorkerError, describe
+from .errors import API_ERRORS, FatalWorkerError, WorkerCrashed, describe
 from .handlers import Handler, HandlerLoadError, load_handler
 from .http import healthcheck, serve_http
 from .logs import configure_logging
@@ -39,9 +39,36 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+# Idle pool threads leave within milliseconds of the pool's shutdown, and cancelled tasks
+# within a loop iteration or two; handlers that ignore both are not waited for longer.
+LINGER_SECONDS = 0.5
+
+
 def run_async(main: Coroutine[Any, Any, int]) -> int:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(main)
+        code = runner.run(main)
+        # Closing the runner cancels what is left and waits for it: for ever, if an async
+        # handler swallows CancelledError. Its token is answered already; do not wait.
+        if runner.run(_tasks_that_ignore_cancellation()):
+            _exit_now(code, "exiting with handlers that ignore cancellation still running")
+    return code
+
+
+async def _tasks_that_ignore_cancellation() -> int:
+    leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in leftovers:
+        task.cancel()
+    if not leftovers:
+        return 0
+    _, pending = await asyncio.wait(leftovers, timeout=LINGER_SECONDS)
+    return len(pending)
+
+
+def _exit_now(code: int, event: str, **fields: Any) -> None:
+    log.warning(event, **fields)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _fail_config(message: str) -> int:
@@ -85,7 +112,7 @@ async def serve(settings: Settings, handler: Handler) -> int:
             task_protection(settings, worker.in_flight, worker.tasks_changed),
         ):
             await worker.run(stop, force_stop)
-    except FatalWorkerError as exc:
+    except (FatalWorkerError, WorkerCrashed) as exc:
         log.error("worker stopped", error=str(exc))
         return EXIT_FAILURE
     finally:
@@ -119,10 +146,6 @@ async def check(settings: Settings) -> int:
     return EXIT_OK
 
 
-# Idle pool threads leave within milliseconds of the pool's shutdown; busy ones do not.
-THREAD_EXIT_WAIT_SECONDS = 0.5
-
-
 def _threads_exit_waits_for() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
 
@@ -130,15 +153,11 @@ def _threads_exit_waits_for() -> list[threading.Thread]:
 def _exit_now_if_threads_linger(code: int) -> int:
     # Sync handlers in threads cannot be interrupted; the interpreter would wait for them
     # at exit, past the grace period. Their tokens are already answered: leave now.
-    deadline = time.monotonic() + THREAD_EXIT_WAIT_SECONDS
+    deadline = time.monotonic() + LINGER_SECONDS
     for thread in _threads_exit_waits_for():
         thread.join(max(0.0, deadline - time.monotonic()))
-    lingering = _threads_exit_waits_for()
-    if lingering:
-        log.warning("exiting with handler threads still running", threads=len(lingering))
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    if lingering := _threads_exit_waits_for():
+        _exit_now(code, "exiting with handler threads still running", threads=len(lingering))
     return code
 
 

@@ -1,27 +1,25 @@
 """Loading the user's handler and starting one call of it in the right place.
 
-Async handlers run on the event loop. Sync handlers run in a thread pool (default) or a
-process pool, so the loop keeps polling and heartbeating while they block or burn CPU.
+Async handlers run on the event loop. Sync handlers run in a thread pool (default) or in
+handler processes (procpool.py), so the loop keeps polling and heartbeating while they block
+or burn CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import ctypes
-import functools
 import importlib
 import inspect
-import multiprocessing
-import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 from .context import TaskContext
+from .errors import HandlerExited
+from .procpool import HandlerProcessPool, PoolHealth
 from .settings import HandlerMode
 
 Handler = Callable[[Any, TaskContext], Any]
@@ -67,82 +65,88 @@ def is_async_handler(handler: Handler) -> bool:
     )
 
 
-# Process mode: each child imports the handler once, by its path.
-_process_handler: Handler | None = None
+@dataclass(frozen=True)
+class HandlerCall:
+    """One call of a handler. ``result`` holds what it returned or raised; cancelling it asks
+    the handler to stop. ``finished`` is done only once the handler really stopped: a thread
+    cannot be interrupted, and an async handler can ignore cancellation."""
 
+    result: asyncio.Future[Any]
+    finished: asyncio.Future[Any]
 
-def _init_process(path: str) -> None:
-    _die_with_parent()
-    global _process_handler
-    _process_handler = load_handler(path)
-
-
-def _die_with_parent() -> None:
-    # Linux: if the worker is SIGKILLed, its handler processes go too instead of idling on.
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
-
-
-def _call_in_process(task_input: Any, task_token: str, worker_name: str, activity_arn: str) -> Any:
-    assert _process_handler is not None, "process pool initialiser did not run"
-    ctx = TaskContext(task_token=task_token, worker_name=worker_name, activity_arn=activity_arn)
-    return _process_handler(task_input, ctx)
+    @classmethod
+    def of(cls, task: asyncio.Future[Any]) -> HandlerCall:
+        return cls(task, task)
 
 
 class HandlerInvoker:
-    """Owns the pools sync handlers run in; ``start`` begins one call and returns its future."""
+    """Owns where handlers run; ``start`` begins one call."""
 
-    def __init__(self, handler: Handler, mode: HandlerMode, concurrency: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        mode: HandlerMode,
+        concurrency: int,
+        *,
+        on_process_death: Callable[[], None] | None = None,
+    ) -> None:
         self.handler = handler
         self.is_async = is_async_handler(handler)
         self.mode = HandlerMode.ASYNC if self.is_async else mode
-        self._executor: Executor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._processes: HandlerProcessPool | None = None
         if self.mode is HandlerMode.THREAD:
             # CPU-bound handler threads hold the GIL for a whole switch interval each time;
             # the event loop needs it dozens of times per heartbeat. A shorter interval keeps
             # heartbeats on time (measured in bench/: p99 lag from seconds to well under 1 s).
             sys.setswitchinterval(min(sys.getswitchinterval(), THREAD_SWITCH_INTERVAL_SECONDS))
-            self._executor = ThreadPoolExecutor(
+            # One thread per slot: a slot is held until its handler's thread is free again,
+            # so a task that has a slot never waits for a thread.
+            self._threads = ThreadPoolExecutor(
                 max_workers=concurrency, thread_name_prefix="sfn-handler"
             )
         elif self.mode is HandlerMode.PROCESS:
-            # spawn: forking a process that runs an event loop and threads is unsafe.
-            self._executor = ProcessPoolExecutor(
-                max_workers=min(concurrency, os.cpu_count() or 1),
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_process,
-                initargs=(import_path(handler),),
+            self._processes = HandlerProcessPool(import_path(handler), on_death=on_process_death)
+
+    def start(self, task_input: Any, ctx: TaskContext) -> HandlerCall:
+        if self._threads is not None:
+            running = self._threads.submit(
+                contextvars.copy_context().run, self.handler, task_input, ctx
             )
+            # Two views of the thread's future: cancelling the result does not stop the
+            # thread, so the second one tells when the thread is free again.
+            return HandlerCall(asyncio.wrap_future(running), asyncio.wrap_future(running))
+        if self._processes is not None:
+            return HandlerCall.of(asyncio.ensure_future(self._processes.call(task_input, ctx)))
+        return HandlerCall.of(asyncio.ensure_future(self._call_on_loop(task_input, ctx)))
 
-    def start(self, task_input: Any, ctx: TaskContext) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        if self.is_async:
-            coroutine = cast(Awaitable[Any], self.handler(task_input, ctx))
-            return asyncio.ensure_future(coroutine)
-        if self.mode is HandlerMode.THREAD:
-            call = functools.partial(contextvars.copy_context().run, self.handler, task_input, ctx)
-            return loop.run_in_executor(self._executor, call)
-        if self.mode is HandlerMode.PROCESS:
-            return loop.run_in_executor(
-                self._executor,
-                _call_in_process,
-                task_input,
-                ctx.task_token,
-                ctx.worker_name,
-                ctx.activity_arn,
-            )
-        return asyncio.ensure_future(self._call_inline(task_input, ctx))
+    async def _call_on_loop(self, task_input: Any, ctx: TaskContext) -> Any:
+        try:
+            result = self.handler(task_input, ctx)
+            if self.is_async:
+                result = await cast(Awaitable[Any], result)
+            return result
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Left alone, these two leave the event loop and end the whole process.
+            raise HandlerExited(exc) from None
 
-    async def _call_inline(self, task_input: Any, ctx: TaskContext) -> Any:
-        # HandlerMode.ASYNC with a sync handler: the caller chose to run it on the loop.
-        return self.handler(task_input, ctx)
+    async def wait_ready(self) -> None:
+        """Returns when a new call could start at once (process mode may be backing off)."""
+        if self._processes is not None:
+            await self._processes.wait_ready()
 
-    def close(self, *, wait: bool) -> None:
-        if self._executor is None:
-            return
-        if not wait and isinstance(self._executor, ProcessPoolExecutor):
-            # Their tokens are answered; do not leave handler processes running on their own.
-            for process in list(getattr(self._executor, "_processes", {}).values()):
-                process.terminate()
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+    def process_health(self) -> PoolHealth | None:
+        return self._processes.health() if self._processes is not None else None
+
+    def notify_shutdown(self) -> None:
+        """Handlers in other processes see ``ctx.shutdown_requested`` too."""
+        if self._processes is not None:
+            self._processes.notify_shutdown()
+
+    async def aclose(self) -> None:
+        """Stop accepting calls; end handler processes. Threads that still run are left to
+        the interpreter's exit (their tokens are answered: see cli)."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            await self._processes.close()

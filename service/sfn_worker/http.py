@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -22,6 +23,12 @@ if TYPE_CHECKING:
 
 # A loop that was blocked this long at its last sample cannot poll or heartbeat in time.
 LOOP_LAG_UNHEALTHY_SECONDS = 5.0
+
+
+def too_many_stuck(stuck: int, concurrency: int) -> bool:
+    """Handlers that ignored cancellation hold more than half the slots: the worker can
+    no longer do what it is sized for, and only a new container gives the slots back."""
+    return stuck * 2 > concurrency
 
 
 def make_app(worker: Worker) -> web.Application:
@@ -32,14 +39,18 @@ def make_app(worker: Worker) -> web.Application:
             state.polling
             and state.pollers_alive == worker.settings.pollers
             and loop_lag < LOOP_LAG_UNHEALTHY_SECONDS
+            and not too_many_stuck(state.handlers_stuck, worker.settings.concurrency)
         )
-        body = {
+        body: dict[str, object] = {
             "status": "ok" if healthy else ("stopping" if state.stopping else "unhealthy"),
             "pollers_alive": state.pollers_alive,
             "running": state.running,
             "queued": state.queued,
             "loop_lag_seconds": round(loop_lag, 3),
+            "handlers_stuck": state.handlers_stuck,
         }
+        if state.processes is not None:
+            body["handler_processes"] = dataclasses.asdict(state.processes)
         return web.json_response(body, status=200 if healthy else 503)
 
     async def metrics(_: web.Request) -> web.Response:
@@ -63,7 +74,13 @@ async def serve_http(settings: Settings, worker: Worker) -> AsyncIterator[int | 
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SettingsError(
+                f"SFN_HTTP_PORT={settings.http_port}: cannot listen on "
+                f"{settings.http_host}:{settings.http_port}: {exc.strerror or exc}"
+            ) from None
         yield settings.http_port
     finally:
         await runner.cleanup()

@@ -58,6 +58,17 @@ class Metrics:
         self.loop_lag = Gauge(
             "sfn_worker_event_loop_lag_seconds", "How late the last loop timer fired", registry=r
         )
+        self.handlers_stuck = Gauge(
+            "sfn_worker_handlers_stuck",
+            "Handlers still running after their task ended (they ignored cancellation); "
+            "each holds its slot until it returns",
+            registry=r,
+        )
+        self.handler_process_deaths = Counter(
+            "sfn_worker_handler_process_deaths",
+            "Handler processes that died on their own (process mode)",
+            registry=r,
+        )
         self.terminal_retries = Counter(
             "sfn_worker_terminal_call_retries",
             "Retried SendTaskSuccess/Failure attempts",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,10 @@ from .errors import (
     MAX_ERROR_CHARS,
     MAX_OUTPUT_BYTES,
     OUTPUT_TOO_LARGE_ERROR,
+    PROCESS_DIED_ERROR,
+    HandlerExited,
+    HandlerProcessDied,
+    RemoteHandlerError,
     TaskFailed,
     truncate,
 )
@@ -30,8 +35,20 @@ class Failure:
 
     @classmethod
     def of(cls, error: str, cause: str) -> Failure:
-        """A failure that fits the API limits (error 256 chars, cause 32,768 chars)."""
-        return cls(truncate(error or "Error", MAX_ERROR_CHARS), truncate(cause, MAX_CAUSE_CHARS))
+        """A failure the API accepts: UTF-8 text within 256 (error) and 32,768 (cause) chars."""
+        return cls(
+            truncate(_encodable(error) or "Error", MAX_ERROR_CHARS),
+            truncate(_encodable(cause), MAX_CAUSE_CHARS),
+        )
+
+
+def _encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot carry (lone surrogates) replaced by '?'."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="replace").decode()
+    return text
 
 
 Outcome = Success | Failure
@@ -51,15 +68,30 @@ def invalid_input(problem: ValueError) -> Failure:
 
 def encode_output(result: Any) -> Outcome:
     """Success with JSON text, or a clear failure when the result cannot be sent."""
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: close it, or Python warns at collection
+        return Failure.of(
+            INVALID_OUTPUT_ERROR,
+            f"handler returned an awaitable ({type(result).__name__}) instead of a value; "
+            "declare the handler 'async def', or await it inside",
+        )
     try:
         output = json.dumps(result, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the value does while encoded is its fault
         return Failure.of(
             INVALID_OUTPUT_ERROR,
             f"handler returned a value that is not JSON-serialisable "
-            f"({type(result).__name__}): {exc}",
+            f"({type(result).__name__}): {_describe(exc)}",
         )
-    size = len(output.encode())
+    try:
+        size = len(output.encode())
+    except UnicodeEncodeError as exc:
+        return Failure.of(
+            INVALID_OUTPUT_ERROR,
+            "handler returned text that cannot be encoded as UTF-8: a lone surrogate "
+            f"{output[exc.start]!a} at character {exc.start} of its JSON",
+        )
     if size > MAX_OUTPUT_BYTES:
         return Failure.of(
             OUTPUT_TOO_LARGE_ERROR,
@@ -71,8 +103,22 @@ def encode_output(result: Any) -> Outcome:
 
 
 def from_exception(exc: BaseException) -> Failure:
+    if isinstance(exc, HandlerExited):
+        exc = exc.original
     if isinstance(exc, TaskFailed):
-        return Failure.of(exc.error, exc.cause)
-    message = str(exc)
-    cause = f"{type(exc).__name__}: {message}" if message else f"{type(exc).__name__} raised"
-    return Failure.of(type(exc).__name__, f"handler raised {cause}")
+        return Failure.of(str(exc.error), str(exc.cause))
+    if isinstance(exc, HandlerProcessDied):
+        return Failure.of(PROCESS_DIED_ERROR, f"{exc}; the task was not finished")
+    if isinstance(exc, RemoteHandlerError):
+        return Failure.of(exc.type_name, f"handler raised {exc}")
+    return Failure.of(type(exc).__name__, f"handler raised {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, also for exceptions whose ``__str__`` itself fails."""
+    name = type(exc).__name__
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task
+        message = "<the exception's message could not be read>"
+    return f"{name}: {message}" if message else f"{name} raised"

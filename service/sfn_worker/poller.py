@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -29,6 +29,7 @@ class Poller:
         activity_arn: str,
         worker_name: str,
         slots: asyncio.Semaphore,
+        ready: Callable[[], Awaitable[None]],
         queue: asyncio.Queue[ActivityTask | None],
         stopping: asyncio.Event,
         on_fatal: Callable[[FatalWorkerError], None],
@@ -40,6 +41,7 @@ class Poller:
         self._activity_arn = activity_arn
         self._worker_name = worker_name
         self._slots = slots
+        self._ready = ready
         self._queue = queue
         self._stopping = stopping
         self._on_fatal = on_fatal
@@ -52,6 +54,13 @@ class Poller:
             failures = 0
             while not self._stopping.is_set():
                 await self._slots.acquire()
+                # A slot is not enough: the handler must be able to start (process mode
+                # backs off after handler processes die).
+                try:
+                    await self._ready()
+                except BaseException:
+                    self._slots.release()
+                    raise
                 if self._stopping.is_set():
                     self._slots.release()
                     break

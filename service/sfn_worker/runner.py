@@ -12,7 +12,7 @@ import structlog
 from .client import SFNClient
 from .context import TaskContext
 from .errors import SHUTDOWN_ERROR, describe
-from .handlers import HandlerInvoker
+from .handlers import HandlerCall, HandlerInvoker
 from .heartbeat import Heartbeat
 from .metrics import Metrics
 from .outcome import (
@@ -51,7 +51,7 @@ class RunningTask:
     token: str = field(repr=False)
     ctx: TaskContext
     started_at: float
-    handler: asyncio.Future[Any] | None = None
+    handler: HandlerCall | None = None
     cancel_reason: CancelReason | None = None
     gone_answer: str = ""
     # Set when the handler finished, or when the worker stops waiting for it.
@@ -66,7 +66,7 @@ class RunningTask:
             self.cancel_reason = reason
         self.ctx.cancel_requested.set()
         if self.handler is not None:
-            self.handler.cancel()
+            self.handler.result.cancel()
 
     def abandon(self) -> None:
         """Stop waiting for a handler that ignores cancellation (sync handler in a thread)."""
@@ -104,7 +104,9 @@ class TaskRunner:
         # Set during shutdown: terminal calls must finish by then.
         self.send_deadline: float | None = None
 
-    async def work(self, task: ActivityTask) -> None:
+    async def work(self, task: ActivityTask) -> asyncio.Future[Any] | None:
+        """Work ``task`` to its one answer. Returns the handler's future if the handler still
+        runs (it ignored cancellation): its slot is not free until that future is done."""
         loop = asyncio.get_running_loop()
         ctx = TaskContext(
             task_token=task.token,
@@ -125,6 +127,8 @@ class TaskRunner:
             self._metrics.tasks_in_flight.dec()
             del self.running[id(record)]
             self._tasks_changed.set()
+        finished = record.handler.finished if record.handler is not None else None
+        return finished if finished is not None and not finished.done() else None
 
     async def _work(self, task: ActivityTask, record: RunningTask) -> None:
         loop = asyncio.get_running_loop()
@@ -144,7 +148,13 @@ class TaskRunner:
             self._metrics.tasks_gone.inc()
             log.info("task ended", outcome="gone", answer=record.gone_answer, duration=duration)
             return
-        result, sent = await self._sender.send(record.token, outcome, self.send_deadline)
+        try:
+            result, sent = await self._sender.send(record.token, outcome, self.send_deadline)
+        except Exception:
+            # A defect on the way out (the sender retries every API error itself) costs this
+            # task's answer, never the worker.
+            log.exception("internal error while answering the task")
+            result, sent = SendResult.GAVE_UP, outcome
         if result is SendResult.TASK_GONE or result is SendResult.GAVE_UP:
             self._metrics.tasks_gone.inc()
             log.info("task ended", outcome=result.value, duration=duration)
@@ -168,10 +178,11 @@ class TaskRunner:
         except ValueError as problem:
             return invalid_input(problem)
 
-        handler = self._invoker.start(task_input, record.ctx)
-        record.handler = handler
+        call = record.handler = self._invoker.start(task_input, record.ctx)
+        handler = call.result
         handler.add_done_callback(lambda _: record.settled.set())
         handler.add_done_callback(_mark_exception_retrieved)
+        call.finished.add_done_callback(_mark_exception_retrieved)
         heartbeat = self._start_heartbeat(record)
         try:
             await record.settled.wait()
@@ -181,7 +192,7 @@ class TaskRunner:
 
         if record.cancel_reason is CancelReason.TASK_GONE:
             return None
-        if not handler.done():
+        if record.cancel_reason is not None and not call.finished.done():
             return Failure.of(
                 SHUTDOWN_ERROR,
                 "the worker shut down and the handler did not stop when cancelled; "

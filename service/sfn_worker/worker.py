@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from .aio import cancel_and_wait
 from .client import SfnClients, open_clients
-from .errors import FatalWorkerError
+from .errors import FatalWorkerError, WorkerCrashed
 from .handlers import Handler, HandlerInvoker, import_path, load_handler
 from .loop_monitor import watch_loop_lag
 from .metrics import Metrics
 from .poller import Poller
+from .procpool import PoolHealth
 from .retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from .runner import ActivityTask, CancelReason, TaskRunner
 from .sender import ResultSender
@@ -54,6 +56,8 @@ class WorkerState:
     pollers_alive: int
     running: int
     queued: int
+    handlers_stuck: int
+    processes: PoolHealth | None
 
 
 class Worker:
@@ -74,6 +78,11 @@ class Worker:
         self._poll_backoff = poll_backoff
         self._send_backoff = send_backoff
         self._fatal: FatalWorkerError | None = None
+        self._crash: BaseException | None = None
+        self._crashed = asyncio.Event()
+        self._force_stop = asyncio.Event()
+        self._invoker: HandlerInvoker | None = None
+        self._handlers_stuck = 0
         self._stopping: asyncio.Event | None = None
         self._pollers: list[Poller] = []
         self._poller_tasks: list[asyncio.Task[None]] = []
@@ -95,6 +104,8 @@ class Worker:
             pollers_alive=sum(1 for task in self._poller_tasks if not task.done()),
             running=self.in_flight(),
             queued=self._queue.qsize() if self._queue else 0,
+            handlers_stuck=self._handlers_stuck,
+            processes=self._invoker.process_health() if self._invoker else None,
         )
 
     async def run(self, stop: asyncio.Event, force_stop: asyncio.Event | None = None) -> None:
@@ -103,7 +114,7 @@ class Worker:
         Raises FatalWorkerError (after the same orderly shutdown) when the worker cannot go on.
         """
         settings = self.settings
-        force_stop = force_stop or asyncio.Event()
+        self._force_stop = force_stop = force_stop or asyncio.Event()
         self._stopping = stopping = asyncio.Event()
         fatal_event = asyncio.Event()
 
@@ -113,7 +124,12 @@ class Worker:
                 log.error("fatal error; stopping the worker", error=str(error))
             fatal_event.set()
 
-        invoker = HandlerInvoker(self.handler, settings.handler_mode, settings.concurrency)
+        self._invoker = invoker = HandlerInvoker(
+            self.handler,
+            settings.handler_mode,
+            settings.concurrency,
+            on_process_death=self.metrics.handler_process_deaths.inc,
+        )
         try:
             async with self._client_factory(settings) as clients:
                 slots = asyncio.Semaphore(settings.concurrency)
@@ -140,6 +156,7 @@ class Worker:
                         activity_arn=settings.activity_arn,
                         worker_name=settings.worker_name,
                         slots=slots,
+                        ready=invoker.wait_ready,
                         queue=queue,
                         stopping=stopping,
                         on_fatal=on_fatal,
@@ -149,9 +166,15 @@ class Worker:
                     for number in range(settings.pollers)
                 ]
                 async with asyncio.TaskGroup() as group:
-                    self._poller_tasks = [group.create_task(p.run()) for p in self._pollers]
-                    dispatcher = group.create_task(self._dispatch(group, queue, slots, runner))
-                    monitor = group.create_task(watch_loop_lag(self.metrics))
+                    self._poller_tasks = [
+                        group.create_task(self._guard(p.run(), "poller")) for p in self._pollers
+                    ]
+                    dispatcher = group.create_task(
+                        self._guard(self._dispatch(group, queue, slots, runner), "dispatcher")
+                    )
+                    monitor = group.create_task(
+                        self._guard(watch_loop_lag(self.metrics), "loop monitor")
+                    )
                     self._started = True
                     log.info(
                         "worker started",
@@ -169,13 +192,28 @@ class Worker:
                             hint="SFN_SHUTDOWN_GRACE_SECONDS >= 65 (and ECS stopTimeout above "
                             "it) lets every open poll return before exit",
                         )
-                    await _wait_any(stop, fatal_event)
+                    await _wait_any(stop, fatal_event, self._crashed)
                     await self._shutdown(stopping, force_stop, queue, dispatcher, runner)
                     await cancel_and_wait(monitor)
         finally:
-            invoker.close(wait=False)
+            await invoker.aclose()
+        if self._crash is not None:
+            raise WorkerCrashed(f"internal error: {self._crash!r}") from self._crash
         if self._fatal is not None:
             raise self._fatal
+
+    async def _guard(self, work: Coroutine[Any, Any, None], part: str) -> None:
+        """An exception out of the worker's own machinery must not end the process silently,
+        nor (through the task group) cancel open polls and running tasks: log it, then stop
+        the way a second signal does, answering what runs."""
+        try:
+            await work
+        except Exception as exc:
+            log.exception("internal error in the worker; stopping", part=part)
+            if self._crash is None:
+                self._crash = exc
+            self._crashed.set()
+            self._force_stop.set()  # fail what runs now, as after a second signal
 
     async def _dispatch(
         self,
@@ -186,18 +224,40 @@ class Worker:
     ) -> None:
         while (task := await queue.get()) is not None:
             self.metrics.queue_depth.set(queue.qsize())
-            work = group.create_task(self._work_then_free_slot(runner, task, slots))
+            work = group.create_task(
+                self._guard(self._work_then_free_slot(runner, task, slots), "task")
+            )
             self._work_tasks.add(work)
             work.add_done_callback(self._work_tasks.discard)
 
-    @staticmethod
     async def _work_then_free_slot(
-        runner: TaskRunner, task: ActivityTask, slots: asyncio.Semaphore
+        self, runner: TaskRunner, task: ActivityTask, slots: asyncio.Semaphore
     ) -> None:
+        still_running: asyncio.Future[Any] | None = None
         try:
-            await runner.work(task)
+            still_running = await runner.work(task)
         finally:
+            if still_running is None:
+                slots.release()
+            else:
+                self._hold_slot_until_done(still_running, slots)
+
+    def _hold_slot_until_done(self, handler: asyncio.Future[Any], slots: asyncio.Semaphore) -> None:
+        """A slot is a handler that can run: one that ignored cancellation keeps its slot
+        (and its thread) until it returns, so a new task never waits behind it."""
+        self._handlers_stuck += 1
+        self.metrics.handlers_stuck.set(self._handlers_stuck)
+        log.warning(
+            "handler still running after its task ended; its slot stays taken until it returns",
+            handlers_stuck=self._handlers_stuck,
+        )
+
+        def returned(_: asyncio.Future[Any]) -> None:
+            self._handlers_stuck -= 1
+            self.metrics.handlers_stuck.set(self._handlers_stuck)
             slots.release()
+
+        handler.add_done_callback(returned)
 
     async def _shutdown(
         self,
@@ -214,6 +274,8 @@ class Worker:
         stopping.set()
         for record in runner.running.values():
             record.ctx.shutdown_requested.set()
+        if self._invoker is not None:
+            self._invoker.notify_shutdown()
 
         # Phase 1: stop polling. Only pollers without an open request may be cancelled.
         idle = [
@@ -272,7 +334,9 @@ class Worker:
         unwind_deadline = loop.time() + (hard_deadline - loop.time()) * CANCEL_UNWIND_FRACTION
         if await self._wait_all(closing, unwind_deadline, None):
             return
-        stubborn = [r for r in runner.running.values() if r.handler and not r.handler.done()]
+        stubborn = [
+            r for r in runner.running.values() if r.handler and not r.handler.finished.done()
+        ]
         if stubborn:
             log.warning(
                 "shutdown: handlers ignore cancellation; answering their tokens anyway",

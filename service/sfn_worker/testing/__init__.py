@@ -40,9 +40,9 @@ async def run_handler(
         task_token="test-token", worker_name="test", activity_arn=DEFAULT_ACTIVITY_ARN
     )
     try:
-        result = await invoker.start(task_input, context)
+        result = await invoker.start(task_input, context).result
     except Exception as exc:  # noqa: BLE001 - the handler's failure is the outcome under test
         return from_exception(exc)
     finally:
-        invoker.close(wait=True)
+        await invoker.aclose()
     return encode_output(result)

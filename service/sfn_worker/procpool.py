@@ -1,0 +1,297 @@
+"""Handler processes for process mode: one call per process at a time, each on its own pipe.
+
+Why not ``concurrent.futures.ProcessPoolExecutor``: one process that dies (a segfault, the
+OOM killer, ``os._exit``) breaks the whole executor, failing every task in it and every task
+after. Why not pebble or loky: pebble is LGPL, polls its workers, and breaks when a worker
+dies idle; loky fails every running task when one worker dies. None can tell a running call
+that its task was cancelled. Here each process has its own pipe, so:
+
+- a death fails only the call that process was running, with ``HandlerProcessDied``;
+- a cancelled call is told (``ctx.cancel_requested`` in the child) and, if it does not
+  return within ``CANCEL_GRACE_SECONDS``, its process is terminated and replaced;
+- repeated deaths back off the start of new processes (``wait_ready``), so a handler that
+  always dies cannot burn through tasks at full speed.
+Processes start on demand (spawn), at most one per slot, and are reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import structlog
+
+from .context import TaskContext
+from .errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, TaskFailed, describe_exit
+from .procchild import child_main, local_error
+from .retry import Backoff
+
+log = structlog.get_logger("sfn_worker.processes")
+
+CANCEL_GRACE_SECONDS = 2.0
+KILL_AFTER_TERMINATE_SECONDS = 1.0
+# Consecutive deaths delay the next process start: 0.25-0.5 s after the first, up to 30 s.
+DEATH_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=30.0)
+# A process that closed its pipe is reaped within this long, or killed.
+REAP_SECONDS = 2.0
+CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class PoolHealth:
+    processes: int
+    deaths: int
+    consecutive_deaths: int
+    start_delayed_seconds: float
+
+
+@dataclass(eq=False)
+class _Call:
+    id: int
+    future: asyncio.Future[Any]
+
+
+class _Process:
+    """The worker's handle on one handler process."""
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.call: _Call | None = None
+        self.calls_done = 0
+        self.init_failure = ""
+        self.stopping = False  # the worker ended it: its death is not the handler's fault
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with contextlib.suppress(OSError):  # it died; its reader thread reports the death
+            self.conn.send(message)
+
+    def stop(self) -> None:
+        """Terminate now, kill a little later if it ignores SIGTERM."""
+        self.stopping = True
+        if self.process.exitcode is None:
+            self.process.terminate()
+            asyncio.get_running_loop().call_later(KILL_AFTER_TERMINATE_SECONDS, self._kill)
+
+    def _kill(self) -> None:
+        if self.process.exitcode is None:
+            self.process.kill()
+
+
+class HandlerProcessPool:
+    def __init__(
+        self,
+        handler_path: str,
+        *,
+        on_death: Callable[[], None] | None = None,
+        death_backoff: Backoff = DEATH_BACKOFF,
+    ) -> None:
+        self._handler_path = handler_path
+        self._on_death = on_death
+        self._backoff = death_backoff
+        self._context = multiprocessing.get_context("spawn")  # fork is unsafe with threads
+        self._processes: set[_Process] = set()
+        self._idle: list[_Process] = []
+        self._ids = itertools.count(1)
+        self._deaths = 0
+        self._consecutive_deaths = 0
+        self._start_not_before = 0.0
+        # Cleared after a death until the backoff has passed: no new process starts meanwhile.
+        self._may_start = asyncio.Event()
+        self._may_start.set()
+        self._backoff_timer: asyncio.TimerHandle | None = None
+        self._shutdown = False
+        self._closed = False
+        self._all_gone = asyncio.Event()
+        self._all_gone.set()
+
+    # -- what the worker asks ----------------------------------------------------------------
+    def health(self) -> PoolHealth:
+        loop = asyncio.get_running_loop()
+        return PoolHealth(
+            processes=len(self._processes),
+            deaths=self._deaths,
+            consecutive_deaths=self._consecutive_deaths,
+            start_delayed_seconds=round(max(0.0, self._start_not_before - loop.time()), 3),
+        )
+
+    async def wait_ready(self) -> None:
+        """Returns once a call could start at once (not backing off after deaths)."""
+        if not self._idle:
+            await self._may_start.wait()
+
+    async def call(self, task_input: Any, ctx: TaskContext) -> Any:
+        """Run the handler in a process; its exception, or HandlerProcessDied."""
+        await self.wait_ready()
+        process = self._idle.pop() if self._idle else self._start()
+        call = _Call(next(self._ids), asyncio.get_running_loop().create_future())
+        call.future.add_done_callback(_retrieve)  # a result may arrive after nobody waits
+        process.call = call
+        fields = {
+            "task_token": ctx.task_token,
+            "worker_name": ctx.worker_name,
+            "activity_arn": ctx.activity_arn,
+            "token_hash": ctx.token_hash,
+        }
+        process.send(("call", call.id, task_input, fields))
+        if self._shutdown:
+            process.send(("shutdown",))
+        try:
+            return await asyncio.shield(call.future)
+        except asyncio.CancelledError:
+            await self._stop_call(process, call)
+            raise
+
+    def notify_shutdown(self) -> None:
+        """Set ``ctx.shutdown_requested`` in every handler process, now and later."""
+        self._shutdown = True
+        for process in self._processes:
+            process.send(("shutdown",))
+
+    async def close(self) -> None:
+        """End every process (running calls included); returns when all are gone."""
+        self._closed = True
+        for process in list(self._processes):
+            process.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_gone.wait(), CLOSE_TIMEOUT_SECONDS)
+
+    # -- inside ------------------------------------------------------------------------------
+    async def _stop_call(self, process: _Process, call: _Call) -> None:
+        """The call was cancelled: tell the handler, then end its process if it goes on."""
+        process.send(("cancel", call.id))
+        try:
+            await asyncio.wait_for(asyncio.shield(call.future), CANCEL_GRACE_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "cancelled handler did not return; terminating its process",
+                pid=process.pid,
+                grace_seconds=CANCEL_GRACE_SECONDS,
+            )
+            process.stop()
+            await asyncio.gather(call.future, return_exceptions=True)
+        except Exception:  # noqa: BLE001, S110 - the call's late result is discarded
+            pass
+
+    def _start(self) -> _Process:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=child_main, args=(child_end, self._handler_path), name="sfn-handler"
+        )
+        process.daemon = True  # multiprocessing ends daemonic children at interpreter exit
+        process.start()
+        child_end.close()  # the child's end lives in the child: EOF here means it is gone
+        handle = _Process(process, parent_end)
+        self._processes.add(handle)
+        self._all_gone.clear()
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=self._read, args=(handle, loop), name="sfn-handler-reader", daemon=True
+        ).start()
+        return handle
+
+    def _read(self, process: _Process, loop: asyncio.AbstractEventLoop) -> None:
+        """Reader thread: forward messages to the loop; report the exit after EOF."""
+        try:
+            while True:
+                try:
+                    message = process.conn.recv()
+                except (EOFError, OSError):
+                    break
+                except Exception as exc:  # noqa: BLE001 - unpicklable here (class unknown)
+                    message = ("unreadable", f"{type(exc).__name__}: {exc}")
+                loop.call_soon_threadsafe(self._on_message, process, message)
+            process.process.join(REAP_SECONDS)
+            if process.process.exitcode is None:  # closed its pipe but lives on
+                process.process.kill()
+                process.process.join()
+            loop.call_soon_threadsafe(self._on_exit, process, process.process.exitcode)
+        except RuntimeError:
+            pass  # the event loop is closed: the worker has exited
+
+    def _on_message(self, process: _Process, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "init_failed":
+            process.init_failure = f"it could not load the handler: {message[1]}"
+            return
+        if kind == "ready":
+            return
+        call = process.call
+        if call is None:
+            return
+        if kind == "unreadable":
+            result: tuple[bool, Any] = (
+                False,
+                TaskFailed(
+                    INVALID_OUTPUT_ERROR,
+                    f"the handler's answer could not be read by the worker: {message[1]}",
+                ),
+            )
+        else:
+            _, call_id, ok, value = message
+            if call_id != call.id:
+                return
+            result = (ok, value if ok else local_error(value))
+        process.call = None
+        process.calls_done += 1
+        self._consecutive_deaths = 0
+        if not call.future.done():
+            if result[0]:
+                call.future.set_result(result[1])
+            else:
+                call.future.set_exception(result[1])
+        if not process.stopping:
+            if self._closed:
+                process.stop()
+            else:
+                self._idle.append(process)
+
+    def _on_exit(self, process: _Process, exitcode: int | None) -> None:
+        self._processes.discard(process)
+        if process in self._idle:
+            self._idle.remove(process)
+        if not self._processes:
+            self._all_gone.set()
+        call, process.call = process.call, None
+        died = HandlerProcessDied(process.pid, exitcode, process.init_failure)
+        if call is not None and not call.future.done():
+            call.future.set_exception(died)
+        if process.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        self._deaths += 1
+        self._consecutive_deaths += 1
+        delay = self._backoff.delay(self._consecutive_deaths - 1)
+        self._start_not_before = loop.time() + delay
+        self._may_start.clear()
+        if self._backoff_timer is not None:
+            self._backoff_timer.cancel()
+        self._backoff_timer = loop.call_later(delay, self._may_start.set)
+        log.error(
+            "handler process died",
+            pid=process.pid,
+            exit=describe_exit(exitcode),
+            while_running_a_task=call is not None,
+            consecutive_deaths=self._consecutive_deaths,
+            next_start_in=round(delay, 2),
+            detail=process.init_failure or None,
+        )
+        if self._on_death is not None:
+            self._on_death()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

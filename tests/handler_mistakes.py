@@ -1,0 +1,75 @@
+"""Handlers a user could write by mistake, importable by path (process mode spawns them)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import threading
+import time
+from typing import Any
+
+from sfn_worker import TaskContext
+from sfn_worker.examples import seed_handler
+
+# Process mode: a slow import in a handler process (SIGTERM while a replacement starts).
+if multiprocessing.parent_process() is not None and (
+    delay := float(os.environ.get("SLOW_HANDLER_IMPORT_SECONDS", "0"))
+):
+    time.sleep(delay)
+
+
+def die_when_asked(task_input: Any, ctx: TaskContext) -> Any:
+    """Ends its process abruptly (as a segfault or the OOM killer would) when asked."""
+    if task_input.get("die"):
+        os._exit(task_input.get("code", 3))
+    time.sleep(task_input.get("seconds", 0))
+    return seed_handler(task_input, ctx)
+
+
+def always_die(task_input: Any, ctx: TaskContext) -> Any:
+    os._exit(3)
+
+
+def exit_the_interpreter(task_input: Any, ctx: TaskContext) -> Any:
+    if task_input.get("how") == "interrupt":
+        raise KeyboardInterrupt
+    raise SystemExit(task_input.get("code", 2))
+
+
+async def exit_the_interpreter_async(task_input: Any, ctx: TaskContext) -> Any:
+    await asyncio.sleep(0)
+    return exit_the_interpreter(task_input, ctx)
+
+
+def lone_surrogate(task_input: Any, ctx: TaskContext) -> Any:
+    return {"text": "broken \ud800 text"}
+
+
+def cancellable(task_input: Any, ctx: TaskContext) -> Any:
+    """``cooperative`` stops when the worker asks; ``stubborn`` ignores it."""
+    if task_input.get("cooperative"):
+        return {"stopped": ctx.cancel_requested.wait(60)}
+    if task_input.get("stubborn"):
+        time.sleep(60)
+    return {"quick": True}
+
+
+# Thread mode: stuck handlers that the test releases at the end.
+release_stuck = threading.Event()
+
+
+def stuck_until_released(task_input: Any, ctx: TaskContext) -> Any:
+    if task_input.get("stuck"):
+        release_stuck.wait(120)  # ignores ctx.cancel_requested on purpose
+        return {"late": True}
+    return {"quick": True}
+
+
+async def swallow_cancellation(task_input: Any, ctx: TaskContext) -> Any:
+    """Catches CancelledError and carries on, for ever."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            continue
