@@ -152,3 +152,23 @@ def test_library_logs_share_the_json_format() -> None:
             "worker": "log-test",
         }
     ]
+
+
+def test_an_http_port_in_use_is_a_configuration_error(fake: FakeStepFunctions) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_cli(
+            "run",
+            env={
+                "SFN_ACTIVITY_ARN": fake.activity_arn,
+                "SFN_HTTP_PORT": str(port),
+                "SFN_HTTP_HOST": "127.0.0.1",
+            },
+        )
+    assert result.returncode == 2
+    assert f"SFN_HTTP_PORT={port}: cannot listen" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
