@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from sfn_worker.handlers import Handler
+from sfn_worker.app import Handler
 from sfn_worker.retry import Backoff
+from sfn_worker.runtime.runtime import Runtime
 from sfn_worker.settings import Settings
 from sfn_worker.testing import FakeStepFunctions
 from sfn_worker.worker import Worker
@@ -36,6 +37,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeStepFunctions]:
     async with FakeStepFunctions() as server:
         monkeypatch.setenv("AWS_ENDPOINT_URL_SFN", server.endpoint_url)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", server.endpoint_url)
         yield server
 
 
@@ -105,3 +107,10 @@ async def running_worker(
     finally:
         if harness.task is not None and not harness.task.done():
             await harness.stop()
+
+
+def sample(runtime: Runtime, name: str, **labels: str) -> float:
+    """A metric's value for the runtime's (first) activity, 0 when never set."""
+    labels.setdefault("activity", runtime.configs[0].name)
+    value = runtime.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value

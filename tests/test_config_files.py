@@ -39,7 +39,7 @@ def test_env_example_defaults_match_the_code(monkeypatch: pytest.MonkeyPatch) ->
     assert values["SFN_WORKER_NAME"] == ""  # empty = unset: defaults to the hostname
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    from_example = Settings()  # type: ignore[call-arg]
+    from_example = Settings()
     defaults = Settings(activity_arn=values["SFN_ACTIVITY_ARN"])
     assert from_example == defaults
 

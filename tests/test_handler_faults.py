@@ -16,11 +16,11 @@ import pytest
 
 from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed
 from sfn_worker.errors import PROCESS_DIED_ERROR, WorkerCrashed
-from sfn_worker.procpool import CANCEL_GRACE_SECONDS
+from sfn_worker.tasks.procpool import CANCEL_GRACE_SECONDS
 from sfn_worker.testing import FakeStepFunctions
 
 from . import handler_mistakes as mistakes
-from .conftest import running_worker
+from .conftest import running_worker, sample
 from .test_operations import get, worker_with_http
 from .test_process import BIN, worker_process
 
@@ -119,7 +119,7 @@ async def test_one_process_death_among_40_tasks_costs_one_task(fake: FakeStepFun
         fake, mistakes.die_when_asked, handler_mode="process", concurrency=4, pollers=2
     ) as harness:
         await fake.wait_for(lambda: all(t.state != "open" for t in fake.tasks.values()), timeout=90)
-        deaths = harness.worker.metrics.handler_process_deaths._value.get()
+        deaths = sample(harness.worker, "sfn_worker_handler_process_deaths_total")
     assert (dying.state, dying.error) == ("failed", PROCESS_DIED_ERROR)
     assert "exited with code 3" in (dying.cause or "")
     assert all((t.state, t.terminal_calls) == ("succeeded", 1) for t in before + after)
@@ -139,7 +139,7 @@ async def test_a_handler_that_always_dies_is_backed_off_and_shown_in_healthz(
         await asyncio.sleep(window)  # a measurement window, not a wait for a condition
         status, body = await get(f"{url}/healthz")
         failed = len(fake.closed("failed"))
-    health = json.loads(body)["handler_processes"]
+    health = json.loads(body)["activities"]["fake-activity"]["processes"]
     # Unchecked, four slots would fail hundreds of tasks a second; backed off, a handful.
     assert 4 <= failed <= 12, failed
     assert health["deaths"] == failed
@@ -173,7 +173,7 @@ async def test_a_cancelled_process_handler_is_told_and_a_stubborn_one_is_replace
         # One slot: the next task runs once the cancelled handler's process is free.
         await fake.wait_for(lambda: after.state != "open", timeout=30)
         took = loop.time() - expired
-        health = harness.worker.state().processes
+        health = harness.worker.state().activities[0].processes
     assert health is not None
     assert after.state == "succeeded"
     assert first.terminal_calls == 0
@@ -247,15 +247,15 @@ async def test_stuck_threads_keep_their_slots_and_make_the_worker_unhealthy(
             # No thread is free, so no slot is: nothing was taken, nothing is heartbeated.
             assert not any(t.issued for t in later)
             assert fake.open_polls == 0
-            assert harness.worker.state().handlers_stuck == 2
+            assert harness.worker.state().activities[0].handlers_stuck == 2
             status, body = await get(f"{url}/healthz")
             assert status == 503
-            assert json.loads(body)["handlers_stuck"] == 2
+            assert json.loads(body)["activities"]["fake-activity"]["handlers_stuck"] == 2
             _, metrics = await get(f"{url}/metrics")
-            assert "sfn_worker_handlers_stuck 2.0" in metrics
+            assert 'sfn_worker_handlers_stuck{activity="fake-activity"} 2.0' in metrics
             mistakes.release_stuck.set()  # the threads return: their slots come back
             await fake.wait_for(lambda: all(t.state == "succeeded" for t in later))
-            assert harness.worker.state().handlers_stuck == 0
+            assert harness.worker.state().activities[0].handlers_stuck == 0
     finally:
         mistakes.release_stuck.set()
     assert all(t.terminal_calls == 0 for t in stuck)
@@ -302,7 +302,7 @@ async def test_a_defect_in_the_machinery_stops_the_worker_after_answering_what_r
         await defect.wait()
         raise RuntimeError("a bug in the worker")
 
-    monkeypatch.setattr("sfn_worker.worker.watch_loop_lag", broken_monitor)
+    monkeypatch.setattr("sfn_worker.runtime.runtime.watch_loop_lag", broken_monitor)
 
     async def handler(task_input: Any, ctx: TaskContext) -> Any:
         started.set()

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from sfn_worker import TaskContext
-from sfn_worker.client import (
+from sfn_worker.retry import POLL_BACKOFF, SEND_BACKOFF
+from sfn_worker.runtime.client import (
     DEAD_CONNECTION_SECONDS,
     LONG_POLL_READ_TIMEOUT_SECONDS,
     call_timeout_seconds,
     keepalive_socket,
 )
-from sfn_worker.retry import POLL_BACKOFF, SEND_BACKOFF
 from sfn_worker.testing import FakeStepFunctions
 
 from . import netns

@@ -13,11 +13,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sfn_worker import TaskContext, ecs_protection, http
-from sfn_worker.ecs_protection import task_protection
+from sfn_worker import TaskContext
+from sfn_worker.app import Handler
 from sfn_worker.examples import seed_handler
-from sfn_worker.handlers import Handler
-from sfn_worker.http import healthcheck, serve_http
+from sfn_worker.runtime import ecs_protection, http
+from sfn_worker.runtime.ecs_protection import task_protection
+from sfn_worker.runtime.http import healthcheck, serve_http
 from sfn_worker.testing import FakeStepFunctions
 from sfn_worker.worker import Worker
 
@@ -73,8 +74,11 @@ async def test_healthz_and_metrics(fake: FakeStepFunctions) -> None:
 
         status, metrics = await get(f"{url}/metrics")
         assert status == 200
-        assert "sfn_worker_tasks_succeeded_total 1.0" in metrics
-        assert 'sfn_worker_tasks_failed_total{error="NO_SUCCESS_INPUT"} 1.0' in metrics
+        activity = 'activity="fake-activity"'
+        assert f"sfn_worker_tasks_succeeded_total{{{activity}}} 1.0" in metrics
+        assert (
+            f'sfn_worker_tasks_failed_total{{{activity},error="NO_SUCCESS_INPUT"}} 1.0' in metrics
+        )
         for name in (
             "sfn_worker_tasks_started_total",
             "sfn_worker_tasks_in_flight",

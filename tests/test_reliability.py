@@ -284,7 +284,7 @@ async def test_every_token_is_answered_exactly_once(
     for operation in OPERATIONS:
         fake.inject(operation)  # nothing left over for the next example
     fake._faults.clear()
-    fake._pending = asyncio.Queue()
+    fake.clear_pending()
 
 
 @pytest.mark.timeout(120)

@@ -9,26 +9,45 @@ from typing import Any
 
 import pytest
 
-from sfn_worker.cli import main
+from sfn_worker.cli import build_runtime, main
+from sfn_worker.config import ActivityConfig
+from sfn_worker.runtime.check import check
+from sfn_worker.runtime.shutdown import failure_reserve_seconds
 from sfn_worker.settings import HandlerMode, SettingsError, load_settings
 from sfn_worker.testing import DEFAULT_ACTIVITY_ARN, FakeStepFunctions
 
 ARN = DEFAULT_ACTIVITY_ARN
 
 
+def activity_from_env() -> ActivityConfig:
+    """The single activity's settings, as ``sfn-worker run`` would resolve them."""
+    return build_runtime(load_settings(), None).configs[0]
+
+
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
     settings = load_settings()
+    activity = activity_from_env()
     assert settings.handler == "sfn_worker.examples:seed_handler"
-    assert (settings.pollers, settings.concurrency, settings.effective_queue_size) == (4, 16, 4)
-    assert settings.heartbeat_seconds == 10
+    assert (activity.pollers, activity.concurrency, activity.effective_queue_size) == (4, 16, 4)
+    assert activity.heartbeat_seconds == 10
     assert settings.shutdown_grace_seconds == 25
-    assert settings.handler_mode is HandlerMode.THREAD
+    assert activity.handler_mode is HandlerMode.THREAD
     assert 1 <= len(settings.worker_name) <= 80
     # The reserve for failure calls leaves most of the grace for draining.
-    assert settings.failure_reserve_seconds < settings.shutdown_grace_seconds / 2
+    assert failure_reserve_seconds(25, activity.concurrency) < settings.shutdown_grace_seconds / 2
     with pytest.raises(Exception, match="frozen"):
         settings.pollers = 5
+
+
+def test_a_default_poller_count_is_capped_at_the_concurrency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_CONCURRENCY", "2")  # refused before: the default SFN_POLLERS is 4
+    activity = activity_from_env()
+    assert (activity.pollers, activity.concurrency) == (2, 2)
+    assert activity.sources["pollers"] == "default, capped at the concurrency (2)"
 
 
 @pytest.mark.parametrize(
@@ -38,7 +57,10 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"SFN_ACTIVITY_ARN": "nope"}, "SFN_ACTIVITY_ARN='nope' is invalid"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "abc"}, "SFN_POLLERS='abc' is invalid"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "0"}, "SFN_POLLERS='0' is invalid"),
-        ({"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "20"}, "must not exceed SFN_CONCURRENCY"),
+        (
+            {"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "20", "SFN_CONCURRENCY": "16"},
+            "SFN_POLLERS (20) must not exceed SFN_CONCURRENCY (16)",
+        ),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_WORKER_NAME": "x" * 81}, "SFN_WORKER_NAME="),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "no-colon"}, "SFN_HANDLER='no-colon'"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER_MODE": "fork"}, "SFN_HANDLER_MODE='fork'"),
@@ -52,7 +74,7 @@ def test_invalid_settings_name_the_variable(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as caught:
-        load_settings()
+        activity_from_env()
     assert message in str(caught.value)
 
 
@@ -98,13 +120,11 @@ def test_missing_region_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_check_against_fake(
     fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    from sfn_worker.cli import check
-
     monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn)
-    assert await check(load_settings()) == 0
+    assert await check(load_settings(), [activity_from_env()]) == 0
     assert "OK" in capsys.readouterr().out
     monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn + "-missing")
-    assert await check(load_settings()) == 1
+    assert await check(load_settings(), [activity_from_env()]) == 1
     assert "ActivityDoesNotExist" in capsys.readouterr().err
 
 
@@ -118,12 +138,10 @@ def test_version_flag(capsys: Any) -> None:
 async def test_check_warns_about_the_heartbeat_rate(
     fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    from sfn_worker.cli import check
-
     monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn)
     monkeypatch.setenv("SFN_CONCURRENCY", "5000")
     monkeypatch.setenv("SFN_HEARTBEAT_SECONDS", "10")
-    assert await check(load_settings()) == 0
+    assert await check(load_settings(), [activity_from_env()]) == 0
     assert "500 heartbeats/s" in capsys.readouterr().out
 
 

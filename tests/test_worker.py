@@ -281,8 +281,7 @@ async def test_process_mode_runs_sync_handlers_in_spawned_processes(
 
 
 async def test_run_handler_helper_returns_what_the_worker_would_send() -> None:
-    from sfn_worker.outcome import Failure, Success
-    from sfn_worker.testing import run_handler
+    from sfn_worker.testing import Failure, Success, run_handler
 
     assert await run_handler(seed_handler, {"in": "SUCCESS"}) == Success(
         '{"result":{"in":"SUCCESS"}}'

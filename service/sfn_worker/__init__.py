@@ -1,7 +1,9 @@
-"""AWS Step Functions activity worker: pollers, bounded queue, heartbeats, graceful shutdown."""
+"""AWS Step Functions activity worker: pollers, bounded queue, heartbeats, graceful shutdown;
+several activities in one process with a lifespan and middleware (``App``)."""
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .app import App
 from .context import TaskContext
 from .errors import SHUTDOWN_ERROR, FatalWorkerError, TaskFailed
 from .settings import Settings, load_settings
@@ -14,6 +16,7 @@ except PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "SHUTDOWN_ERROR",
+    "App",
     "FatalWorkerError",
     "Settings",
     "TaskContext",

@@ -15,13 +15,14 @@ from typing import Any
 import structlog
 
 from . import __version__
-from .client import open_clients
-from .ecs_protection import task_protection
-from .errors import API_ERRORS, FatalWorkerError, WorkerCrashed, describe
-from .handlers import Handler, HandlerLoadError, load_handler
-from .http import healthcheck, serve_http
+from .app import LoadError, load_app
+from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed
 from .logs import configure_logging
-from .settings import HEARTBEAT_RATE_WARNING_PER_SECOND, Settings, SettingsError, load_settings
+from .runtime.check import check
+from .runtime.ecs_protection import task_protection
+from .runtime.http import healthcheck, serve_http
+from .runtime.runtime import Runtime
+from .settings import Settings, SettingsError, load_settings
 from .worker import Worker
 
 EXIT_OK = 0
@@ -76,15 +77,23 @@ def _fail_config(message: str) -> int:
     return EXIT_CONFIG
 
 
-def _configure() -> tuple[Settings, Handler]:
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format, settings.worker_name)
-    return settings, load_handler(settings.handler)
+def build_runtime(settings: Settings, app_path: str | None) -> Runtime:
+    """An app (argument or SFN_APP), or the single-activity form (SFN_ACTIVITY_ARN)."""
+    app_path = app_path or settings.app
+    if app_path is None:
+        return Worker(settings)
+    if settings.activity_arn is not None:
+        raise SettingsError(
+            f"SFN_ACTIVITY_ARN is set but the worker runs the app {app_path!r}; "
+            "set an activity's ARN with SFN_<KEY>_ACTIVITY_ARN instead"
+        )
+    return Runtime(load_app(app_path), settings)
 
 
-async def serve(settings: Settings, handler: Handler) -> int:
+async def serve(runtime: Runtime) -> int:
     """Run the worker until SIGTERM/SIGINT; the signal handlers only set events."""
     loop = asyncio.get_running_loop()
+    settings = runtime.settings
     stop, force_stop = asyncio.Event(), asyncio.Event()
 
     def on_signal(signum: int) -> None:
@@ -99,50 +108,19 @@ async def serve(settings: Settings, handler: Handler) -> int:
     # Installed explicitly: as PID 1 in a container the kernel gives us no default handlers.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    worker = Worker(settings, handler)
-    if settings.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
-        log.warning(
-            "heartbeat rate may exceed the account's SendTaskHeartbeat quota",
-            heartbeats_per_second=round(settings.heartbeat_rate_per_second),
-            hint="raise SFN_HEARTBEAT_SECONDS or lower SFN_CONCURRENCY",
-        )
     try:
         async with (
-            serve_http(settings, worker),
-            task_protection(settings, worker.in_flight, worker.tasks_changed),
+            serve_http(settings, runtime),
+            task_protection(settings, runtime.in_flight, runtime.tasks_changed),
         ):
-            await worker.run(stop, force_stop)
-    except (FatalWorkerError, WorkerCrashed) as exc:
+            await runtime.run(stop, force_stop)
+    except (FatalWorkerError, WorkerCrashed, LifespanFailed) as exc:
         log.error("worker stopped", error=str(exc))
         return EXIT_FAILURE
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("worker stopped")
-    return EXIT_OK
-
-
-async def check(settings: Settings) -> int:
-    """Validate settings and credentials, and make sure the activity exists."""
-    async with open_clients(settings) as clients:
-        try:
-            activity = await clients.calls.describe_activity(activityArn=settings.activity_arn)
-        except API_ERRORS as exc:
-            print(f"sfn-worker check: FAILED: {describe(exc)}", file=sys.stderr)
-            return EXIT_FAILURE
-    print(f"sfn-worker check: OK: activity {activity['name']!r} exists ({settings.activity_arn})")
-    print(
-        f"  handler {settings.handler} ({settings.handler_mode.value} mode), "
-        f"pollers={settings.pollers}, concurrency={settings.concurrency}, "
-        f"heartbeat every {settings.heartbeat_seconds:g}s, "
-        f"grace {settings.shutdown_grace_seconds:g}s"
-    )
-    if settings.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
-        print(
-            f"  WARNING: up to {settings.heartbeat_rate_per_second:.0f} heartbeats/s when full; "
-            "that is the order of the account's SendTaskHeartbeat quota "
-            "(raise SFN_HEARTBEAT_SECONDS or lower SFN_CONCURRENCY)",
-        )
     return EXIT_OK
 
 
@@ -167,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="work tasks until SIGTERM/SIGINT (settings from SFN_* env)")
-    commands.add_parser("check", help="validate settings and credentials, DescribeActivity")
+    app_help = "module:app of an sfn_worker.App (default: SFN_APP, else SFN_ACTIVITY_ARN)"
+    run = commands.add_parser("run", help="work tasks until SIGTERM/SIGINT (settings: SFN_*)")
+    run.add_argument("app", nargs="?", help=app_help)
+    check_command = commands.add_parser(
+        "check", help="validate settings and credentials; DescribeActivity for each activity"
+    )
+    check_command.add_argument("app", nargs="?", help=app_help)
     health = commands.add_parser("healthcheck", help="exit 0 if the worker's /healthz answers OK")
     health.add_argument("--timeout", type=float, default=3.0)
     args = parser.parse_args(argv)
@@ -176,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "healthcheck":
         return healthcheck(args.timeout)
     try:
-        settings, handler = _configure()
+        settings = load_settings()
+        configure_logging(settings.log_level, settings.log_format, settings.worker_name)
+        runtime = build_runtime(settings, args.app)
         if args.command == "check":
-            return run_async(check(settings))
-        return _exit_now_if_threads_linger(run_async(serve(settings, handler)))
-    except (SettingsError, HandlerLoadError) as exc:
+            return run_async(check(settings, runtime.configs))
+        return _exit_now_if_threads_linger(run_async(serve(runtime)))
+    except (SettingsError, LoadError) as exc:
         return _fail_config(str(exc))
     except KeyboardInterrupt:
         return 130

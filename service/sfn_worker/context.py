@@ -5,12 +5,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import types
 from dataclasses import dataclass, field
+from typing import Any
+
+# ctx.state when the app has no lifespan: an empty, read-only mapping.
+NO_STATE: Any = types.MappingProxyType({})
+# ctx.state in a handler process of an app without @app.process_init.
+STATE_UNAVAILABLE: Any = object()
+STATE_UNAVAILABLE_MESSAGE = (
+    "ctx.state is not available in process mode: the lifespan's resources live in the "
+    "worker's process. Register an @app.process_init function; what it returns is ctx.state "
+    "in each handler process."
+)
 
 
 def token_hash(task_token: str) -> str:
     """A short, stable name for a token that is safe to log (tokens are bearer secrets)."""
     return hashlib.sha256(task_token.encode()).hexdigest()[:12]
+
+
+class StateUnavailable(RuntimeError):
+    """``ctx.state`` used where there is none (process mode without @app.process_init)."""
 
 
 @dataclass(eq=False)
@@ -19,27 +35,40 @@ class TaskContext:
 
     ``cancel_requested`` is set when the worker wants the handler to stop (the task timed out
     at Step Functions, or the shutdown grace ran out). Async handlers also get CancelledError;
-    sync handlers running in threads cannot be interrupted and should check it between steps.
+    sync handlers cannot be interrupted and should check it between steps.
 
     ``shutdown_requested`` is set as soon as the worker is asked to stop, so a long job can
     save progress and finish (or raise) before the grace period ends.
+
+    ``state`` is what the app's lifespan yielded (process mode: what ``@app.process_init``
+    returned in that process).
     """
 
     task_token: str = field(repr=False)
     worker_name: str
     activity_arn: str
     token_hash: str = ""
+    activity_name: str = ""
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     shutdown_requested: threading.Event = field(default_factory=threading.Event, repr=False)
-    _shutdown_event: asyncio.Event | None = field(default=None, repr=False)
+    _stopping: asyncio.Event | None = field(default=None, repr=False)
+    _state: Any = field(default=NO_STATE, repr=False)
 
     def __post_init__(self) -> None:
         if not self.token_hash:
             self.token_hash = token_hash(self.task_token)
+        if not self.activity_name:
+            self.activity_name = self.activity_arn.rsplit(":", 1)[-1]
+
+    @property
+    def state(self) -> Any:
+        if self._state is STATE_UNAVAILABLE:
+            raise StateUnavailable(STATE_UNAVAILABLE_MESSAGE)
+        return self._state
 
     async def wait_for_shutdown(self) -> None:
         """For async handlers: returns once the worker has been asked to stop."""
-        if self._shutdown_event is None:
+        if self._stopping is None:
             await asyncio.Event().wait()
         else:
-            await self._shutdown_event.wait()
+            await self._stopping.wait()

@@ -104,6 +104,10 @@ class FatalWorkerError(Exception):
     """The worker cannot go on (no such activity, access denied, no credentials)."""
 
 
+class LifespanFailed(Exception):
+    """The app's lifespan raised on entry; nothing was polled."""
+
+
 class WorkerCrashed(Exception):
     """A defect in the worker itself stopped it (after answering what ran)."""
 

@@ -1,8 +1,11 @@
-"""Prometheus metrics, one registry per worker so tests and embedders never collide."""
+"""Prometheus metrics: one registry per process (so tests and embedders never collide), every
+per-activity series labelled ``activity``; ``for_activity`` binds that label once."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+A = ["activity"]
 
 
 class Metrics:
@@ -11,69 +14,117 @@ class Metrics:
         self.last_loop_lag = 0.0  # seconds; also exported as sfn_worker_event_loop_lag_seconds
         r = self.registry
         self.tasks_started = Counter(
-            "sfn_worker_tasks_started", "Tasks taken and started", registry=r
+            "sfn_worker_tasks_started", "Tasks taken and started", A, registry=r
         )
         self.tasks_succeeded = Counter(
-            "sfn_worker_tasks_succeeded", "Tasks answered with SendTaskSuccess", registry=r
+            "sfn_worker_tasks_succeeded", "Tasks answered with SendTaskSuccess", A, registry=r
         )
         self.tasks_failed = Counter(
-            "sfn_worker_tasks_failed", "Tasks answered with SendTaskFailure", ["error"], registry=r
+            "sfn_worker_tasks_failed",
+            "Tasks answered with SendTaskFailure",
+            [*A, "error"],
+            registry=r,
         )
         self.tasks_gone = Counter(
             "sfn_worker_tasks_gone",
             "Tasks closed by Step Functions before the worker answered (timed out, stopped)",
+            A,
             registry=r,
         )
-        self.tasks_in_flight = Gauge("sfn_worker_tasks_in_flight", "Tasks being worked", registry=r)
+        self.tasks_in_flight = Gauge(
+            "sfn_worker_tasks_in_flight", "Tasks being worked", A, registry=r
+        )
+        self.concurrency = Gauge(
+            "sfn_worker_concurrency", "Slots: tasks the activity may work at once", A, registry=r
+        )
         self.queue_depth = Gauge(
-            "sfn_worker_queue_depth", "Tasks taken but not started", registry=r
+            "sfn_worker_queue_depth", "Tasks taken but not started", A, registry=r
         )
         self.polls_open = Gauge(
-            "sfn_worker_polls_open", "GetActivityTask calls in flight", registry=r
+            "sfn_worker_polls_open", "GetActivityTask calls in flight", A, registry=r
         )
         self.empty_polls = Counter(
-            "sfn_worker_empty_polls", "Long polls that returned no task", registry=r
+            "sfn_worker_empty_polls", "Long polls that returned no task", A, registry=r
         )
         self.poll_errors = Counter(
-            "sfn_worker_poll_errors", "GetActivityTask errors", ["code"], registry=r
+            "sfn_worker_poll_errors", "GetActivityTask errors", [*A, "code"], registry=r
         )
         self.heartbeats_sent = Counter(
-            "sfn_worker_heartbeats_sent", "Heartbeats accepted", registry=r
+            "sfn_worker_heartbeats_sent", "Heartbeats accepted", A, registry=r
         )
         self.heartbeats_failed = Counter(
-            "sfn_worker_heartbeats_failed", "Heartbeat calls that failed", ["code"], registry=r
+            "sfn_worker_heartbeats_failed", "Heartbeat calls that failed", [*A, "code"], registry=r
         )
         self.heartbeat_lag = Histogram(
             "sfn_worker_heartbeat_lag_seconds",
             "How much later than planned a heartbeat was accepted",
+            A,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
         self.handler_duration = Histogram(
             "sfn_worker_handler_duration_seconds",
             "Time from task start to its outcome",
+            A,
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400),
             registry=r,
-        )
-        self.loop_lag = Gauge(
-            "sfn_worker_event_loop_lag_seconds", "How late the last loop timer fired", registry=r
         )
         self.handlers_stuck = Gauge(
             "sfn_worker_handlers_stuck",
             "Handlers still running after their task ended (they ignored cancellation); "
             "each holds its slot until it returns",
+            A,
             registry=r,
         )
         self.handler_process_deaths = Counter(
             "sfn_worker_handler_process_deaths",
             "Handler processes that died on their own (process mode)",
+            A,
             registry=r,
         )
         self.terminal_retries = Counter(
             "sfn_worker_terminal_call_retries",
             "Retried SendTaskSuccess/Failure attempts",
+            A,
             registry=r,
         )
+        self.loop_lag = Gauge(
+            "sfn_worker_event_loop_lag_seconds", "How late the last loop timer fired", registry=r
+        )
+
+    def for_activity(self, name: str) -> ActivityMetrics:
+        return ActivityMetrics(self, name)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ActivityMetrics:
+    """The series of one activity, its label bound once (no label lookup per task)."""
+
+    def __init__(self, metrics: Metrics, activity: str) -> None:
+        self.activity = activity
+        self._metrics = metrics
+        self.tasks_started = metrics.tasks_started.labels(activity)
+        self.tasks_succeeded = metrics.tasks_succeeded.labels(activity)
+        self.tasks_gone = metrics.tasks_gone.labels(activity)
+        self.tasks_in_flight = metrics.tasks_in_flight.labels(activity)
+        self.concurrency = metrics.concurrency.labels(activity)
+        self.queue_depth = metrics.queue_depth.labels(activity)
+        self.polls_open = metrics.polls_open.labels(activity)
+        self.empty_polls = metrics.empty_polls.labels(activity)
+        self.heartbeats_sent = metrics.heartbeats_sent.labels(activity)
+        self.heartbeat_lag = metrics.heartbeat_lag.labels(activity)
+        self.handler_duration = metrics.handler_duration.labels(activity)
+        self.handlers_stuck = metrics.handlers_stuck.labels(activity)
+        self.handler_process_deaths = metrics.handler_process_deaths.labels(activity)
+        self.terminal_retries = metrics.terminal_retries.labels(activity)
+
+    def task_failed(self, error: str) -> None:
+        self._metrics.tasks_failed.labels(self.activity, error).inc()
+
+    def poll_error(self, code: str) -> None:
+        self._metrics.poll_errors.labels(self.activity, code).inc()
+
+    def heartbeat_failed(self, code: str) -> None:
+        self._metrics.heartbeats_failed.labels(self.activity, code).inc()

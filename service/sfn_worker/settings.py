@@ -17,6 +17,15 @@ WORKER_NAME_MAX = 80
 HEARTBEAT_RATE_WARNING_PER_SECOND = 200.0
 
 ACTIVITY_ARN_PATTERN = r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:activity:[^\s:]{1,80}$"
+IMPORT_PATH_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*"
+
+
+def check_activity_arn(value: str) -> str:
+    if not re.fullmatch(ACTIVITY_ARN_PATTERN, value):
+        raise ValueError(
+            "expected an activity ARN like arn:aws:states:<region>:<account>:activity:<name>"
+        )
+    return value
 
 
 class HandlerMode(StrEnum):
@@ -43,8 +52,17 @@ def _default_worker_name() -> str:
     return socket.gethostname()[:WORKER_NAME_MAX] or "sfn-worker"
 
 
+# Per-activity settings: the SFN_* value is every activity's default; SFN_<KEY>_* and the
+# activity's registration in code override it (config.py).
+Pollers = Annotated[int, Field(ge=1, le=MAX_POLLERS_PER_ACTIVITY)]
+Concurrency = Annotated[int, Field(ge=1, le=100_000)]
+QueueSize = Annotated[int, Field(ge=0, le=100_000)]
+HeartbeatSeconds = Annotated[float, Field(ge=0, le=86_400)]
+DEFAULT_POLLERS = 4
+
+
 class Settings(BaseSettings):
-    """Frozen after validation; one instance per process."""
+    """The process's settings, frozen after validation; one instance per process."""
 
     model_config = SettingsConfigDict(
         env_prefix="SFN_",
@@ -57,12 +75,14 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    activity_arn: str
+    # The single-activity form: one activity and its handler. An app (SFN_APP) replaces both.
+    activity_arn: str | None = None
     handler: str = "sfn_worker.examples:seed_handler"
-    pollers: Annotated[int, Field(ge=1, le=MAX_POLLERS_PER_ACTIVITY)] = 4
-    concurrency: Annotated[int, Field(ge=1, le=100_000)] = 16
-    queue_size: Annotated[int, Field(ge=0, le=100_000)] = 0
-    heartbeat_seconds: Annotated[float, Field(ge=0, le=86_400)] = 10.0
+    app: str | None = None
+    pollers: Pollers = DEFAULT_POLLERS
+    concurrency: Concurrency = 16
+    queue_size: QueueSize = 0
+    heartbeat_seconds: HeartbeatSeconds = 10.0
     shutdown_grace_seconds: Annotated[float, Field(ge=1, le=3_600)] = 25.0
     worker_name: Annotated[str, Field(min_length=1, max_length=WORKER_NAME_MAX)] = Field(
         default_factory=_default_worker_name
@@ -91,18 +111,14 @@ class Settings(BaseSettings):
 
     @field_validator("activity_arn")
     @classmethod
-    def _activity_arn_shape(cls, value: str) -> str:
-        if not re.fullmatch(ACTIVITY_ARN_PATTERN, value):
-            raise ValueError(
-                "expected an activity ARN like arn:aws:states:<region>:<account>:activity:<name>"
-            )
-        return value
+    def _activity_arn_shape(cls, value: str | None) -> str | None:
+        return None if value is None else check_activity_arn(value)
 
-    @field_validator("handler")
+    @field_validator("handler", "app")
     @classmethod
-    def _handler_shape(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
-            raise ValueError("expected 'package.module:function'")
+    def _import_path_shape(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(IMPORT_PATH_PATTERN, value):
+            raise ValueError("expected 'package.module:attribute'")
         return value
 
     @field_validator("worker_name")
@@ -114,28 +130,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _pollers_within_concurrency(self) -> Self:
-        # A poller only polls with a free slot, so pollers beyond the slots would never poll.
-        if self.pollers > self.concurrency:
+        # Only two values both set can conflict; a default poller count is capped instead.
+        explicit = self.model_fields_set
+        if "pollers" in explicit and "concurrency" in explicit and self.pollers > self.concurrency:
             raise ValueError(
                 f"SFN_POLLERS ({self.pollers}) must not exceed SFN_CONCURRENCY ({self.concurrency})"
+                ": a poller only polls with a free slot"
             )
         return self
 
-    @property
-    def effective_queue_size(self) -> int:
-        return self.queue_size or self.pollers
-
-    @property
-    def heartbeat_rate_per_second(self) -> float:
-        """Heartbeat calls per second when every slot holds a task."""
-        if not self.heartbeat_seconds:
-            return 0.0
-        return self.concurrency / self.heartbeat_seconds
-
-    @property
-    def failure_reserve_seconds(self) -> float:
-        """End of the grace period kept for SendTaskFailure calls on interrupted tasks."""
-        return min(self.shutdown_grace_seconds / 2, 2.0 + 0.004 * self.concurrency)
+    def explicit(self, field: str) -> bool:
+        """Whether ``field`` was given (environment or constructor), not left at its default."""
+        return field in self.model_fields_set
 
 
 class SettingsError(Exception):

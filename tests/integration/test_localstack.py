@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed
-from sfn_worker.handlers import Handler
+from sfn_worker.app import Handler
 from sfn_worker.settings import Settings
 from sfn_worker.worker import Worker
 
+from ..conftest import sample
 from .conftest import Flow
 
 WORKER_BIN = Path(sys.executable).parent / "sfn-worker"
@@ -151,8 +152,8 @@ async def test_timed_out_task_is_cancelled_and_the_worker_keeps_serving(make_flo
     assert (timed_out["status"], timed_out.get("error")) == ("FAILED", "States.Timeout")
     assert following["status"] == "SUCCEEDED"
     # The heartbeat learned the task was gone: no terminal call was made for it.
-    assert worker.metrics.tasks_gone._value.get() == 1
-    assert worker.metrics.tasks_succeeded._value.get() == 1
+    assert sample(worker, "sfn_worker_tasks_gone_total") == 1
+    assert sample(worker, "sfn_worker_tasks_succeeded_total") == 1
 
 
 async def test_answer_after_timeout_is_logged_and_the_worker_keeps_serving(
@@ -172,7 +173,7 @@ async def test_answer_after_timeout_is_logged_and_the_worker_keeps_serving(
         following = await flow.wait_async(flow.start({"quick": True}))
     assert (timed_out["status"], timed_out.get("error")) == ("FAILED", "States.Timeout")
     assert following["status"] == "SUCCEEDED"
-    assert worker.metrics.tasks_gone._value.get() == 1
+    assert sample(worker, "sfn_worker_tasks_gone_total") == 1
 
 
 def test_sigterm_fails_a_long_task_with_worker_shutdown(

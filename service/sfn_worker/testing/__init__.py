@@ -1,14 +1,34 @@
-"""Helpers for testing handlers and workers: a fake Step Functions endpoint and ``run_handler``."""
+"""Helpers for testing handlers and apps without AWS.
+
+- ``run_handler(handler, input)``: what the worker would send for one call (with the app's
+  middleware when ``app`` is given);
+- ``FakeStepFunctions``: an in-process fake of the activity API that real boto3 clients
+  talk to;
+- ``run_app(app, fake)``: the whole app, in this process, against the fake:
+
+      async with FakeStepFunctions() as fake, run_app(app, fake):
+          task = fake.add_task({"url": "https://example.com"}, activity="render")
+          await fake.wait_for(lambda: task.state != "open")
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import aioboto3
+
+from ..app import App, Handler
+from ..config import ActivityConfig, activity_name
 from ..context import TaskContext
-from ..handlers import Handler, HandlerInvoker
-from ..outcome import Failure, Outcome, encode_output, from_exception
-from ..settings import HandlerMode
-from .fake_sfn import DEFAULT_ACTIVITY_ARN, Call, FakeStepFunctions, FakeTask, Fault
+from ..runtime.client import SfnClients, open_clients
+from ..runtime.runtime import ClientFactory, Runtime
+from ..settings import HandlerMode, Settings
+from ..tasks.handlers import HandlerInvoker
+from ..tasks.outcome import Failure, Outcome, Success, encode_output, from_exception
+from .fake_sfn import DEFAULT_ACTIVITY_ARN, REGION, Call, FakeStepFunctions, FakeTask, Fault
 
 __all__ = [
     "DEFAULT_ACTIVITY_ARN",
@@ -18,6 +38,9 @@ __all__ = [
     "FakeTask",
     "Fault",
     "Outcome",
+    "Success",
+    "fake_clients",
+    "run_app",
     "run_handler",
 ]
 
@@ -28,14 +51,22 @@ async def run_handler(
     *,
     mode: HandlerMode = HandlerMode.THREAD,
     ctx: TaskContext | None = None,
+    app: App | None = None,
 ) -> Outcome:
-    """Run a handler the way the worker does and return what it would send.
+    """Run a handler the way the worker does and return what it would send; with ``app``,
+    through the app's middleware (its lifespan is not entered: pass ``ctx`` with a state).
 
     >>> outcome = await run_handler(seed_handler, {"in": "SUCCESS"})
     >>> outcome.output
     '{"result":{"in":"SUCCESS"}}'
     """
-    invoker = HandlerInvoker(handler, mode, concurrency=1)
+    invoker = HandlerInvoker(
+        handler,
+        mode,
+        concurrency=1,
+        middlewares=app.middlewares if app is not None else (),
+        process_init=app.process_initializer if app is not None else None,
+    )
     context = ctx or TaskContext(
         task_token="test-token", worker_name="test", activity_arn=DEFAULT_ACTIVITY_ARN
     )
@@ -46,3 +77,39 @@ async def run_handler(
     finally:
         await invoker.aclose()
     return encode_output(result)
+
+
+def fake_clients(fake: FakeStepFunctions) -> ClientFactory:
+    """Clients for the runtime that talk to ``fake``, whatever the AWS environment says."""
+
+    @contextlib.asynccontextmanager
+    async def open_fake(activities: Sequence[ActivityConfig]) -> AsyncIterator[SfnClients]:
+        session = aioboto3.Session(
+            region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+        )
+        async with open_clients(
+            activities, session=session, endpoint_url=fake.endpoint_url
+        ) as clients:
+            yield clients
+
+    return open_fake
+
+
+@contextlib.asynccontextmanager
+async def run_app(app: App, fake: FakeStepFunctions, **settings: Any) -> AsyncIterator[Runtime]:
+    """Run ``app`` in this process against ``fake`` (which learns its activities) until the
+    block ends, then shut it down in order. ``settings`` are Settings fields."""
+    for registration in app.activities:
+        ref = registration.ref
+        fake.add_activity(ref if ref.startswith("arn:") else activity_name(ref))
+    values: dict[str, Any] = {"worker_name": "test-worker", "shutdown_grace_seconds": 5}
+    values.update(settings)
+    runtime = Runtime(app, Settings(**values), client_factory=fake_clients(fake), environ={})
+    stop = asyncio.Event()
+    running = asyncio.create_task(runtime.run(stop))
+    try:
+        yield runtime
+    finally:
+        stop.set()
+        fake.release_polls()
+        await running

@@ -2,8 +2,10 @@
 
 Point a real (aio)boto3 client at ``fake.endpoint_url`` (or set AWS_ENDPOINT_URL_SFN) and it
 works like the service for activity workers: long-poll GetActivityTask, heartbeats, terminal
-calls with AWS's answers (TaskTimedOut on a closed token). It records every token issued and
-every call, checks the API limits, and lets a test script faults per call.
+calls with AWS's answers (TaskTimedOut on a closed token), for one or several activities.
+It records every token issued and every call, checks the API limits, and lets a test script
+faults per call. It also answers STS GetCallerIdentity (account 123456789012), which the
+worker uses to turn activity names into ARNs.
 
 Tests wait on it with ``await fake.wait_for(predicate)``: no sleeps.
 """
@@ -20,7 +22,17 @@ from typing import Any
 
 from aiohttp import web
 
-DEFAULT_ACTIVITY_ARN = "arn:aws:states:us-east-1:123456789012:activity:fake-activity"
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+DEFAULT_ACTIVITY_ARN = f"arn:aws:states:{REGION}:{ACCOUNT}:activity:fake-activity"
+
+
+def activity_arn(name_or_arn: str) -> str:
+    """The fake's ARN for an activity name (an ARN is kept as it is)."""
+    if name_or_arn.startswith("arn:"):
+        return name_or_arn
+    return f"arn:aws:states:{REGION}:{ACCOUNT}:activity:{name_or_arn}"
+
 
 MAX_OUTPUT = 262_144
 MAX_ERROR = 256
@@ -80,6 +92,7 @@ class FakeTask:
     token: str = field(repr=False)
     input: str = field(repr=False)
     number: int = 0
+    activity_arn: str = DEFAULT_ACTIVITY_ARN
     issued: bool = False
     worker_name: str | None = None
     heartbeats: int = 0
@@ -94,16 +107,31 @@ class FakeTask:
     calls_after_told_closed: int = 0  # must stay 0: a double answer or a call after "gone"
 
 
+@dataclass
+class ActivityStats:
+    """What one activity's workers did, measured at the service."""
+
+    open_polls: int = 0
+    max_open_polls: int = 0
+    issued_open: int = 0  # tokens handed out and not yet closed
+    max_slots_in_use: int = 0  # open polls + issued tokens not yet closed
+
+
 class FakeStepFunctions:
     def __init__(
         self,
         *,
         activity_arn: str = DEFAULT_ACTIVITY_ARN,
+        activities: tuple[str, ...] = (),
         poll_seconds: float = 60.0,
         latency_seconds: float = 0.0,
         token_chars: int = 900,
     ) -> None:
-        self.activity_arn = activity_arn
+        self.activity_arn = activity_arn  # the default activity of add_task and feed
+        self.stats: dict[str, ActivityStats] = {}
+        self._pending: dict[str, asyncio.Queue[FakeTask]] = {}
+        for arn in (activity_arn, *activities):
+            self.add_activity(arn)
         self.poll_seconds = poll_seconds
         self.latency_seconds = latency_seconds
         self.token_chars = token_chars
@@ -118,7 +146,6 @@ class FakeStepFunctions:
         self._issued_open = 0
         self.issued_count = 0
         self.closed_count = 0  # issued tasks closed by a terminal call or expire()
-        self._pending: asyncio.Queue[FakeTask] = asyncio.Queue()
         self._faults: dict[str, deque[Fault]] = {}
         self._changed = asyncio.Condition()
         self._release_polls = asyncio.Event()
@@ -158,20 +185,40 @@ class FakeStepFunctions:
         await self.close()
 
     # -- scripting -------------------------------------------------------------------------
-    def add_task(self, task_input: Any = None, *, raw_input: str | None = None) -> FakeTask:
-        """Schedule a task; ``raw_input`` sends the string as is (e.g. invalid JSON)."""
+    def add_activity(self, name_or_arn: str) -> str:
+        """Serve one more activity (a name gets this fake's region and account); its ARN."""
+        arn = activity_arn(name_or_arn)
+        if arn not in self._pending:
+            self._pending[arn] = asyncio.Queue()
+            self.stats[arn] = ActivityStats()
+        return arn
+
+    def add_task(
+        self, task_input: Any = None, *, raw_input: str | None = None, activity: str | None = None
+    ) -> FakeTask:
+        """Schedule a task for ``activity`` (name or ARN; default: the first activity);
+        ``raw_input`` sends the string as is (e.g. invalid JSON)."""
+        arn = activity_arn(activity) if activity is not None else self.activity_arn
+        if arn not in self._pending:
+            raise KeyError(f"the fake serves no activity {arn!r}: add_activity() it first")
         self._numbers += 1
         text = raw_input if raw_input is not None else json.dumps(task_input)
         token = (
             f"{self._numbers:08d}-" + secrets.token_urlsafe(self.token_chars)[: self.token_chars]
         )
-        task = FakeTask(token=token, input=text, number=self._numbers)
+        task = FakeTask(token=token, input=text, number=self._numbers, activity_arn=arn)
         self.tasks[token] = task
-        self._pending.put_nowait(task)
+        self._pending[arn].put_nowait(task)
         return task
 
+    def clear_pending(self) -> None:
+        """Forget tasks scheduled and not handed out yet."""
+        for arn in self._pending:
+            self._pending[arn] = asyncio.Queue()
+
     def feed(self, count: int, task_input: Any) -> None:
-        """Hand out ``count`` more tasks with this input, created only when polled."""
+        """Hand out ``count`` more tasks of the first activity with this input, created only
+        when polled."""
         self._feed_remaining += count
         self._feed_input = json.dumps(task_input)
 
@@ -210,6 +257,8 @@ class FakeStepFunctions:
 
     # -- the protocol ----------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.content_type == "application/x-www-form-urlencoded":
+            return await self._sts(request)
         target = request.headers.get("X-Amz-Target", "")
         operation = target.removeprefix("AWSStepFunctions.")
         params: dict[str, Any] = (
@@ -261,37 +310,45 @@ class FakeStepFunctions:
             self._changed.notify_all()
 
     async def _op_GetActivityTask(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if params.get("activityArn") != self.activity_arn:
-            return 400, _body(
-                "ActivityDoesNotExist", f"Activity Does Not Exist: '{params.get('activityArn')}'"
-            )
+        arn = params.get("activityArn", "")
+        stats = self.stats.get(arn)
+        if stats is None:
+            return 400, _body("ActivityDoesNotExist", f"Activity Does Not Exist: '{arn}'")
         name = params.get("workerName", "")
         if name and not 1 <= len(name) <= MAX_WORKER_NAME:
             return self._reject(params, "ValidationException", "workerName must be 1-80 characters")
         self.open_polls += 1
+        stats.open_polls += 1
         self.max_open_polls = max(self.max_open_polls, self.open_polls)
-        self.max_slots_in_use = max(self.max_slots_in_use, self.open_polls + self._issued_open)
+        stats.max_open_polls = max(stats.max_open_polls, stats.open_polls)
+        self._count_slots(stats)
         await self._notify()
         try:
-            task = await self._next_task()
+            task = await self._next_task(arn)
         finally:
             self.open_polls -= 1
+            stats.open_polls -= 1
         if task is None:
             return 200, {}
         task.issued = True
         task.worker_name = name
         self._issued_open += 1
+        stats.issued_open += 1
         self.issued_count += 1
-        self.max_slots_in_use = max(self.max_slots_in_use, self.open_polls + self._issued_open)
+        self._count_slots(stats)
         return 200, {"taskToken": task.token, "input": task.input}
 
-    async def _next_task(self) -> FakeTask | None:
+    def _count_slots(self, stats: ActivityStats) -> None:
+        self.max_slots_in_use = max(self.max_slots_in_use, self.open_polls + self._issued_open)
+        stats.max_slots_in_use = max(stats.max_slots_in_use, stats.open_polls + stats.issued_open)
+
+    async def _next_task(self, arn: str) -> FakeTask | None:
         # One fed task per arriving poll: a poll never waits while fed tasks remain.
-        if self._feed_remaining > 0:
+        if self._feed_remaining > 0 and arn == self.activity_arn:
             self._feed_remaining -= 1
             self.add_task(raw_input=self._feed_input)
         release = asyncio.ensure_future(self._release_polls.wait())
-        take = asyncio.ensure_future(self._pending.get())
+        take = asyncio.ensure_future(self._pending[arn].get())
         try:
             await asyncio.wait(
                 {release, take}, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
@@ -339,10 +396,26 @@ class FakeStepFunctions:
         return 200, {}
 
     async def _op_DescribeActivity(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if params.get("activityArn") != self.activity_arn:
+        arn = params.get("activityArn", "")
+        if arn not in self.stats:
             return 400, _body("ActivityDoesNotExist", "Activity Does Not Exist")
-        name = self.activity_arn.rsplit(":", 1)[-1]
-        return 200, {"activityArn": self.activity_arn, "name": name, "creationDate": 0}
+        return 200, {"activityArn": arn, "name": arn.rsplit(":", 1)[-1], "creationDate": 0}
+
+    async def _sts(self, request: web.Request) -> web.Response:
+        """STS (query protocol): GetCallerIdentity only."""
+        form = await request.post()
+        self.counts["GetCallerIdentity"] = self.counts.get("GetCallerIdentity", 0) + 1
+        if form.get("Action") != "GetCallerIdentity":
+            return web.Response(status=400, text="only GetCallerIdentity is faked")
+        body = (
+            '<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+            "<GetCallerIdentityResult>"
+            f"<Arn>arn:aws:iam::{ACCOUNT}:user/fake</Arn><UserId>FAKE</UserId>"
+            f"<Account>{ACCOUNT}</Account></GetCallerIdentityResult>"
+            "<ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata>"
+            "</GetCallerIdentityResponse>"
+        )
+        return web.Response(text=body, content_type="text/xml")
 
     def _open_task(
         self, params: dict[str, Any]
@@ -359,6 +432,7 @@ class FakeStepFunctions:
             task.terminal_calls += 1
         task.state = state
         self._issued_open -= 1
+        self.stats[task.activity_arn].issued_open -= 1
         self.closed_count += 1
         if self.forget_closed:
             del self.tasks[task.token]

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import structlog
 
-from .aio import cancel_and_wait
-from .settings import Settings
+from ..aio import cancel_and_wait
+from ..settings import Settings
 
 log = structlog.get_logger("sfn_worker.ecs_protection")
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import structlog
 
-from .aio import cancel_and_wait
-from .client import SFNClient
-from .errors import API_ERRORS, ErrorKind, classify, describe, error_code
-from .metrics import Metrics
-from .retry import SEND_BACKOFF, Backoff
+from ..aio import cancel_and_wait
+from ..aws import SFNClient
+from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
+from ..metrics import ActivityMetrics
+from ..retry import SEND_BACKOFF, Backoff, Retry
 
 log = structlog.get_logger("sfn_worker.heartbeat")
 
@@ -38,7 +38,7 @@ class Heartbeat:
         client: SFNClient,
         token: str,
         interval: float,
-        metrics: Metrics,
+        metrics: ActivityMetrics,
         on_task_gone: Callable[[str], None],
         backoff: Backoff = SEND_BACKOFF,
     ) -> None:
@@ -73,13 +73,14 @@ class Heartbeat:
         """One heartbeat, retried while transient; False when heartbeats must end."""
         loop = asyncio.get_running_loop()
         metrics = self._metrics
-        attempt = 0
+        # Retry soon: a late heartbeat can still beat the state's HeartbeatSeconds.
+        retry = Retry(self._backoff, cap_seconds=self._interval / 2)
         while True:
             try:
                 await self._client.send_task_heartbeat(taskToken=self._token)
             except API_ERRORS as exc:
                 kind = classify(exc)
-                metrics.heartbeats_failed.labels(code=error_code(exc)).inc()
+                metrics.heartbeat_failed(error_code(exc))
                 if kind is ErrorKind.TASK_GONE:
                     log.warning(
                         "heartbeat says the task is gone; cancelling it", answer=error_code(exc)
@@ -91,13 +92,11 @@ class Heartbeat:
                         "heartbeat rejected; no more heartbeats for this task", error=describe(exc)
                     )
                     return False
-                # Retry soon: a late heartbeat can still beat the state's HeartbeatSeconds.
-                delay = min(self._backoff.delay(attempt), self._interval / 2)
+                delay = retry.next_delay()
                 log.warning(
                     "heartbeat failed; retrying", error=describe(exc), retry_in=round(delay, 3)
                 )
-                attempt += 1
-                await asyncio.sleep(delay)
+                await retry.wait(delay)
             else:
                 metrics.heartbeats_sent.inc()
                 metrics.heartbeat_lag.observe(max(0.0, loop.time() - due))

@@ -9,12 +9,13 @@ from typing import Any
 
 import structlog
 
-from .client import SFNClient
-from .context import TaskContext
-from .errors import SHUTDOWN_ERROR, describe
+from ..aws import SFNClient
+from ..context import TaskContext
+from ..errors import SHUTDOWN_ERROR, describe
+from ..metrics import ActivityMetrics
+from ..retry import SEND_BACKOFF, Backoff
 from .handlers import HandlerCall, HandlerInvoker
 from .heartbeat import Heartbeat
-from .metrics import Metrics
 from .outcome import (
     Failure,
     Outcome,
@@ -24,19 +25,10 @@ from .outcome import (
     from_exception,
     invalid_input,
 )
-from .retry import SEND_BACKOFF, Backoff
 from .sender import ResultSender, SendResult
+from .task import ActivityTask
 
 log = structlog.get_logger("sfn_worker.task")
-
-
-@dataclass(frozen=True)
-class ActivityTask:
-    """A task handed out by GetActivityTask. ``late``: it arrived after shutdown began."""
-
-    token: str = field(repr=False)
-    raw_input: str | None = field(repr=False)
-    late: bool = False
 
 
 class CancelReason(Enum):
@@ -72,52 +64,92 @@ class RunningTask:
         """Stop waiting for a handler that ignores cancellation (sync handler in a thread)."""
         self.settled.set()
 
+    def handler_still_runs(self) -> bool:
+        return self.handler is not None and not self.handler.finished.done()
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What every task of one activity shares."""
+
+    worker_name: str
+    activity_arn: str
+    activity_name: str
+    heartbeat_seconds: float
+    state: Any
+
 
 class TaskRunner:
     def __init__(
         self,
+        settings: TaskSettings,
         *,
         client: SFNClient,
         invoker: HandlerInvoker,
         sender: ResultSender,
-        metrics: Metrics,
-        worker_name: str,
-        activity_arn: str,
-        heartbeat_seconds: float,
-        shutdown_started: asyncio.Event,
-        tasks_changed: asyncio.Event | None = None,
+        metrics: ActivityMetrics,
+        stopping: asyncio.Event,
+        tasks_changed: asyncio.Event,
         heartbeat_backoff: Backoff = SEND_BACKOFF,
     ) -> None:
+        self._settings = settings
         self._client = client
         self._invoker = invoker
         self._sender = sender
         self._metrics = metrics
-        self._worker_name = worker_name
-        self._activity_arn = activity_arn
-        self._heartbeat_seconds = heartbeat_seconds
-        self._shutdown_started = shutdown_started
-        self._tasks_changed = tasks_changed or asyncio.Event()
+        self._stopping = stopping
+        self._tasks_changed = tasks_changed
         self._heartbeat_backoff = heartbeat_backoff
-        self.running: dict[int, RunningTask] = {}
-        # Set once the grace period is over: tasks not yet started are failed, not run.
-        self.refuse_new_work = False
-        # Set during shutdown: terminal calls must finish by then.
-        self.send_deadline: float | None = None
+        self._running: dict[int, RunningTask] = {}
+        # Once the grace period is over tasks not yet started are failed, not run, and
+        # terminal calls must finish by the send deadline.
+        self._refuse_new_work = False
+        self._send_deadline: float | None = None
 
+    # -- what the activity's worker asks -----------------------------------------------------
+    def running_count(self) -> int:
+        return len(self._running)
+
+    def request_shutdown(self) -> None:
+        """Every running handler sees ``ctx.shutdown_requested``."""
+        for record in self._running.values():
+            record.ctx.shutdown_requested.set()
+
+    def stop_starting(self, send_deadline: float) -> None:
+        """From now on tasks are failed rather than started, answers end by the deadline."""
+        self._refuse_new_work = True
+        self._send_deadline = send_deadline
+
+    def cancel_running(self) -> int:
+        for record in self._running.values():
+            record.cancel(CancelReason.SHUTDOWN)
+        return len(self._running)
+
+    def abandon_running(self) -> int:
+        """Stop waiting for every handler; returns how many ignore cancellation."""
+        stubborn = sum(1 for r in self._running.values() if r.handler_still_runs())
+        for record in self._running.values():
+            record.abandon()
+        return stubborn
+
+    # -- one task ----------------------------------------------------------------------------
     async def work(self, task: ActivityTask) -> asyncio.Future[Any] | None:
         """Work ``task`` to its one answer. Returns the handler's future if the handler still
         runs (it ignored cancellation): its slot is not free until that future is done."""
         loop = asyncio.get_running_loop()
+        settings = self._settings
         ctx = TaskContext(
             task_token=task.token,
-            worker_name=self._worker_name,
-            activity_arn=self._activity_arn,
-            _shutdown_event=self._shutdown_started,
+            worker_name=settings.worker_name,
+            activity_arn=settings.activity_arn,
+            activity_name=settings.activity_name,
+            _stopping=self._stopping,
+            _state=settings.state,
         )
-        if self._shutdown_started.is_set():
+        if self._stopping.is_set():
             ctx.shutdown_requested.set()
         record = RunningTask(token=task.token, ctx=ctx, started_at=loop.time())
-        self.running[id(record)] = record
+        self._running[id(record)] = record
         self._metrics.tasks_in_flight.inc()
         self._tasks_changed.set()
         try:
@@ -125,7 +157,7 @@ class TaskRunner:
                 await self._work(task, record)
         finally:
             self._metrics.tasks_in_flight.dec()
-            del self.running[id(record)]
+            del self._running[id(record)]
             self._tasks_changed.set()
         finished = record.handler.finished if record.handler is not None else None
         return finished if finished is not None and not finished.done() else None
@@ -149,7 +181,7 @@ class TaskRunner:
             log.info("task ended", outcome="gone", answer=record.gone_answer, duration=duration)
             return
         try:
-            result, sent = await self._sender.send(record.token, outcome, self.send_deadline)
+            result, sent = await self._sender.send(record.token, outcome, self._send_deadline)
         except Exception:
             # A defect on the way out (the sender retries every API error itself) costs this
             # task's answer, never the worker.
@@ -163,12 +195,12 @@ class TaskRunner:
             self._metrics.tasks_succeeded.inc()
             log.info("task ended", outcome="succeeded", duration=duration)
         else:
-            self._metrics.tasks_failed.labels(error=sent.error).inc()
+            self._metrics.task_failed(sent.error)
             log.info("task ended", outcome="failed", error=sent.error, duration=duration)
 
     async def _outcome(self, task: ActivityTask, record: RunningTask) -> Outcome | None:
         """The answer to send, or None when the task is gone and nothing may be sent."""
-        if task.late or self.refuse_new_work:
+        if task.late or self._refuse_new_work:
             return Failure.of(
                 SHUTDOWN_ERROR,
                 "the worker was shutting down when this task arrived; it was not started",
@@ -212,7 +244,7 @@ class TaskRunner:
         return encode_output(handler.result())
 
     def _start_heartbeat(self, record: RunningTask) -> Heartbeat | None:
-        if not self._heartbeat_seconds:
+        if not self._settings.heartbeat_seconds:
             return None
 
         def task_gone(answer: str) -> None:
@@ -224,7 +256,7 @@ class TaskRunner:
         return Heartbeat(
             self._client,
             record.token,
-            self._heartbeat_seconds,
+            self._settings.heartbeat_seconds,
             self._metrics,
             task_gone,
             self._heartbeat_backoff,

@@ -21,8 +21,9 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .context import TaskContext
-from .errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, truncate
+from ..app import import_object
+from ..context import STATE_UNAVAILABLE, TaskContext
+from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, truncate
 
 MAX_MESSAGE_CHARS = 4096
 
@@ -54,6 +55,7 @@ def local_error(sent: tuple[bool, str, str]) -> Exception:
 class _Child:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.state: Any = STATE_UNAVAILABLE
         self.calls: queue.Queue[tuple[int, Any, dict[str, Any]] | None] = queue.Queue()
         self.cancels: dict[int, threading.Event] = {}
         self.shutdown = threading.Event()
@@ -86,7 +88,12 @@ class _Child:
         while (call := self.calls.get()) is not None:
             call_id, task_input, fields = call
             cancel = self.cancels[call_id]
-            ctx = TaskContext(**fields, cancel_requested=cancel, shutdown_requested=self.shutdown)
+            ctx = TaskContext(
+                **fields,
+                cancel_requested=cancel,
+                shutdown_requested=self.shutdown,
+                _state=self.state,
+            )
             reply: tuple[Any, ...]
             if cancel.is_set():  # cancelled while this process was still starting: skip it
                 reply = ("result", call_id, False, (True, "Worker.Cancelled", "not started"))
@@ -107,18 +114,19 @@ class _Child:
                 self.send(("result", call_id, False, remote_error(failure)))
 
 
-def child_main(conn: Connection, handler_path: str) -> None:
-    """Entry point of a spawned handler process."""
-    from .handlers import load_handler  # the handlers module imports this one
-
+def child_main(conn: Connection, handler_path: str, init_path: str | None) -> None:
+    """Entry point of a spawned handler process: load the handler, run the app's
+    ``process_init`` (its result is ``ctx.state`` here), then serve calls."""
     die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     child = _Child(conn)
     try:
-        handler = load_handler(handler_path)
+        handler = import_object(handler_path, "handler")
+        if init_path is not None:
+            child.state = import_object(init_path, "process_init")()
     except BaseException as exc:  # noqa: BLE001 - reported to the worker, then this process ends
-        child.send(("init_failed", truncate(str(exc), MAX_MESSAGE_CHARS)))
+        child.send(("init_failed", truncate(f"{type(exc).__name__}: {exc}", MAX_MESSAGE_CHARS)))
         sys.exit(1)
     threading.Thread(target=child.read, name="sfn-handler-pipe", daemon=True).start()
     child.send(("ready",))

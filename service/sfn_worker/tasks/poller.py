@@ -7,19 +7,19 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from .client import SFNClient
-from .errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe, error_code
-from .metrics import Metrics
-from .retry import POLL_BACKOFF, Backoff
-from .runner import ActivityTask
+from ..aws import SFNClient
+from ..errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe, error_code
+from ..metrics import ActivityMetrics
+from ..retry import POLL_BACKOFF, Backoff, Retry
+from .task import ActivityTask
 
 log = structlog.get_logger("sfn_worker.poller")
 
 
 class Poller:
-    """One long-poll loop. ``holds_task`` is True from the moment a request may be open until
-    its task is in the queue: a poller in that state must never be cancelled, or a task the
-    service already handed out is lost until its timeout."""
+    """One long-poll loop. While ``holds_task()`` a request may be open or its task not yet
+    queued: a poller in that state must never be cancelled, or a task the service already
+    handed out is lost until its timeout."""
 
     def __init__(
         self,
@@ -33,7 +33,7 @@ class Poller:
         queue: asyncio.Queue[ActivityTask | None],
         stopping: asyncio.Event,
         on_fatal: Callable[[FatalWorkerError], None],
-        metrics: Metrics,
+        metrics: ActivityMetrics,
         backoff: Backoff = POLL_BACKOFF,
     ) -> None:
         self.number = number
@@ -47,11 +47,14 @@ class Poller:
         self._on_fatal = on_fatal
         self._metrics = metrics
         self._backoff = backoff
-        self.holds_task = False
+        self._holds_task = False
+
+    def holds_task(self) -> bool:
+        return self._holds_task
 
     async def run(self) -> None:
         with structlog.contextvars.bound_contextvars(poller=self.number):
-            failures = 0
+            retry = Retry(self._backoff)
             while not self._stopping.is_set():
                 await self._slots.acquire()
                 # A slot is not enough: the handler must be able to start (process mode
@@ -64,30 +67,29 @@ class Poller:
                 if self._stopping.is_set():
                     self._slots.release()
                     break
-                self.holds_task = True
+                self._holds_task = True
                 try:
                     task = await self._poll()
                 except API_ERRORS as exc:
-                    self.holds_task = False
+                    self._holds_task = False
                     self._slots.release()
                     if not self._keep_going_after(exc):
                         return
-                    delay = self._backoff.delay(failures)
-                    failures += 1
+                    delay = retry.next_delay()
                     log.warning(
                         "poll failed; backing off", error=describe(exc), retry_in=round(delay, 2)
                     )
-                    await asyncio.sleep(delay)
+                    await retry.wait(delay)
                     continue
-                failures = 0
+                retry.reset()
                 if task is None:
-                    self.holds_task = False
+                    self._holds_task = False
                     self._slots.release()
                     continue
                 # The slot now belongs to the task; the task coroutine releases it.
                 await self._queue.put(task)
                 self._metrics.queue_depth.set(self._queue.qsize())
-                self.holds_task = False
+                self._holds_task = False
 
     async def _poll(self) -> ActivityTask | None:
         self._metrics.polls_open.inc()
@@ -107,8 +109,7 @@ class Poller:
         )
 
     def _keep_going_after(self, exc: BaseException) -> bool:
-        code = error_code(exc)
-        self._metrics.poll_errors.labels(code=code).inc()
+        self._metrics.poll_error(error_code(exc))
         # Only transient errors heal by waiting; anything else means this request can never work.
         if classify(exc) is not ErrorKind.TRANSIENT:
             self._on_fatal(FatalWorkerError(f"GetActivityTask failed: {describe(exc)}"))

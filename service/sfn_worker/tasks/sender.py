@@ -7,8 +7,8 @@ from enum import Enum
 
 import structlog
 
-from .client import SFNClient
-from .errors import (
+from ..aws import SFNClient
+from ..errors import (
     API_ERRORS,
     INVALID_OUTPUT_ERROR,
     ErrorKind,
@@ -17,9 +17,9 @@ from .errors import (
     error_code,
     may_have_been_recorded,
 )
-from .metrics import Metrics
+from ..metrics import ActivityMetrics
+from ..retry import SEND_BACKOFF, Backoff, Retry
 from .outcome import Failure, Outcome, Success
-from .retry import SEND_BACKOFF, Backoff
 
 log = structlog.get_logger("sfn_worker.sender")
 
@@ -38,7 +38,7 @@ class SendResult(Enum):
 
 class ResultSender:
     def __init__(
-        self, client: SFNClient, metrics: Metrics, backoff: Backoff = SEND_BACKOFF
+        self, client: SFNClient, metrics: ActivityMetrics, backoff: Backoff = SEND_BACKOFF
     ) -> None:
         self._client = client
         self._metrics = metrics
@@ -52,7 +52,7 @@ class ResultSender:
         give_up_at = loop.time() + SEND_RETRY_SECONDS
         if deadline is not None:
             give_up_at = min(give_up_at, deadline)
-        attempt = 0
+        retry = Retry(self._backoff)
         maybe_recorded = False
         while True:
             try:
@@ -82,23 +82,22 @@ class ResultSender:
                     log.error("terminal call rejected; not retrying", error=describe(exc))
                     return SendResult.GAVE_UP, outcome
                 maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
-                delay = self._backoff.delay(attempt)
+                delay = retry.next_delay()
                 if loop.time() + delay > give_up_at:
                     log.error(
                         "terminal call still failing; giving up",
                         error=describe(exc),
-                        attempts=attempt + 1,
+                        attempts=retry.failures + 1,
                     )
                     return SendResult.GAVE_UP, outcome
                 log.warning(
                     "terminal call failed; retrying",
                     error=describe(exc),
-                    attempt=attempt + 1,
+                    attempt=retry.failures + 1,
                     retry_in=round(delay, 3),
                 )
                 self._metrics.terminal_retries.inc()
-                attempt += 1
-                await asyncio.sleep(delay)
+                await retry.wait(delay)
             else:
                 return SendResult.SENT, outcome
 

@@ -6,7 +6,7 @@ import asyncio
 
 import structlog
 
-from .metrics import Metrics
+from ..metrics import Metrics
 
 log = structlog.get_logger("sfn_worker.loop")
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .settings import Settings, SettingsError
+from ..settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from .worker import Worker
+    from .runtime import Runtime
 
 
 # A loop that was blocked this long at its last sample cannot poll or heartbeat in time.
@@ -31,30 +31,31 @@ def too_many_stuck(stuck: int, concurrency: int) -> bool:
     return stuck * 2 > concurrency
 
 
-def make_app(worker: Worker) -> web.Application:
+def make_app(runtime: Runtime) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
-        state = worker.state()
-        loop_lag = worker.metrics.last_loop_lag
-        healthy = (
-            state.polling
-            and state.pollers_alive == worker.settings.pollers
-            and loop_lag < LOOP_LAG_UNHEALTHY_SECONDS
-            and not too_many_stuck(state.handlers_stuck, worker.settings.concurrency)
-        )
+        state = runtime.state()
+        loop_lag = runtime.metrics.last_loop_lag
+        activities: dict[str, object] = {}
+        healthy = state.polling and loop_lag < LOOP_LAG_UNHEALTHY_SECONDS
+        for activity in state.activities:
+            healthy = (
+                healthy
+                and activity.pollers_alive == activity.pollers
+                and not too_many_stuck(activity.handlers_stuck, activity.concurrency)
+            )
+            activities[activity.name] = {
+                k: v for k, v in dataclasses.asdict(activity).items() if v is not None
+            }
         body: dict[str, object] = {
             "status": "ok" if healthy else ("stopping" if state.stopping else "unhealthy"),
-            "pollers_alive": state.pollers_alive,
-            "running": state.running,
-            "queued": state.queued,
             "loop_lag_seconds": round(loop_lag, 3),
-            "handlers_stuck": state.handlers_stuck,
+            "running": sum(a.running for a in state.activities),
+            "activities": activities,
         }
-        if state.processes is not None:
-            body["handler_processes"] = dataclasses.asdict(state.processes)
         return web.json_response(body, status=200 if healthy else 503)
 
     async def metrics(_: web.Request) -> web.Response:
-        response = web.Response(body=worker.metrics.render())
+        response = web.Response(body=runtime.metrics.render())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
@@ -65,12 +66,12 @@ def make_app(worker: Worker) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def serve_http(settings: Settings, worker: Worker) -> AsyncIterator[int | None]:
+async def serve_http(settings: Settings, runtime: Runtime) -> AsyncIterator[int | None]:
     """Serve while the block runs; yields the bound port (None when SFN_HTTP_PORT is 0)."""
     if not settings.http_port:
         yield None
         return
-    runner = web.AppRunner(make_app(worker), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import (
+from ..errors import (
     INVALID_INPUT_ERROR,
     INVALID_OUTPUT_ERROR,
     MAX_CAUSE_CHARS,

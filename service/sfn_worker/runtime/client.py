@@ -18,10 +18,10 @@ import contextlib
 import os
 import platform
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aioboto3
 import botocore
@@ -29,12 +29,9 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from botocore.exceptions import NoRegionError
 
-from .settings import Settings, SettingsError
-
-if TYPE_CHECKING:
-    from types_aiobotocore_stepfunctions import SFNClient as SFNClient
-else:
-    SFNClient = object
+from ..aws import SFNClient
+from ..config import ActivityConfig
+from ..settings import SettingsError
 
 
 def _package_version() -> str:
@@ -146,29 +143,52 @@ def call_config(concurrency: int, timeout: float) -> AioConfig:
 
 @dataclass(frozen=True)
 class SfnClients:
-    """``polls`` for GetActivityTask only; ``calls`` for everything answered at once."""
+    """``polls`` for GetActivityTask only; ``calls`` for everything answered at once; both
+    from ``session``, which other clients (STS, SQS) come from too."""
 
     polls: SFNClient
     calls: SFNClient
+    session: aioboto3.Session
+    endpoint_url: str | None = None  # given explicitly (tests): other clients use it too
 
 
-@contextlib.asynccontextmanager
-async def open_clients(settings: Settings) -> AsyncIterator[SfnClients]:
-    """Region, credentials and endpoint (AWS_ENDPOINT_URL_SFN) come from the AWS chain."""
+def aws_session() -> aioboto3.Session:
     # botocore reads AWS_DEFAULT_REGION; ECS, Lambda and the other SDKs set AWS_REGION.
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
     session = aioboto3.Session(region_name=region)
     if not session.region_name:
         raise SettingsError(NO_REGION)
-    timeout = call_timeout_seconds(settings.heartbeat_seconds)
+    return session
+
+
+@contextlib.asynccontextmanager
+async def open_clients(
+    activities: Sequence[ActivityConfig],
+    *,
+    session: aioboto3.Session | None = None,
+    endpoint_url: str | None = None,
+) -> AsyncIterator[SfnClients]:
+    """One pool for every activity's polls, one for every activity's other calls. Region,
+    credentials and endpoint (AWS_ENDPOINT_URL_SFN) come from the AWS chain unless given."""
+    session = session or aws_session()
+    heartbeats = [a.heartbeat_seconds for a in activities if a.heartbeat_seconds]
+    timeout = call_timeout_seconds(min(heartbeats, default=0.0))
+    pollers = sum(a.pollers for a in activities)
+    concurrency = sum(a.concurrency for a in activities)
     async with contextlib.AsyncExitStack() as stack:
         try:
             polls = await stack.enter_async_context(
-                session.client("stepfunctions", config=poll_config(settings.pollers))
+                session.client(
+                    "stepfunctions", config=poll_config(pollers), endpoint_url=endpoint_url
+                )
             )
             calls = await stack.enter_async_context(
-                session.client("stepfunctions", config=call_config(settings.concurrency, timeout))
+                session.client(
+                    "stepfunctions",
+                    config=call_config(concurrency, timeout),
+                    endpoint_url=endpoint_url,
+                )
             )
         except NoRegionError:
             raise SettingsError(NO_REGION) from None
-        yield SfnClients(polls=polls, calls=calls)
+        yield SfnClients(polls=polls, calls=calls, session=session, endpoint_url=endpoint_url)

@@ -29,10 +29,10 @@ from typing import Any
 
 import structlog
 
-from .context import TaskContext
-from .errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, TaskFailed, describe_exit
+from ..context import TaskContext
+from ..errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, TaskFailed, describe_exit
+from ..retry import Backoff
 from .procchild import child_main, local_error
-from .retry import Backoff
 
 log = structlog.get_logger("sfn_worker.processes")
 
@@ -95,10 +95,12 @@ class HandlerProcessPool:
         self,
         handler_path: str,
         *,
+        init_path: str | None = None,
         on_death: Callable[[], None] | None = None,
         death_backoff: Backoff = DEATH_BACKOFF,
     ) -> None:
         self._handler_path = handler_path
+        self._init_path = init_path
         self._on_death = on_death
         self._backoff = death_backoff
         self._context = multiprocessing.get_context("spawn")  # fork is unsafe with threads
@@ -143,6 +145,7 @@ class HandlerProcessPool:
             "task_token": ctx.task_token,
             "worker_name": ctx.worker_name,
             "activity_arn": ctx.activity_arn,
+            "activity_name": ctx.activity_name,
             "token_hash": ctx.token_hash,
         }
         process.send(("call", call.id, task_input, fields))
@@ -188,7 +191,9 @@ class HandlerProcessPool:
     def _start(self) -> _Process:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=child_main, args=(child_end, self._handler_path), name="sfn-handler"
+            target=child_main,
+            args=(child_end, self._handler_path, self._init_path),
+            name="sfn-handler",
         )
         process.daemon = True  # multiprocessing ends daemonic children at interpreter exit
         process.start()
@@ -224,7 +229,7 @@ class HandlerProcessPool:
     def _on_message(self, process: _Process, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "init_failed":
-            process.init_failure = f"it could not load the handler: {message[1]}"
+            process.init_failure = f"it failed to start: {message[1]}"
             return
         if kind == "ready":
             return

@@ -1,68 +1,27 @@
-"""Loading the user's handler and starting one call of it in the right place.
+"""Starting one call of a handler in the right place, through the app's middleware.
 
 Async handlers run on the event loop. Sync handlers run in a thread pool (default) or in
 handler processes (procpool.py), so the loop keeps polling and heartbeating while they block
-or burn CPU.
+or burn CPU. Middleware always runs on the event loop, around the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib
-import inspect
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .context import TaskContext
-from .errors import HandlerExited
+from ..app import CallNext, Handler, Middleware, import_path, is_async_handler
+from ..context import TaskContext
+from ..errors import HandlerExited
+from ..settings import HandlerMode
 from .procpool import HandlerProcessPool, PoolHealth
-from .settings import HandlerMode
-
-Handler = Callable[[Any, TaskContext], Any]
 
 THREAD_SWITCH_INTERVAL_SECONDS = 0.001
-
-
-class HandlerLoadError(Exception):
-    """SFN_HANDLER does not name an importable callable."""
-
-
-def load_handler(path: str) -> Handler:
-    module_name, _, attribute = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise HandlerLoadError(
-            f"SFN_HANDLER={path!r}: cannot import {module_name!r}: {exc}"
-        ) from None
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise HandlerLoadError(
-                f"SFN_HANDLER={path!r}: module {module_name!r} has no attribute {attribute!r}"
-            ) from None
-    if not callable(target):
-        raise HandlerLoadError(f"SFN_HANDLER={path!r} is not callable")
-    return cast(Handler, target)
-
-
-def import_path(handler: Handler) -> str:
-    """``module:qualname`` of a handler: how a spawned process finds it again."""
-    module = getattr(handler, "__module__", "?")
-    name = getattr(handler, "__qualname__", type(handler).__qualname__)
-    return f"{module}:{name}"
-
-
-def is_async_handler(handler: Handler) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
-    )
 
 
 @dataclass(frozen=True)
@@ -80,7 +39,7 @@ class HandlerCall:
 
 
 class HandlerInvoker:
-    """Owns where handlers run; ``start`` begins one call."""
+    """Owns where one activity's handler runs; ``start`` begins one call."""
 
     def __init__(
         self,
@@ -88,11 +47,14 @@ class HandlerInvoker:
         mode: HandlerMode,
         concurrency: int,
         *,
+        middlewares: Sequence[Middleware] = (),
+        process_init: Callable[[], Any] | None = None,
         on_process_death: Callable[[], None] | None = None,
     ) -> None:
         self.handler = handler
         self.is_async = is_async_handler(handler)
         self.mode = HandlerMode.ASYNC if self.is_async else mode
+        self._middlewares = tuple(middlewares)
         self._threads: ThreadPoolExecutor | None = None
         self._processes: HandlerProcessPool | None = None
         if self.mode is HandlerMode.THREAD:
@@ -106,9 +68,18 @@ class HandlerInvoker:
                 max_workers=concurrency, thread_name_prefix="sfn-handler"
             )
         elif self.mode is HandlerMode.PROCESS:
-            self._processes = HandlerProcessPool(import_path(handler), on_death=on_process_death)
+            self._processes = HandlerProcessPool(
+                import_path(handler),
+                init_path=import_path(process_init) if process_init is not None else None,
+                on_death=on_process_death,
+            )
 
     def start(self, task_input: Any, ctx: TaskContext) -> HandlerCall:
+        if not self._middlewares:
+            return self._start_handler(task_input, ctx)
+        return self._start_chain(task_input, ctx)
+
+    def _start_handler(self, task_input: Any, ctx: TaskContext) -> HandlerCall:
         if self._threads is not None:
             running = self._threads.submit(
                 contextvars.copy_context().run, self.handler, task_input, ctx
@@ -118,17 +89,35 @@ class HandlerInvoker:
             return HandlerCall(asyncio.wrap_future(running), asyncio.wrap_future(running))
         if self._processes is not None:
             return HandlerCall.of(asyncio.ensure_future(self._processes.call(task_input, ctx)))
-        return HandlerCall.of(asyncio.ensure_future(self._call_on_loop(task_input, ctx)))
+        return HandlerCall.of(
+            asyncio.ensure_future(_on_loop(self.handler, self.is_async, task_input, ctx))
+        )
 
-    async def _call_on_loop(self, task_input: Any, ctx: TaskContext) -> Any:
-        try:
-            result = self.handler(task_input, ctx)
-            if self.is_async:
-                result = await cast(Awaitable[Any], result)
-            return result
-        except (SystemExit, KeyboardInterrupt) as exc:
-            # Left alone, these two leave the event loop and end the whole process.
-            raise HandlerExited(exc) from None
+    def _start_chain(self, task_input: Any, ctx: TaskContext) -> HandlerCall:
+        """The middleware, outermost first, around the handler; ``finished`` waits for the
+        chain and every handler call it made (a middleware may call ``call_next`` again)."""
+        calls: list[HandlerCall] = []
+
+        async def innermost(task_input: Any, ctx: TaskContext) -> Any:
+            call = self._start_handler(task_input, ctx)
+            calls.append(call)
+            return await call.result
+
+        chain: CallNext = innermost
+        for middleware in reversed(self._middlewares):
+            chain = _link(middleware, chain)
+        result = asyncio.ensure_future(_on_loop(chain, True, task_input, ctx))
+        finished: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def settle(_: object = None) -> None:
+            waiting = [f for f in (result, *(c.finished for c in calls)) if not f.done()]
+            if waiting:
+                waiting[0].add_done_callback(settle)
+            elif not finished.done():
+                finished.set_result(None)
+
+        result.add_done_callback(settle)
+        return HandlerCall(result, finished)
 
     async def wait_ready(self) -> None:
         """Returns when a new call could start at once (process mode may be backing off)."""
@@ -150,3 +139,23 @@ class HandlerInvoker:
             self._threads.shutdown(wait=False, cancel_futures=True)
         if self._processes is not None:
             await self._processes.close()
+
+
+def _link(middleware: Middleware, call_next: CallNext) -> CallNext:
+    async def step(task_input: Any, ctx: TaskContext) -> Any:
+        return await middleware(task_input, ctx, call_next)
+
+    return step
+
+
+async def _on_loop(
+    function: Callable[[Any, TaskContext], Any], is_async: bool, task_input: Any, ctx: TaskContext
+) -> Any:
+    try:
+        result = function(task_input, ctx)
+        if is_async:
+            result = await cast(Awaitable[Any], result)
+        return result
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # Left alone, these two leave the event loop and end the whole process.
+        raise HandlerExited(exc) from None

@@ -1,0 +1,166 @@
+"""``App``: several activities in one process, a lifespan for shared resources, middleware.
+
+    app = App()
+
+    @app.lifespan
+    async def resources(app):          # entered before the first poll, exited after the last answer
+        async with aiohttp.ClientSession() as http:
+            yield {"http": http}       # handlers see it as ctx.state
+
+    @app.activity("notify", concurrency=200)
+    async def notify(task_input, ctx): ...
+
+    @app.middleware
+    async def audit(task_input, ctx, call_next):
+        return await call_next(task_input, ctx)
+
+Run it with ``sfn-worker run module:app``. The single-activity form (SFN_ACTIVITY_ARN and
+SFN_HANDLER) is an app with one activity (``App.single``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+from .context import TaskContext
+from .settings import HandlerMode
+
+Handler = Callable[[Any, TaskContext], Any]
+CallNext = Callable[[Any, TaskContext], Awaitable[Any]]
+Middleware = Callable[[Any, TaskContext, CallNext], Awaitable[Any]]
+Lifespan = Callable[["App"], AbstractAsyncContextManager[Any]]
+H = TypeVar("H", bound=Handler)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LoadError(Exception):
+    """An app or handler path does not name what it should; the message says which."""
+
+
+@dataclass(frozen=True)
+class ActivityRegistration:
+    """An activity as the code registered it: ARN or name, handler, options given in code."""
+
+    ref: str
+    handler: Handler
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class App:
+    """Collects activities, a lifespan, middleware and a per-process initialiser."""
+
+    def __init__(self) -> None:
+        self.single_form = False  # built from SFN_ACTIVITY_ARN + SFN_HANDLER
+        self.activities: list[ActivityRegistration] = []
+        self.middlewares: list[Middleware] = []
+        self.lifespan_factory: Lifespan | None = None
+        self.process_initializer: Callable[[], Any] | None = None
+
+    @classmethod
+    def single(cls, activity_arn: str, handler: Handler) -> App:
+        """The single-activity form: settings come from SFN_* alone."""
+        app = cls()
+        app.single_form = True
+        app.activities.append(ActivityRegistration(activity_arn, handler))
+        return app
+
+    def activity(
+        self,
+        arn_or_name: str,
+        *,
+        concurrency: int | None = None,
+        pollers: int | None = None,
+        queue_size: int | None = None,
+        heartbeat_seconds: float | None = None,
+        handler_mode: HandlerMode | str | None = None,
+    ) -> Callable[[H], H]:
+        """Register a handler for an activity, by ARN or by name (resolved at start)."""
+        given = {
+            "concurrency": concurrency,
+            "pollers": pollers,
+            "queue_size": queue_size,
+            "heartbeat_seconds": heartbeat_seconds,
+            "handler_mode": handler_mode,
+        }
+        options = {name: value for name, value in given.items() if value is not None}
+
+        def register(handler: H) -> H:
+            self.activities.append(ActivityRegistration(arn_or_name, handler, options))
+            return handler
+
+        return register
+
+    def lifespan(self, function: Callable[[App], AsyncIterator[Any]]) -> Callable[..., Any]:
+        """An async generator: what it yields is ``ctx.state``; it is closed after the last
+        token is answered."""
+        if not inspect.isasyncgenfunction(function):
+            raise TypeError("@app.lifespan takes an async generator function (async def ... yield)")
+        self.lifespan_factory = contextlib.asynccontextmanager(function)
+        return function
+
+    def middleware(self, function: F) -> F:
+        """``async def mw(task_input, ctx, call_next)``: runs on the event loop around every
+        handler call, outermost (first registered) first."""
+        if not inspect.iscoroutinefunction(function):
+            raise TypeError("@app.middleware takes an async function (task_input, ctx, call_next)")
+        self.middlewares.append(function)
+        return function
+
+    def process_init(self, function: F) -> F:
+        """Process mode: runs once in each handler process; its return value is ``ctx.state``
+        there. Must be importable as module:function, like the handlers."""
+        self.process_initializer = function
+        return function
+
+
+def import_object(path: str, what: str) -> Any:
+    """The object ``module:attribute`` names; LoadError naming ``what`` otherwise."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LoadError(f"{what}={path!r}: cannot import {module_name!r}: {exc}") from None
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise LoadError(
+                f"{what}={path!r}: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    return target
+
+
+def load_handler(path: str, what: str = "SFN_HANDLER") -> Handler:
+    target = import_object(path, what)
+    if not callable(target):
+        raise LoadError(f"{what}={path!r} is not callable")
+    return cast(Handler, target)
+
+
+def import_path(function: Callable[..., Any]) -> str:
+    """``module:qualname`` of a function: how a spawned process finds it again."""
+    module = getattr(function, "__module__", "?")
+    name = getattr(function, "__qualname__", type(function).__qualname__)
+    return f"{module}:{name}"
+
+
+def is_async_handler(handler: Handler) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+def load_app(path: str, what: str = "SFN_APP") -> App:
+    target = import_object(path, what)
+    if not isinstance(target, App):
+        raise LoadError(f"{what}={path!r} is a {type(target).__name__}, not an sfn_worker.App")
+    if not target.activities:
+        raise LoadError(f"{what}={path!r}: the app registers no activity (@app.activity)")
+    return target

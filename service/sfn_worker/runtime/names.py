@@ -1,0 +1,58 @@
+"""Activities registered by name get their ARN at start.
+
+``arn:<partition>:states:<region>:<account>:activity:<name>``: the region of the AWS
+configuration, its partition, and the account of the credentials, from STS
+GetCallerIdentity (which needs no IAM permission). SFN_<KEY>_ACTIVITY_ARN overrides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aioboto3
+import structlog
+
+from ..config import ActivityConfig
+from ..errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe
+from ..retry import SEND_BACKOFF, Retry
+from .client import CALL_TIMEOUT_MAX_SECONDS, call_config
+
+log = structlog.get_logger("sfn_worker.names")
+
+ATTEMPTS = 5
+
+
+async def resolve_names(
+    activities: Sequence[ActivityConfig], session: aioboto3.Session, endpoint_url: str | None
+) -> list[ActivityConfig]:
+    if all(a.arn is not None for a in activities):
+        return list(activities)
+    account = await _account(session, endpoint_url)
+    region = session.region_name
+    partition = session.get_partition_for_region(region)
+    resolved = []
+    for activity in activities:
+        if activity.arn is None:
+            activity = activity.with_arn(
+                f"arn:{partition}:states:{region}:{account}:activity:{activity.name}"
+            )
+            log.info("activity name resolved", activity=activity.name, arn=activity.arn)
+        resolved.append(activity)
+    return resolved
+
+
+async def _account(session: aioboto3.Session, endpoint_url: str | None) -> str:
+    retry = Retry(SEND_BACKOFF)
+    config = call_config(1, CALL_TIMEOUT_MAX_SECONDS)
+    async with session.client("sts", config=config, endpoint_url=endpoint_url) as sts:
+        while True:
+            try:
+                identity = await sts.get_caller_identity()
+                return str(identity["Account"])
+            except API_ERRORS as exc:
+                if classify(exc) is not ErrorKind.TRANSIENT or retry.failures + 1 >= ATTEMPTS:
+                    raise FatalWorkerError(
+                        "cannot turn activity names into ARNs: STS GetCallerIdentity failed: "
+                        f"{describe(exc)} (set SFN_<KEY>_ACTIVITY_ARN to skip it)"
+                    ) from None
+                await retry.wait(retry.next_delay())

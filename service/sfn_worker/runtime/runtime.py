@@ -1,0 +1,227 @@
+"""The process: AWS clients, the app's lifespan, one ActivityWorker per activity, the loop
+monitor and the ordered shutdown across all of them.
+
+In order: activity settings are resolved (configuration errors before anything else),
+clients open, activity names become ARNs, the lifespan is entered, every activity starts
+polling; on ``stop`` the shutdown runs (runtime/shutdown.py); handler pools close; the
+lifespan exits after the last answer; the clients close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from ..aio import cancel_and_wait
+from ..app import App, import_path
+from ..config import ActivityConfig, resolve
+from ..context import NO_STATE
+from ..errors import FatalWorkerError, LifespanFailed, WorkerCrashed
+from ..metrics import Metrics
+from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
+from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, Settings
+from ..tasks.activity import ActivityParts, ActivityState, ActivityWorker
+from .client import SfnClients, open_clients
+from .loop_monitor import watch_loop_lag
+from .names import resolve_names
+from .shutdown import POLL_RETURN_SECONDS, Shutdown
+
+log = structlog.get_logger("sfn_worker.runtime")
+
+ClientFactory = Callable[[Sequence[ActivityConfig]], AbstractAsyncContextManager[SfnClients]]
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    """A snapshot for health checks and metrics."""
+
+    polling: bool
+    stopping: bool
+    activities: tuple[ActivityState, ...]
+
+
+class Runtime:
+    def __init__(
+        self,
+        app: App,
+        settings: Settings,
+        *,
+        client_factory: ClientFactory = open_clients,
+        metrics: Metrics | None = None,
+        poll_backoff: Backoff = POLL_BACKOFF,
+        send_backoff: Backoff = SEND_BACKOFF,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        # Configuration errors surface here, before any client or poll.
+        self.configs = resolve(app, settings, os.environ if environ is None else environ)
+        self.metrics = metrics or Metrics()
+        # Set whenever a task starts or ends (for ECS task protection).
+        self.tasks_changed = asyncio.Event()
+        self._client_factory = client_factory
+        self._backoffs = (poll_backoff, send_backoff)
+        self._activities: list[ActivityWorker] = []
+        self._stopping = asyncio.Event()
+        self._started = False
+        self._fatal: FatalWorkerError | None = None
+        self._fatal_event = asyncio.Event()
+        self._crash: BaseException | None = None
+        self._crashed = asyncio.Event()
+        self._force_stop = asyncio.Event()
+
+    # -- what operations ask -----------------------------------------------------------------
+    def in_flight(self) -> int:
+        return sum(a.in_flight() for a in self._activities)
+
+    def state(self) -> RuntimeState:
+        stopping = self._stopping.is_set()
+        return RuntimeState(
+            polling=self._started and not stopping,
+            stopping=stopping,
+            activities=tuple(a.state() for a in self._activities),
+        )
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, force_stop: asyncio.Event | None = None) -> None:
+        """Work tasks until ``stop`` is set, then shut down in order.
+
+        Raises FatalWorkerError (after the same orderly shutdown) when the worker cannot go
+        on, LifespanFailed when the lifespan fails on entry (before any poll), WorkerCrashed
+        after a defect in the worker itself.
+        """
+        self._force_stop = force_stop = force_stop or asyncio.Event()
+        async with self._client_factory(self.configs) as clients:
+            configs = await resolve_names(self.configs, clients.session, clients.endpoint_url)
+            async with self._lifespan() as state:
+                try:
+                    await self._serve(configs, clients, state, stop, force_stop)
+                finally:
+                    for activity in self._activities:
+                        await activity.aclose()
+        if self._crash is not None:
+            raise WorkerCrashed(f"internal error: {self._crash!r}") from self._crash
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _serve(
+        self,
+        configs: Sequence[ActivityConfig],
+        clients: SfnClients,
+        state: Any,
+        stop: asyncio.Event,
+        force_stop: asyncio.Event,
+    ) -> None:
+        poll_backoff, send_backoff = self._backoffs
+        parts = ActivityParts(
+            polls=clients.polls,
+            calls=clients.calls,
+            worker_name=self.settings.worker_name,
+            stopping=self._stopping,
+            tasks_changed=self.tasks_changed,
+            state=state,
+            middlewares=self.app.middlewares,
+            process_init=self.app.process_initializer,
+            on_fatal=self._on_fatal,
+            on_crash=self._on_crash,
+            poll_backoff=poll_backoff,
+            send_backoff=send_backoff,
+        )
+        self._activities = [
+            ActivityWorker(config, parts, self.metrics.for_activity(config.name))
+            for config in configs
+        ]
+        async with asyncio.TaskGroup() as group:
+            runs = [group.create_task(activity.run()) for activity in self._activities]
+            monitor = group.create_task(self._guard(watch_loop_lag(self.metrics), "loop monitor"))
+            self._started = True
+            self._log_started()
+            await _wait_any(stop, self._fatal_event, self._crashed)
+            self._stopping.set()
+            grace = self.settings.shutdown_grace_seconds
+            await Shutdown(self._activities, runs, grace, force_stop).run()
+            await cancel_and_wait(monitor)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[Any]:
+        factory = self.app.lifespan_factory
+        if factory is None:
+            yield NO_STATE
+            return
+        manager = factory(self.app)
+        try:
+            state = await manager.__aenter__()
+        except Exception as exc:
+            log.exception("the app's lifespan failed on entry; nothing was polled")
+            raise LifespanFailed(f"the app's lifespan failed on entry: {exc!r}") from exc
+        try:
+            yield state
+        finally:
+            try:
+                await manager.__aexit__(None, None, None)
+            except Exception:
+                log.exception("the app's lifespan failed on exit (every task was answered)")
+
+    def _on_fatal(self, error: FatalWorkerError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+            log.error("fatal error; stopping the worker", error=str(error))
+        self._fatal_event.set()
+
+    def _on_crash(self, error: BaseException, part: str) -> None:
+        """A defect in the worker's own code must not end the process silently: log it,
+        then stop the way a second signal does, answering what runs."""
+        log.error("internal error in the worker; stopping", part=part, exc_info=error)
+        if self._crash is None:
+            self._crash = error
+        self._crashed.set()
+        self._force_stop.set()
+
+    async def _guard(self, work: Coroutine[Any, Any, None], part: str) -> None:
+        try:
+            await work
+        except Exception as exc:  # noqa: BLE001 - _on_crash logs it and stops the worker
+            self._on_crash(exc, part)
+
+    def _log_started(self) -> None:
+        for activity in self._activities:
+            config = activity.config
+            log.info(
+                "worker started",
+                activity=config.arn,
+                pollers=config.pollers,
+                concurrency=config.concurrency,
+                heartbeat_seconds=config.heartbeat_seconds,
+                handler=import_path(config.handler),
+                handler_mode=activity.handler_mode,
+            )
+            if config.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
+                log.warning(
+                    "heartbeat rate may exceed the account's SendTaskHeartbeat quota",
+                    activity=config.name,
+                    heartbeats_per_second=round(config.heartbeat_rate_per_second),
+                    hint=f"raise SFN_HEARTBEAT_SECONDS or lower SFN_CONCURRENCY ({config.key})",
+                )
+        if self.settings.shutdown_grace_seconds < POLL_RETURN_SECONDS:
+            log.info(
+                "note: long polls open at shutdown may outlast the grace period",
+                grace_seconds=self.settings.shutdown_grace_seconds,
+                hint="SFN_SHUTDOWN_GRACE_SECONDS >= 65 (and ECS stopTimeout above it) lets "
+                "every open poll return before exit",
+            )
+
+
+async def _wait_any(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
