@@ -1,9 +1,11 @@
-"""The seed flow end to end on LocalStack: `make demo`.
+"""The seed flow and a second activity end to end on LocalStack: `make demo`.
 
-Starts LocalStack (Step Functions only), creates the activity and the seed state machine
-from config/demo-state-machine.json, starts `sfn-worker run` as a real subprocess with the
-built-in seed handler, runs two executions ({"in": "SUCCESS"} and {"in": "RANDOM"}), prints
-how each ended, then sends SIGTERM to the worker and stops LocalStack.
+Starts LocalStack, creates the activities of the example app (sfn_worker.examples:app:
+"seed-activity" with the seed handler, "uppercase") and a state machine for each from
+config/demo-state-machine.json, starts `sfn-worker run sfn_worker.examples:app` as a real
+subprocess (one process, both activities; their names become ARNs at start), runs the seed
+flow ({"in": "SUCCESS"} and {"in": "RANDOM"}) and one "uppercase" execution, prints how
+each ended, then sends SIGTERM to the worker and stops LocalStack.
 """
 
 from __future__ import annotations
@@ -29,9 +31,19 @@ ROLE_ARN = "arn:aws:iam::000000000000:role/demo-role"  # LocalStack does not che
 EXECUTION_TIMEOUT_SECONDS = 60.0
 
 
+APP = "sfn_worker.examples:app"
+# (activity, input) in the order the demo runs them.
+EXECUTIONS = [
+    ("seed-activity", {"in": "SUCCESS"}),
+    ("seed-activity", {"in": "RANDOM"}),
+    ("uppercase", {"text": "hello from the demo"}),
+]
+
+
 def aws_env(endpoint_url: str) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL_SFN": endpoint_url,
+        "AWS_ENDPOINT_URL_STS": endpoint_url,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": REGION,
@@ -69,27 +81,29 @@ def wait_for_execution(client: Any, execution_arn: str) -> dict[str, Any]:
 
 def worker_command() -> list[str]:
     script = Path(sys.executable).parent / "sfn-worker"
-    return [str(script), "run"] if script.exists() else [sys.executable, "-m", "sfn_worker", "run"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "sfn_worker"]
+    return [*command, "run", APP]
 
 
 def run_demo() -> int:
     with LocalStack() as emulator, tempfile.TemporaryDirectory() as tmp:
-        print(f"LocalStack (Step Functions) is up at {emulator.endpoint_url}")
+        print(f"LocalStack (Step Functions, STS, SQS) is up at {emulator.endpoint_url}")
         client = sfn_client(emulator.endpoint_url)
-        activity_arn = client.create_activity(name="seed-activity")["activityArn"]
-        machine_arn = client.create_state_machine(
-            name="seed-state-machine",
-            definition=state_machine_definition(activity_arn),
-            roleArn=ROLE_ARN,
-        )["stateMachineArn"]
-        print(f"activity:      {activity_arn}")
-        print(f"state machine: {machine_arn}")
+        machines = {}
+        for activity in dict.fromkeys(name for name, _ in EXECUTIONS):
+            activity_arn = client.create_activity(name=activity)["activityArn"]
+            machines[activity] = client.create_state_machine(
+                name=f"{activity}-machine",
+                definition=state_machine_definition(activity_arn),
+                roleArn=ROLE_ARN,
+            )["stateMachineArn"]
+            print(f"activity:      {activity_arn}")
+            print(f"state machine: {machines[activity]}")
 
         worker_log = Path(tmp) / "worker.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SFN_"))}
         env.update(aws_env(emulator.endpoint_url))
         env.update(
-            SFN_ACTIVITY_ARN=activity_arn,
             SFN_WORKER_NAME="demo-worker",
             SFN_LOG_FORMAT="console",
             # Open 60 s long polls would hold a default 25 s grace; the demo has no more work.
@@ -98,23 +112,24 @@ def run_demo() -> int:
         command = worker_command()
         with open(worker_log, "wb") as log:
             worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        print(f"worker:        sfn-worker run, seed handler (pid {worker.pid})")
+        print(f"worker:        sfn-worker run {APP} (pid {worker.pid})")
         try:
             executions = [
                 (
+                    activity,
                     payload,
                     client.start_execution(
-                        stateMachineArn=machine_arn,
-                        name=f"demo-{payload['in'].lower()}-{uuid.uuid4().hex[:8]}",
+                        stateMachineArn=machines[activity],
+                        name=f"demo-{activity}-{uuid.uuid4().hex[:8]}",
                         input=json.dumps(payload),
                     )["executionArn"],
                 )
-                for payload in ({"in": "SUCCESS"}, {"in": "RANDOM"})
+                for activity, payload in EXECUTIONS
             ]
             print()
-            for payload, arn in executions:
+            for activity, payload, arn in executions:
                 result = wait_for_execution(client, arn)
-                print(f"input  {json.dumps(payload)}")
+                print(f"{activity:<14} input {json.dumps(payload)}")
                 print(f"  status {result['status']}")
                 if result["status"] == "SUCCEEDED":
                     print(f"  output {json.dumps(json.loads(result['output']))}")

@@ -1,9 +1,10 @@
-"""LocalStack (Step Functions only) without Docker, for the demo and the integration tests.
+"""LocalStack (Step Functions, STS, SQS) without Docker, for the demo and integration tests.
 
 - installs LocalStack once into a cached Python 3.13 virtual environment outside the work
   tree (pinned by config/localstack-requirements.txt and config/localstack-constraints.txt;
   a change to either makes a new environment);
-- starts it on a free loopback port with only Step Functions, waits for /_localstack/health;
+- starts it on a free loopback port with Step Functions, STS (the worker turns activity names
+  into ARNs with it) and SQS, waits for /_localstack/health;
 - always stops it and every process it started (own session, killed as a group; the
   child also dies with its parent if the parent is killed).
 
@@ -38,6 +39,7 @@ CONSTRAINTS = CONFIG / "localstack-constraints.txt"
 CACHE = Path(os.environ.get("SFN_WORKER_CACHE", Path.home() / ".cache" / "sfn-worker"))
 PYTHON_VERSION = "3.13"
 START_TIMEOUT_SECONDS = 180.0
+SERVICES = ("stepfunctions", "sts", "sqs")
 INSTALL_TIMEOUT_SECONDS = 900.0
 
 
@@ -136,7 +138,9 @@ class LocalStack:
         }
         env.update(
             GATEWAY_LISTEN=f"127.0.0.1:{self.port}",
-            SERVICES="stepfunctions",
+            SERVICES=",".join(SERVICES),
+            # Queue URLs on the gateway's own address, not a *.localstack.cloud name.
+            SQS_ENDPOINT_STRATEGY="path",
             DISABLE_EVENTS="1",
             SKIP_SSL_CERT_DOWNLOAD="1",
             PERSISTENCE="0",
@@ -178,7 +182,7 @@ class LocalStack:
             with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
                 with urllib.request.urlopen(url, timeout=2) as answer:
                     services = json.load(answer).get("services", {})
-                if services.get("stepfunctions") in ("available", "running"):
+                if all(services.get(name) in ("available", "running") for name in SERVICES):
                     return
             time.sleep(0.25)  # waiting on an external process: nothing to await
         raise EmulatorError(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import gc
+import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -31,6 +33,32 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     for name in list(__import__("os").environ):
         if name.startswith("SFN_"):
             monkeypatch.delenv(name)
+
+
+class _UnretrievedErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "exception was never retrieved" in message:
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+def no_unretrieved_exceptions() -> Iterator[None]:
+    """asyncio logs a future whose exception nobody read when it is collected: a handler
+    error the worker lost track of. Collect garbage after each test and fail on one."""
+    handler = _UnretrievedErrors()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+        gc.collect()
+    finally:
+        logger.removeHandler(handler)
+    assert handler.messages == []
 
 
 @pytest.fixture

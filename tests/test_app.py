@@ -370,3 +370,35 @@ async def test_a_failing_lifespan_exits_1_without_polling(fake: FakeStepFunction
     stopped = [e for e in worker.events if e.get("event") == "worker stopped"]
     assert "lifespan failed on entry" in stopped[-1]["error"]
     assert fake.counts.get("GetActivityTask", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("app", "env", "message"),
+    [
+        ("tests.apps:media", {"SFN_RENDR_CONCURRENCY": "2"}, "SFN_RENDR_CONCURRENCY matches no"),
+        ("tests.apps:nowhere", {}, "app='tests.apps:nowhere': module 'tests.apps' has no"),
+        ("tests.apps:render", {}, "is a function, not an sfn_worker.App"),
+    ],
+)
+def test_app_configuration_errors_exit_2_with_one_line(
+    app: str, env: dict[str, str], message: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from .test_process import REPO
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    full_env.update(env, PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-m", "sfn_worker", "run", app],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

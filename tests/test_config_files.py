@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from sfn_worker.app import load_app
+from sfn_worker.config import resolve
 from sfn_worker.settings import Settings, env_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +62,27 @@ def test_ecs_task_definition_fits_grace_into_stop_timeout() -> None:
     assert container["healthCheck"]["command"] == ["CMD", "sfn-worker", "healthcheck"]
     assert env["SFN_HTTP_PORT"] != "0"  # the health check needs the server
     assert container["logConfiguration"]["logDriver"] == "awslogs"
+
+
+def test_ecs_app_task_definition_resolves_against_its_app() -> None:
+    """Every variable is a setting or a per-activity override of the app it runs."""
+    container = load_json("ecs-task-definition-app.json")["containerDefinitions"][0]
+    assert container["command"][0] == "run"
+    env = {item["name"]: item["value"] for item in container["environment"]}
+    settings = Settings(
+        **{
+            name.removeprefix("SFN_").lower(): value
+            for name, value in env.items()
+            if name in SETTING_NAMES and name != "LOG_LEVEL"
+        }
+    )
+    app = load_app(container["command"][1])
+    configs = {c.name: c for c in resolve(app, settings, env)}
+    assert configs["uppercase"].concurrency == 64
+    assert configs["uppercase"].sources["concurrency"] == "environment (SFN_UPPERCASE_CONCURRENCY)"
+    assert configs["seed-activity"].arn == env["SFN_SEED_ACTIVITY_ACTIVITY_ARN"]
+    grace = float(env["SFN_SHUTDOWN_GRACE_SECONDS"])
+    assert grace + 5 <= container["stopTimeout"] <= 120
 
 
 def test_iam_policy_is_least_privilege() -> None:

@@ -15,3 +15,10 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+def retrieve_exception(future: asyncio.Future[Any]) -> None:
+    """Done callback: mark a future's exception as seen. A handler may fail after nobody
+    waits for it (abandoned, or a view whose twin reports the error); asyncio would log it."""
+    if not future.cancelled():
+        future.exception()

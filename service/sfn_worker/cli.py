@@ -79,6 +79,7 @@ def _fail_config(message: str) -> int:
 
 def build_runtime(settings: Settings, app_path: str | None) -> Runtime:
     """An app (argument or SFN_APP), or the single-activity form (SFN_ACTIVITY_ARN)."""
+    what = "app" if app_path else "SFN_APP"
     app_path = app_path or settings.app
     if app_path is None:
         return Worker(settings)
@@ -87,7 +88,7 @@ def build_runtime(settings: Settings, app_path: str | None) -> Runtime:
             f"SFN_ACTIVITY_ARN is set but the worker runs the app {app_path!r}; "
             "set an activity's ARN with SFN_<KEY>_ACTIVITY_ARN instead"
         )
-    return Runtime(load_app(app_path), settings)
+    return Runtime(load_app(app_path, what), settings)
 
 
 async def serve(runtime: Runtime) -> int:

@@ -83,6 +83,7 @@ class Flow:
 def aws_for_localstack(localstack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = {
         "AWS_ENDPOINT_URL_SFN": localstack.endpoint_url,
+        "AWS_ENDPOINT_URL_STS": localstack.endpoint_url,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": REGION,
@@ -103,9 +104,10 @@ def make_flow(localstack: LocalStack, aws_for_localstack: dict[str, str]) -> Any
         aws_secret_access_key="test",
     )
 
-    def make(**state_fields: Any) -> Flow:
+    def make(activity_name: str = "", **state_fields: Any) -> Flow:
         suffix = uuid.uuid4().hex[:10]
-        activity_arn = sfn.create_activity(name=f"activity-{suffix}")["activityArn"]
+        activity_name = activity_name or f"activity-{suffix}"
+        activity_arn = sfn.create_activity(name=activity_name)["activityArn"]
         state: dict[str, Any] = {"Type": "Task", "Resource": activity_arn, "End": True}
         state.update(state_fields)
         definition = {"StartAt": "TestActivity", "States": {"TestActivity": state}}

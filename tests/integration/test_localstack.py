@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed
+from sfn_worker import SHUTDOWN_ERROR, App, TaskContext, TaskFailed
 from sfn_worker.app import Handler
+from sfn_worker.examples import seed_handler
+from sfn_worker.runtime.runtime import Runtime
 from sfn_worker.settings import Settings
 from sfn_worker.worker import Worker
 
@@ -220,3 +224,40 @@ def test_check_command(make_flow: Any, aws_for_localstack: dict[str, str]) -> No
     assert missing.returncode == 1
     assert "ActivityDoesNotExist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+async def test_an_app_serves_two_activities_registered_by_name(make_flow: Any) -> None:
+    """Names become ARNs through LocalStack's STS; one lifespan, two state machines."""
+    suffix = uuid.uuid4().hex[:8]
+    render_flow: Flow = make_flow(activity_name=f"render-{suffix}")
+    notify_flow: Flow = make_flow(activity_name=f"notify-{suffix}")
+    app = App()
+
+    @app.lifespan
+    async def resources(app: App) -> AsyncIterator[dict[str, str]]:
+        yield {"tag": "from the lifespan"}
+
+    @app.activity(f"render-{suffix}", concurrency=2)
+    async def render(task_input: Any, ctx: TaskContext) -> Any:
+        return {"rendered": task_input["name"], "tag": ctx.state["tag"]}
+
+    @app.activity(f"notify-{suffix}", handler_mode="thread")
+    def notify(task_input: Any, ctx: TaskContext) -> Any:
+        return seed_handler(task_input, ctx)
+
+    settings = Settings(worker_name="integration", shutdown_grace_seconds=2, heartbeat_seconds=0)
+    runtime = Runtime(app, settings, environ={})
+    stop = asyncio.Event()
+    running = asyncio.create_task(runtime.run(stop))
+    try:
+        rendered, notified = await asyncio.gather(
+            render_flow.wait_async(render_flow.start({"name": "clip"})),
+            notify_flow.wait_async(notify_flow.start({"in": "SUCCESS"})),
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+    assert rendered["status"] == "SUCCEEDED"
+    assert json.loads(rendered["output"]) == {"rendered": "clip", "tag": "from the lifespan"}
+    assert notified["status"] == "SUCCEEDED"
+    assert json.loads(notified["output"]) == {"result": {"in": "SUCCESS"}}

@@ -195,7 +195,8 @@ class Runtime:
             config = activity.config
             log.info(
                 "worker started",
-                activity=config.arn,
+                activity=config.name,
+                arn=config.arn,
                 pollers=config.pollers,
                 concurrency=config.concurrency,
                 heartbeat_seconds=config.heartbeat_seconds,

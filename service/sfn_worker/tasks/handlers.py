@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ..aio import retrieve_exception
 from ..app import CallNext, Handler, Middleware, import_path, is_async_handler
 from ..context import TaskContext
 from ..errors import HandlerExited
@@ -86,7 +87,9 @@ class HandlerInvoker:
             )
             # Two views of the thread's future: cancelling the result does not stop the
             # thread, so the second one tells when the thread is free again.
-            return HandlerCall(asyncio.wrap_future(running), asyncio.wrap_future(running))
+            finished = asyncio.wrap_future(running)
+            finished.add_done_callback(retrieve_exception)  # its twin carries the exception
+            return HandlerCall(asyncio.wrap_future(running), finished)
         if self._processes is not None:
             return HandlerCall.of(asyncio.ensure_future(self._processes.call(task_input, ctx)))
         return HandlerCall.of(

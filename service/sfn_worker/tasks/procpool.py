@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from ..aio import retrieve_exception
 from ..context import TaskContext
 from ..errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, TaskFailed, describe_exit
 from ..retry import Backoff
@@ -139,7 +140,7 @@ class HandlerProcessPool:
         await self.wait_ready()
         process = self._idle.pop() if self._idle else self._start()
         call = _Call(next(self._ids), asyncio.get_running_loop().create_future())
-        call.future.add_done_callback(_retrieve)  # a result may arrive after nobody waits
+        call.future.add_done_callback(retrieve_exception)  # a result may arrive after nobody waits
         process.call = call
         fields = {
             "task_token": ctx.task_token,
@@ -295,8 +296,3 @@ class HandlerProcessPool:
         )
         if self._on_death is not None:
             self._on_death()
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

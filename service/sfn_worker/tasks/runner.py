@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from ..aio import retrieve_exception
 from ..aws import SFNClient
 from ..context import TaskContext
 from ..errors import SHUTDOWN_ERROR, describe
@@ -213,8 +214,7 @@ class TaskRunner:
         call = record.handler = self._invoker.start(task_input, record.ctx)
         handler = call.result
         handler.add_done_callback(lambda _: record.settled.set())
-        handler.add_done_callback(_mark_exception_retrieved)
-        call.finished.add_done_callback(_mark_exception_retrieved)
+        handler.add_done_callback(retrieve_exception)
         heartbeat = self._start_heartbeat(record)
         try:
             await record.settled.wait()
@@ -261,9 +261,3 @@ class TaskRunner:
             task_gone,
             self._heartbeat_backoff,
         )
-
-
-def _mark_exception_retrieved(future: asyncio.Future[Any]) -> None:
-    # An abandoned handler may fail after nobody waits for it; keep asyncio from warning.
-    if not future.cancelled():
-        future.exception()
