@@ -10,9 +10,8 @@ lifespan exits after the last answer; the clients close.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +21,13 @@ import structlog
 from ..aio import cancel_and_wait
 from ..app import App, import_path
 from ..config import ActivityConfig, resolve
-from ..context import NO_STATE
-from ..errors import FatalWorkerError, LifespanFailed, WorkerCrashed
+from ..errors import FatalWorkerError, WorkerCrashed
 from ..metrics import Metrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, Settings
 from ..tasks.activity import ActivityParts, ActivityState, ActivityWorker
 from .client import SfnClients, open_clients
+from .lifespan import lifespan
 from .loop_monitor import watch_loop_lag
 from .names import resolve_names
 from .shutdown import POLL_RETURN_SECONDS, Shutdown
@@ -100,7 +99,7 @@ class Runtime:
         self._force_stop = force_stop = force_stop or asyncio.Event()
         async with self._client_factory(self.configs) as clients:
             configs = await resolve_names(self.configs, clients.session, clients.endpoint_url)
-            async with self._lifespan() as state:
+            async with lifespan(self.app) as state:
                 try:
                     await self._serve(configs, clients, state, stop, force_stop)
                 finally:
@@ -142,32 +141,12 @@ class Runtime:
             runs = [group.create_task(activity.run()) for activity in self._activities]
             monitor = group.create_task(self._guard(watch_loop_lag(self.metrics), "loop monitor"))
             self._started = True
-            self._log_started()
+            log_started(self._activities, self.settings)
             await _wait_any(stop, self._fatal_event, self._crashed)
             self._stopping.set()
             grace = self.settings.shutdown_grace_seconds
             await Shutdown(self._activities, runs, grace, force_stop).run()
             await cancel_and_wait(monitor)
-
-    @contextlib.asynccontextmanager
-    async def _lifespan(self) -> AsyncIterator[Any]:
-        factory = self.app.lifespan_factory
-        if factory is None:
-            yield NO_STATE
-            return
-        manager = factory(self.app)
-        try:
-            state = await manager.__aenter__()
-        except Exception as exc:
-            log.exception("the app's lifespan failed on entry; nothing was polled")
-            raise LifespanFailed(f"the app's lifespan failed on entry: {exc!r}") from exc
-        try:
-            yield state
-        finally:
-            try:
-                await manager.__aexit__(None, None, None)
-            except Exception:
-                log.exception("the app's lifespan failed on exit (every task was answered)")
 
     def _on_fatal(self, error: FatalWorkerError) -> None:
         if self._fatal is None:
@@ -190,33 +169,34 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - _on_crash logs it and stops the worker
             self._on_crash(exc, part)
 
-    def _log_started(self) -> None:
-        for activity in self._activities:
-            config = activity.config
-            log.info(
-                "worker started",
+
+def log_started(activities: Sequence[ActivityWorker], settings: Settings) -> None:
+    for activity in activities:
+        config = activity.config
+        log.info(
+            "worker started",
+            activity=config.name,
+            arn=config.arn,
+            pollers=config.pollers,
+            concurrency=config.concurrency,
+            heartbeat_seconds=config.heartbeat_seconds,
+            handler=import_path(config.handler),
+            handler_mode=activity.handler_mode,
+        )
+        if config.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
+            log.warning(
+                "heartbeat rate may exceed the account's SendTaskHeartbeat quota",
                 activity=config.name,
-                arn=config.arn,
-                pollers=config.pollers,
-                concurrency=config.concurrency,
-                heartbeat_seconds=config.heartbeat_seconds,
-                handler=import_path(config.handler),
-                handler_mode=activity.handler_mode,
+                heartbeats_per_second=round(config.heartbeat_rate_per_second),
+                hint=f"raise SFN_HEARTBEAT_SECONDS or lower SFN_CONCURRENCY ({config.key})",
             )
-            if config.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
-                log.warning(
-                    "heartbeat rate may exceed the account's SendTaskHeartbeat quota",
-                    activity=config.name,
-                    heartbeats_per_second=round(config.heartbeat_rate_per_second),
-                    hint=f"raise SFN_HEARTBEAT_SECONDS or lower SFN_CONCURRENCY ({config.key})",
-                )
-        if self.settings.shutdown_grace_seconds < POLL_RETURN_SECONDS:
-            log.info(
-                "note: long polls open at shutdown may outlast the grace period",
-                grace_seconds=self.settings.shutdown_grace_seconds,
-                hint="SFN_SHUTDOWN_GRACE_SECONDS >= 65 (and ECS stopTimeout above it) lets "
-                "every open poll return before exit",
-            )
+    if settings.shutdown_grace_seconds < POLL_RETURN_SECONDS:
+        log.info(
+            "note: long polls open at shutdown may outlast the grace period",
+            grace_seconds=settings.shutdown_grace_seconds,
+            hint="SFN_SHUTDOWN_GRACE_SECONDS >= 65 (and ECS stopTimeout above it) lets "
+            "every open poll return before exit",
+        )
 
 
 async def _wait_any(*events: asyncio.Event) -> None:

@@ -90,6 +90,93 @@ class _Process:
         if self.process.exitcode is None:
             self.process.kill()
 
+    def start_reader(
+        self,
+        on_message: Callable[[_Process, tuple[Any, ...]], None],
+        on_exit: Callable[[_Process, int | None], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=self._read,
+            args=(loop, on_message, on_exit),
+            name="sfn-handler-reader",
+            daemon=True,
+        ).start()
+
+    def _read(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[_Process, tuple[Any, ...]], None],
+        on_exit: Callable[[_Process, int | None], None],
+    ) -> None:
+        """Reader thread: forward messages to the loop; report the exit after EOF."""
+        try:
+            while True:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    break
+                except Exception as exc:  # noqa: BLE001 - unpicklable here (class unknown)
+                    message = ("unreadable", f"{type(exc).__name__}: {exc}")
+                loop.call_soon_threadsafe(on_message, self, message)
+            self.process.join(REAP_SECONDS)
+            if self.process.exitcode is None:  # closed its pipe but lives on
+                self.process.kill()
+                self.process.join()
+            loop.call_soon_threadsafe(on_exit, self, self.process.exitcode)
+        except RuntimeError:
+            pass  # the event loop is closed: the worker has exited
+
+    def finished_call(self, message: tuple[Any, ...]) -> tuple[_Call, bool, Any] | None:
+        """The current call and its outcome (ok, value or exception), if ``message`` ends
+        it; None for the process's other messages."""
+        kind, call = message[0], self.call
+        if kind == "init_failed":
+            self.init_failure = f"it failed to start: {message[1]}"
+        if call is None or kind not in ("result", "unreadable"):
+            return None
+        if kind == "unreadable":
+            reason = f"the handler's answer could not be read by the worker: {message[1]}"
+            outcome: tuple[bool, Any] = (False, TaskFailed(INVALID_OUTPUT_ERROR, reason))
+        else:
+            _, call_id, ok, value = message
+            if call_id != call.id:
+                return None
+            outcome = (ok, value if ok else local_error(value))
+        self.call = None
+        self.calls_done += 1
+        return call, *outcome
+
+
+class _Restarts:
+    """Deaths and the backoff they impose on starting new processes."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self._backoff = backoff
+        self.deaths = 0
+        self.consecutive = 0
+        self._not_before = 0.0
+        # Cleared after a death until the backoff has passed: no new process starts meanwhile.
+        self.may_start = asyncio.Event()
+        self.may_start.set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def died(self) -> float:
+        """Count a death; returns the delay before the next process may start."""
+        loop = asyncio.get_running_loop()
+        self.deaths += 1
+        self.consecutive += 1
+        delay = self._backoff.delay(self.consecutive - 1)
+        self._not_before = loop.time() + delay
+        self.may_start.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(delay, self.may_start.set)
+        return delay
+
+    def delayed_seconds(self) -> float:
+        return max(0.0, self._not_before - asyncio.get_running_loop().time())
+
 
 class HandlerProcessPool:
     def __init__(
@@ -103,18 +190,11 @@ class HandlerProcessPool:
         self._handler_path = handler_path
         self._init_path = init_path
         self._on_death = on_death
-        self._backoff = death_backoff
+        self._restarts = _Restarts(death_backoff)
         self._context = multiprocessing.get_context("spawn")  # fork is unsafe with threads
         self._processes: set[_Process] = set()
         self._idle: list[_Process] = []
         self._ids = itertools.count(1)
-        self._deaths = 0
-        self._consecutive_deaths = 0
-        self._start_not_before = 0.0
-        # Cleared after a death until the backoff has passed: no new process starts meanwhile.
-        self._may_start = asyncio.Event()
-        self._may_start.set()
-        self._backoff_timer: asyncio.TimerHandle | None = None
         self._shutdown = False
         self._closed = False
         self._all_gone = asyncio.Event()
@@ -122,18 +202,17 @@ class HandlerProcessPool:
 
     # -- what the worker asks ----------------------------------------------------------------
     def health(self) -> PoolHealth:
-        loop = asyncio.get_running_loop()
         return PoolHealth(
             processes=len(self._processes),
-            deaths=self._deaths,
-            consecutive_deaths=self._consecutive_deaths,
-            start_delayed_seconds=round(max(0.0, self._start_not_before - loop.time()), 3),
+            deaths=self._restarts.deaths,
+            consecutive_deaths=self._restarts.consecutive,
+            start_delayed_seconds=round(self._restarts.delayed_seconds(), 3),
         )
 
     async def wait_ready(self) -> None:
         """Returns once a call could start at once (not backing off after deaths)."""
         if not self._idle:
-            await self._may_start.wait()
+            await self._restarts.may_start.wait()
 
     async def call(self, task_input: Any, ctx: TaskContext) -> Any:
         """Run the handler in a process; its exception, or HandlerProcessDied."""
@@ -202,62 +281,20 @@ class HandlerProcessPool:
         handle = _Process(process, parent_end)
         self._processes.add(handle)
         self._all_gone.clear()
-        loop = asyncio.get_running_loop()
-        threading.Thread(
-            target=self._read, args=(handle, loop), name="sfn-handler-reader", daemon=True
-        ).start()
+        handle.start_reader(self._on_message, self._on_exit)
         return handle
 
-    def _read(self, process: _Process, loop: asyncio.AbstractEventLoop) -> None:
-        """Reader thread: forward messages to the loop; report the exit after EOF."""
-        try:
-            while True:
-                try:
-                    message = process.conn.recv()
-                except (EOFError, OSError):
-                    break
-                except Exception as exc:  # noqa: BLE001 - unpicklable here (class unknown)
-                    message = ("unreadable", f"{type(exc).__name__}: {exc}")
-                loop.call_soon_threadsafe(self._on_message, process, message)
-            process.process.join(REAP_SECONDS)
-            if process.process.exitcode is None:  # closed its pipe but lives on
-                process.process.kill()
-                process.process.join()
-            loop.call_soon_threadsafe(self._on_exit, process, process.process.exitcode)
-        except RuntimeError:
-            pass  # the event loop is closed: the worker has exited
-
     def _on_message(self, process: _Process, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "init_failed":
-            process.init_failure = f"it failed to start: {message[1]}"
+        finished = process.finished_call(message)
+        if finished is None:
             return
-        if kind == "ready":
-            return
-        call = process.call
-        if call is None:
-            return
-        if kind == "unreadable":
-            result: tuple[bool, Any] = (
-                False,
-                TaskFailed(
-                    INVALID_OUTPUT_ERROR,
-                    f"the handler's answer could not be read by the worker: {message[1]}",
-                ),
-            )
-        else:
-            _, call_id, ok, value = message
-            if call_id != call.id:
-                return
-            result = (ok, value if ok else local_error(value))
-        process.call = None
-        process.calls_done += 1
-        self._consecutive_deaths = 0
+        call, ok, value = finished
+        self._restarts.consecutive = 0
         if not call.future.done():
-            if result[0]:
-                call.future.set_result(result[1])
+            if ok:
+                call.future.set_result(value)
             else:
-                call.future.set_exception(result[1])
+                call.future.set_exception(value)
         if not process.stopping:
             if self._closed:
                 process.stop()
@@ -276,21 +313,13 @@ class HandlerProcessPool:
             call.future.set_exception(died)
         if process.stopping:
             return
-        loop = asyncio.get_running_loop()
-        self._deaths += 1
-        self._consecutive_deaths += 1
-        delay = self._backoff.delay(self._consecutive_deaths - 1)
-        self._start_not_before = loop.time() + delay
-        self._may_start.clear()
-        if self._backoff_timer is not None:
-            self._backoff_timer.cancel()
-        self._backoff_timer = loop.call_later(delay, self._may_start.set)
+        delay = self._restarts.died()
         log.error(
             "handler process died",
             pid=process.pid,
             exit=describe_exit(exitcode),
             while_running_a_task=call is not None,
-            consecutive_deaths=self._consecutive_deaths,
+            consecutive_deaths=self._restarts.consecutive,
             next_start_in=round(delay, 2),
             detail=process.init_failure or None,
         )

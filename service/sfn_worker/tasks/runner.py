@@ -68,6 +68,31 @@ class RunningTask:
     def handler_still_runs(self) -> bool:
         return self.handler is not None and not self.handler.finished.done()
 
+    def answer(self) -> Outcome | None:
+        """Once settled: what to answer, or None when the task is gone and nothing may be."""
+        if self.cancel_reason is CancelReason.TASK_GONE:
+            return None
+        assert self.handler is not None, "only a started handler settles"
+        result = self.handler.result
+        if self.cancel_reason is not None and self.handler_still_runs():
+            return Failure.of(
+                SHUTDOWN_ERROR,
+                "the worker shut down and the handler did not stop when cancelled; "
+                "its result, if any, is discarded",
+            )
+        if result.cancelled() and self.cancel_reason is None:
+            return Failure.of("CancelledError", "the handler was cancelled, not by the worker")
+        if result.cancelled():
+            return Failure.of(
+                SHUTDOWN_ERROR,
+                "the worker shut down and the shutdown grace period ran out; "
+                "the handler was interrupted",
+            )
+        error = result.exception()
+        if error is not None:
+            return from_exception(error)
+        return encode_output(result.result())
+
 
 @dataclass(frozen=True)
 class TaskSettings:
@@ -212,9 +237,8 @@ class TaskRunner:
             return invalid_input(problem)
 
         call = record.handler = self._invoker.start(task_input, record.ctx)
-        handler = call.result
-        handler.add_done_callback(lambda _: record.settled.set())
-        handler.add_done_callback(retrieve_exception)
+        call.result.add_done_callback(lambda _: record.settled.set())
+        call.result.add_done_callback(retrieve_exception)
         heartbeat = self._start_heartbeat(record)
         try:
             await record.settled.wait()
@@ -222,26 +246,7 @@ class TaskRunner:
             if heartbeat is not None:
                 await heartbeat.stop()
 
-        if record.cancel_reason is CancelReason.TASK_GONE:
-            return None
-        if record.cancel_reason is not None and not call.finished.done():
-            return Failure.of(
-                SHUTDOWN_ERROR,
-                "the worker shut down and the handler did not stop when cancelled; "
-                "its result, if any, is discarded",
-            )
-        if handler.cancelled() and record.cancel_reason is None:
-            return Failure.of("CancelledError", "the handler was cancelled, not by the worker")
-        if handler.cancelled():
-            return Failure.of(
-                SHUTDOWN_ERROR,
-                "the worker shut down and the shutdown grace period ran out; "
-                "the handler was interrupted",
-            )
-        error = handler.exception()
-        if error is not None:
-            return from_exception(error)
-        return encode_output(handler.result())
+        return record.answer()
 
     def _start_heartbeat(self, record: RunningTask) -> Heartbeat | None:
         if not self._settings.heartbeat_seconds:
