@@ -73,3 +73,34 @@ async def swallow_cancellation(task_input: Any, ctx: TaskContext) -> Any:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             continue
+
+
+def progress_then_stall(task_input: Any, ctx: TaskContext) -> Any:
+    """Reports progress for a while, then goes quiet (stuck in a call), then returns."""
+    deadline = time.monotonic() + task_input["progress_seconds"]
+    while time.monotonic() < deadline:
+        ctx.heartbeat()
+        time.sleep(0.02)
+    time.sleep(task_input["stall_seconds"])
+    return {"done": True}
+
+
+async def progress_then_stall_async(task_input: Any, ctx: TaskContext) -> Any:
+    deadline = time.monotonic() + task_input["progress_seconds"]
+    while time.monotonic() < deadline:
+        ctx.heartbeat()
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(task_input["stall_seconds"])
+    return {"done": True}
+
+
+_leaked: list[bytes] = []
+LEAK_BYTES = 40 * 1024 * 1024
+
+
+def leak(task_input: Any, ctx: TaskContext) -> Any:
+    """Keeps 40 MB for ever on every call, and says how big its process has grown."""
+    import psutil
+
+    _leaked.append(b"x" * LEAK_BYTES)
+    return {"pid": os.getpid(), "rss": psutil.Process().memory_info().rss}

@@ -13,7 +13,7 @@ from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed
 from sfn_worker.examples import seed_handler
 from sfn_worker.testing import FakeStepFunctions, Fault
 
-from .conftest import running_worker
+from .conftest import running_worker, sample
 
 
 async def test_seed_handler_success_and_failure(fake: FakeStepFunctions) -> None:
@@ -301,3 +301,29 @@ async def test_a_handler_cancelled_by_itself_is_not_reported_as_shutdown(
     async with running_worker(fake, handler):
         await fake.wait_for(lambda: task.state != "open")
     assert (task.state, task.error) == ("failed", "CancelledError")
+
+
+@pytest.mark.parametrize("code", ["KmsAccessDeniedException", "KmsInvalidStateException"])
+@pytest.mark.parametrize("answer", ["success", "failure"])
+async def test_a_kms_refusal_still_gives_the_token_its_one_answer(
+    fake: FakeStepFunctions, code: str, answer: str
+) -> None:
+    operation = "SendTaskSuccess" if answer == "success" else "SendTaskFailure"
+    fake.inject(operation, Fault.error(code))
+    task = fake.add_task({"in": "SUCCESS" if answer == "success" else "NO"})
+    async with running_worker(fake, seed_handler) as harness:
+        await fake.wait_for(lambda: task.state != "open")
+        fallbacks = sample(harness.worker, "sfn_worker_kms_fallback_answers_total")
+    assert (task.state, task.error, task.cause, task.terminal_calls) == ("failed", "", "", 1)
+    bare = fake.calls_of("SendTaskFailure")[-1]
+    assert set(bare.params) == {"taskToken"}  # no error, no cause: nothing for KMS to encrypt
+    assert fallbacks == 1
+
+
+async def test_kms_throttling_is_retried_like_throttling(fake: FakeStepFunctions) -> None:
+    fake.inject("SendTaskSuccess", Fault.error("KmsThrottlingException"))
+    task = fake.add_task({"in": "SUCCESS"})
+    async with running_worker(fake, seed_handler):
+        await fake.wait_for(lambda: task.state != "open")
+    assert [c.answer for c in fake.calls_of("SendTaskSuccess")] == ["KmsThrottlingException", "ok"]
+    assert task.state == "succeeded"

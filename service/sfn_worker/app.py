@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from .context import TaskContext
-from .settings import HandlerMode
+from .settings import HandlerMode, HeartbeatMode
 
 Handler = Callable[[Any, TaskContext], Any]
 CallNext = Callable[[Any, TaskContext], Awaitable[Any]]
@@ -78,7 +78,9 @@ class App:
         pollers: int | None = None,
         queue_size: int | None = None,
         heartbeat_seconds: float | None = None,
+        heartbeat_mode: HeartbeatMode | str | None = None,
         handler_mode: HandlerMode | str | None = None,
+        max_tasks_per_child: int | None = None,
     ) -> Callable[[H], H]:
         """Register a handler for an activity, by ARN or by name (resolved at start)."""
         given = {
@@ -86,7 +88,9 @@ class App:
             "pollers": pollers,
             "queue_size": queue_size,
             "heartbeat_seconds": heartbeat_seconds,
+            "heartbeat_mode": heartbeat_mode,
             "handler_mode": handler_mode,
+            "max_tasks_per_child": max_tasks_per_child,
         }
         options = {name: value for name, value in given.items() if value is not None}
 

@@ -23,7 +23,9 @@ from .app import App, Handler, is_async_handler
 from .settings import (
     Concurrency,
     HandlerMode,
+    HeartbeatMode,
     HeartbeatSeconds,
+    MaxTasksPerChild,
     Pollers,
     QueueSize,
     Settings,
@@ -32,7 +34,15 @@ from .settings import (
     env_name,
 )
 
-FIELDS = ("concurrency", "pollers", "queue_size", "heartbeat_seconds", "handler_mode")
+FIELDS = (
+    "concurrency",
+    "pollers",
+    "queue_size",
+    "heartbeat_seconds",
+    "heartbeat_mode",
+    "handler_mode",
+    "max_tasks_per_child",
+)
 ARN_SUFFIX = "ACTIVITY_ARN"
 SUFFIXES = frozenset({*(f.upper() for f in FIELDS), ARN_SUFFIX})
 # Activity names: 1-80 characters, none of white space, brackets, wildcards or punctuation
@@ -50,9 +60,11 @@ class _Options(BaseModel):
     pollers: Pollers
     queue_size: QueueSize
     heartbeat_seconds: HeartbeatSeconds
+    heartbeat_mode: HeartbeatMode
     handler_mode: HandlerMode
+    max_tasks_per_child: MaxTasksPerChild
 
-    @field_validator("handler_mode", mode="before")
+    @field_validator("handler_mode", "heartbeat_mode", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
@@ -68,7 +80,9 @@ class ActivityConfig:
     pollers: int
     queue_size: int
     heartbeat_seconds: float
+    heartbeat_mode: HeartbeatMode
     handler_mode: HandlerMode
+    max_tasks_per_child: int
     sources: Mapping[str, str]
 
     @property
@@ -175,7 +189,9 @@ def _resolve_one(
         pollers=pollers,
         queue_size=options.queue_size,
         heartbeat_seconds=options.heartbeat_seconds,
+        heartbeat_mode=options.heartbeat_mode,
         handler_mode=mode,
+        max_tasks_per_child=options.max_tasks_per_child,
         sources=sources,
     )
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import threading
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,8 @@ class TaskContext:
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     shutdown_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     _stopping: asyncio.Event | None = field(default=None, repr=False)
-    _state: Any = field(default=NO_STATE, repr=False)
+    _state: Any = field(default_factory=lambda: NO_STATE, repr=False)
+    _on_progress: Callable[[], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.token_hash:
@@ -65,6 +67,14 @@ class TaskContext:
         if self._state is STATE_UNAVAILABLE:
             raise StateUnavailable(STATE_UNAVAILABLE_MESSAGE)
         return self._state
+
+    def heartbeat(self) -> None:
+        """Report progress. Cheap and thread-safe, from any handler mode: it only records
+        that the handler is alive; the worker decides when to send a heartbeat. With
+        SFN_HEARTBEAT_MODE=progress a task is heartbeated only while its handler calls this
+        at least once per SFN_HEARTBEAT_SECONDS."""
+        if self._on_progress is not None:
+            self._on_progress()
 
     async def wait_for_shutdown(self) -> None:
         """For async handlers: returns once the worker has been asked to stop."""

@@ -126,6 +126,8 @@ class ErrorKind(Enum):
 
 
 TASK_GONE_CODES = frozenset({"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"})
+# KMS refused to encrypt an answer (the activity has a customer-managed key); final.
+KMS_REFUSED_CODES = frozenset({"KmsAccessDeniedException", "KmsInvalidStateException"})
 FATAL_CODES = frozenset(
     {
         "ActivityDoesNotExist",

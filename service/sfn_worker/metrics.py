@@ -62,6 +62,12 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.tasks_stalled = Counter(
+            "sfn_worker_tasks_stalled",
+            "Tasks whose handler reported no progress for a heartbeat interval (progress mode)",
+            A,
+            registry=r,
+        )
         self.handler_duration = Histogram(
             "sfn_worker_handler_duration_seconds",
             "Time from task start to its outcome",
@@ -85,6 +91,12 @@ class Metrics:
         self.terminal_retries = Counter(
             "sfn_worker_terminal_call_retries",
             "Retried SendTaskSuccess/Failure attempts",
+            A,
+            registry=r,
+        )
+        self.kms_fallbacks = Counter(
+            "sfn_worker_kms_fallback_answers",
+            "Answers KMS refused, sent instead as SendTaskFailure without error or cause",
             A,
             registry=r,
         )
@@ -115,10 +127,12 @@ class ActivityMetrics:
         self.empty_polls = metrics.empty_polls.labels(activity)
         self.heartbeats_sent = metrics.heartbeats_sent.labels(activity)
         self.heartbeat_lag = metrics.heartbeat_lag.labels(activity)
+        self.tasks_stalled = metrics.tasks_stalled.labels(activity)
         self.handler_duration = metrics.handler_duration.labels(activity)
         self.handlers_stuck = metrics.handlers_stuck.labels(activity)
         self.handler_process_deaths = metrics.handler_process_deaths.labels(activity)
         self.terminal_retries = metrics.terminal_retries.labels(activity)
+        self.kms_fallbacks = metrics.kms_fallbacks.labels(activity)
 
     def task_failed(self, error: str) -> None:
         self._metrics.tasks_failed.labels(self.activity, error).inc()

@@ -36,6 +36,15 @@ class HandlerMode(StrEnum):
     PROCESS = "process"
 
 
+class HeartbeatMode(StrEnum):
+    """``timer``: heartbeat every interval while the handler runs. ``progress``: only when the
+    handler called ``ctx.heartbeat()`` since the last one, so a stuck handler lets its task
+    time out (HeartbeatSeconds) and a Retry re-drives it."""
+
+    TIMER = "timer"
+    PROGRESS = "progress"
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -58,6 +67,7 @@ Pollers = Annotated[int, Field(ge=1, le=MAX_POLLERS_PER_ACTIVITY)]
 Concurrency = Annotated[int, Field(ge=1, le=100_000)]
 QueueSize = Annotated[int, Field(ge=0, le=100_000)]
 HeartbeatSeconds = Annotated[float, Field(ge=0, le=86_400)]
+MaxTasksPerChild = Annotated[int, Field(ge=0, le=1_000_000)]
 DEFAULT_POLLERS = 4
 
 
@@ -83,6 +93,9 @@ class Settings(BaseSettings):
     concurrency: Concurrency = 16
     queue_size: QueueSize = 0
     heartbeat_seconds: HeartbeatSeconds = 10.0
+    heartbeat_mode: HeartbeatMode = HeartbeatMode.TIMER
+    # Process mode: a handler process is replaced after this many tasks (0 = never).
+    max_tasks_per_child: MaxTasksPerChild = 0
     shutdown_grace_seconds: Annotated[float, Field(ge=1, le=3_600)] = 25.0
     worker_name: Annotated[str, Field(min_length=1, max_length=WORKER_NAME_MAX)] = Field(
         default_factory=_default_worker_name
@@ -104,7 +117,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "handler_mode", mode="before")
+    @field_validator("log_format", "handler_mode", "heartbeat_mode", mode="before")
     @classmethod
     def _lower_choice(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

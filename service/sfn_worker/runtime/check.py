@@ -7,7 +7,7 @@ import sys
 from ..app import import_path
 from ..config import ActivityConfig
 from ..errors import API_ERRORS, FatalWorkerError, describe
-from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, Settings
+from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, HandlerMode, Settings
 from .client import open_clients
 from .names import resolve_names
 
@@ -58,7 +58,13 @@ def describe_config(config: ActivityConfig) -> list[str]:
         f"pollers            {config.pollers} ({sources['pollers']})",
         f"queue_size         {queue} ({sources['queue_size']})",
         f"heartbeat_seconds  {config.heartbeat_seconds:g} ({sources['heartbeat_seconds']})",
+        f"heartbeat_mode     {config.heartbeat_mode.value} ({sources['heartbeat_mode']})",
     ]
+    if config.handler_mode is HandlerMode.PROCESS:
+        lines.append(
+            f"max_tasks_per_child {config.max_tasks_per_child or 'unlimited'} "
+            f"({sources['max_tasks_per_child']})"
+        )
     if config.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
         lines.append(
             f"WARNING: up to {config.heartbeat_rate_per_second:.0f} heartbeats/s when full; "

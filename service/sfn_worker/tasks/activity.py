@@ -76,6 +76,7 @@ class ActivityWorker:
             config.concurrency,
             middlewares=parts.middlewares,
             process_init=parts.process_init,
+            max_tasks_per_child=config.max_tasks_per_child,
             on_process_death=metrics.handler_process_deaths.inc,
         )
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -86,6 +87,7 @@ class ActivityWorker:
                 activity_arn=config.arn,
                 activity_name=config.name,
                 heartbeat_seconds=config.heartbeat_seconds,
+                heartbeat_mode=config.heartbeat_mode,
                 state=parts.state,
             ),
             client=parts.calls,

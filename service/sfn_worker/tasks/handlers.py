@@ -50,6 +50,7 @@ class HandlerInvoker:
         *,
         middlewares: Sequence[Middleware] = (),
         process_init: Callable[[], Any] | None = None,
+        max_tasks_per_child: int = 0,
         on_process_death: Callable[[], None] | None = None,
     ) -> None:
         self.handler = handler
@@ -72,6 +73,7 @@ class HandlerInvoker:
             self._processes = HandlerProcessPool(
                 import_path(handler),
                 init_path=import_path(process_init) if process_init is not None else None,
+                max_tasks_per_child=max_tasks_per_child,
                 on_death=on_process_death,
             )
 

@@ -31,6 +31,10 @@ class Heartbeat:
     A timer waits for the first beat; only a task that outlives one interval gets its
     heartbeat coroutine, so short tasks cost a timer, not a coroutine. ``stop`` must be
     awaited before the terminal call: no heartbeat may race the answer.
+
+    With ``progress`` (SFN_HEARTBEAT_MODE=progress) a beat is sent only if that count moved
+    since the last one: a handler that stops reporting lets its task time out at the
+    service (HeartbeatSeconds), and a Retry re-drives it elsewhere.
     """
 
     def __init__(
@@ -41,8 +45,12 @@ class Heartbeat:
         metrics: ActivityMetrics,
         on_task_gone: Callable[[str], None],
         backoff: Backoff = SEND_BACKOFF,
+        progress: Callable[[], int] | None = None,
     ) -> None:
         self._client = client
+        self._progress = progress
+        self._progress_seen = 0
+        self._stalled = False
         self._token = token
         self._interval = interval
         self._metrics = metrics
@@ -64,10 +72,32 @@ class Heartbeat:
     async def _beat(self, due: float) -> None:
         """Heartbeat every interval until cancelled or the task is gone."""
         loop = asyncio.get_running_loop()
-        while await self._send(due):
+        while not self._progressed() or await self._send(due):
             wait = next_wait(self._interval)
             due = loop.time() + wait
             await asyncio.sleep(wait)
+
+    def _progressed(self) -> bool:
+        """Timer mode: always. Progress mode: whether the handler reported progress since
+        the last beat; the first interval without it marks the task stalled (logged once)."""
+        if self._progress is None:
+            return True
+        current = self._progress()
+        if current != self._progress_seen:
+            self._progress_seen = current
+            if self._stalled:
+                log.info("stalled task reports progress again; heartbeats resume")
+                self._stalled = False
+            return True
+        if not self._stalled:
+            self._stalled = True
+            self._metrics.tasks_stalled.inc()
+            log.warning(
+                "task stalled: no progress reported since the last heartbeat; not "
+                "heartbeating it, so Step Functions times it out (HeartbeatSeconds)",
+                interval_seconds=self._interval,
+            )
+        return False
 
     async def _send(self, due: float) -> bool:
         """One heartbeat, retried while transient; False when heartbeats must end."""

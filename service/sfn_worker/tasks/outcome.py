@@ -53,6 +53,10 @@ def _encodable(text: str) -> str:
 
 Outcome = Success | Failure
 
+# SendTaskFailure with neither error nor cause needs no KMS permission: the last way to
+# answer a token of a KMS-encrypted activity when KMS refuses the real answer.
+BARE_FAILURE = Failure("", "")
+
 
 def decode_input(raw: str | None) -> Any:
     """The task input as Python data; raises ValueError with a readable message."""

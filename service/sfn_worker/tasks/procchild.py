@@ -3,6 +3,7 @@
 Messages on the pipe, as tuples:
   worker -> child   ("call", id, input, ctx fields) | ("cancel", id) | ("shutdown",) | ("exit",)
   child -> worker   ("ready",) | ("init_failed", text) | ("result", id, ok, value or error)
+                    | ("progress", id): ctx.heartbeat() was called (at most every 0.05 s)
 
 The main thread runs handlers; a reader thread takes messages, so a cancel or shutdown
 reaches ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs.
@@ -18,6 +19,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -26,6 +28,9 @@ from ..context import STATE_UNAVAILABLE, TaskContext
 from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, truncate
 
 MAX_MESSAGE_CHARS = 4096
+# ctx.heartbeat() in a handler process: at most one message this often reaches the worker
+# (20/s: nothing next to any heartbeat interval, cheap even from a tight loop).
+PROGRESS_SEND_SECONDS = 0.05
 
 
 def die_with_parent() -> None:
@@ -93,6 +98,7 @@ class _Child:
                 cancel_requested=cancel,
                 shutdown_requested=self.shutdown,
                 _state=self.state,
+                _on_progress=_Progress(self, call_id).report,
             )
             reply: tuple[Any, ...]
             if cancel.is_set():  # cancelled while this process was still starting: skip it
@@ -112,6 +118,21 @@ class _Child:
                     f"({type(reply[3]).__name__}): {remote_error(exc)[-1]}",
                 )
                 self.send(("result", call_id, False, remote_error(failure)))
+
+
+class _Progress:
+    """ctx.heartbeat() in a handler process: cheap in a tight loop, throttled on the pipe."""
+
+    def __init__(self, child: _Child, call_id: int) -> None:
+        self._child = child
+        self._call_id = call_id
+        self._sent_at = float("-inf")
+
+    def report(self) -> None:
+        now = time.monotonic()
+        if now - self._sent_at >= PROGRESS_SEND_SECONDS:
+            self._sent_at = now
+            self._child.send(("progress", self._call_id))
 
 
 def child_main(conn: Connection, handler_path: str, init_path: str | None) -> None:

@@ -10,7 +10,9 @@ that its task was cancelled. Here each process has its own pipe, so:
 - a cancelled call is told (``ctx.cancel_requested`` in the child) and, if it does not
   return within ``CANCEL_GRACE_SECONDS``, its process is terminated and replaced;
 - repeated deaths back off the start of new processes (``wait_ready``), so a handler that
-  always dies cannot burn through tasks at full speed.
+  always dies cannot burn through tasks at full speed;
+- with ``max_tasks_per_child`` a process is replaced after that many calls (a leaking
+  handler), its replacement started at once.
 Processes start on demand (spawn), at most one per slot, and are reused.
 """
 
@@ -44,6 +46,8 @@ DEATH_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=30.0)
 # A process that closed its pipe is reaped within this long, or killed.
 REAP_SECONDS = 2.0
 CLOSE_TIMEOUT_SECONDS = 5.0
+# A recycled process is asked to exit; it is killed if still there this long after.
+RETIRE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class PoolHealth:
 class _Call:
     id: int
     future: asyncio.Future[Any]
+    ctx: TaskContext  # the worker's side: progress reported in the child lands here
 
 
 class _Process:
@@ -85,6 +90,12 @@ class _Process:
         if self.process.exitcode is None:
             self.process.terminate()
             asyncio.get_running_loop().call_later(KILL_AFTER_TERMINATE_SECONDS, self._kill)
+
+    def retire(self) -> None:
+        """Idle and done (max tasks reached): ask it to exit, kill it if it lingers."""
+        self.stopping = True
+        self.send(("exit",))
+        asyncio.get_running_loop().call_later(RETIRE_SECONDS, self._kill)
 
     def _kill(self) -> None:
         if self.process.exitcode is None:
@@ -184,11 +195,13 @@ class HandlerProcessPool:
         handler_path: str,
         *,
         init_path: str | None = None,
+        max_tasks_per_child: int = 0,
         on_death: Callable[[], None] | None = None,
         death_backoff: Backoff = DEATH_BACKOFF,
     ) -> None:
         self._handler_path = handler_path
         self._init_path = init_path
+        self._max_tasks = max_tasks_per_child
         self._on_death = on_death
         self._restarts = _Restarts(death_backoff)
         self._context = multiprocessing.get_context("spawn")  # fork is unsafe with threads
@@ -218,7 +231,7 @@ class HandlerProcessPool:
         """Run the handler in a process; its exception, or HandlerProcessDied."""
         await self.wait_ready()
         process = self._idle.pop() if self._idle else self._start()
-        call = _Call(next(self._ids), asyncio.get_running_loop().create_future())
+        call = _Call(next(self._ids), asyncio.get_running_loop().create_future(), ctx)
         call.future.add_done_callback(retrieve_exception)  # a result may arrive after nobody waits
         process.call = call
         fields = {
@@ -285,6 +298,10 @@ class HandlerProcessPool:
         return handle
 
     def _on_message(self, process: _Process, message: tuple[Any, ...]) -> None:
+        if message[0] == "progress" and process.call is not None:
+            if message[1] == process.call.id:
+                process.call.ctx.heartbeat()
+            return
         finished = process.finished_call(message)
         if finished is None:
             return
@@ -295,11 +312,17 @@ class HandlerProcessPool:
                 call.future.set_result(value)
             else:
                 call.future.set_exception(value)
-        if not process.stopping:
-            if self._closed:
-                process.stop()
-            else:
-                self._idle.append(process)
+        if process.stopping:
+            return
+        if self._closed:
+            process.stop()
+        elif self._max_tasks and process.calls_done >= self._max_tasks:
+            # Recycled: it leaves on its own, and its replacement starts now, so the next
+            # task does not wait for a process to spawn.
+            process.retire()
+            self._idle.append(self._start())
+        else:
+            self._idle.append(process)
 
     def _on_exit(self, process: _Process, exitcode: int | None) -> None:
         self._processes.discard(process)

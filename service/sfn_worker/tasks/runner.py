@@ -15,6 +15,7 @@ from ..context import TaskContext
 from ..errors import SHUTDOWN_ERROR, describe
 from ..metrics import ActivityMetrics
 from ..retry import SEND_BACKOFF, Backoff
+from ..settings import HeartbeatMode
 from .handlers import HandlerCall, HandlerInvoker
 from .heartbeat import Heartbeat
 from .outcome import (
@@ -47,6 +48,8 @@ class RunningTask:
     handler: HandlerCall | None = None
     cancel_reason: CancelReason | None = None
     gone_answer: str = ""
+    # ctx.heartbeat() calls (from any thread or, via its pipe, a handler process).
+    progress: int = 0
     # Set when the handler finished, or when the worker stops waiting for it.
     settled: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -64,6 +67,9 @@ class RunningTask:
     def abandon(self) -> None:
         """Stop waiting for a handler that ignores cancellation (sync handler in a thread)."""
         self.settled.set()
+
+    def report_progress(self) -> None:
+        self.progress += 1  # a lost increment under a race still moves the count
 
     def handler_still_runs(self) -> bool:
         return self.handler is not None and not self.handler.finished.done()
@@ -102,6 +108,7 @@ class TaskSettings:
     activity_arn: str
     activity_name: str
     heartbeat_seconds: float
+    heartbeat_mode: HeartbeatMode
     state: Any
 
 
@@ -175,6 +182,7 @@ class TaskRunner:
         if self._stopping.is_set():
             ctx.shutdown_requested.set()
         record = RunningTask(token=task.token, ctx=ctx, started_at=loop.time())
+        ctx._on_progress = record.report_progress
         self._running[id(record)] = record
         self._metrics.tasks_in_flight.inc()
         self._tasks_changed.set()
@@ -221,8 +229,9 @@ class TaskRunner:
             self._metrics.tasks_succeeded.inc()
             log.info("task ended", outcome="succeeded", duration=duration)
         else:
-            self._metrics.task_failed(sent.error)
-            log.info("task ended", outcome="failed", error=sent.error, duration=duration)
+            error = sent.error or "(none)"  # a bare failure, after KMS refused the answer
+            self._metrics.task_failed(error)
+            log.info("task ended", outcome="failed", error=error, duration=duration)
 
     async def _outcome(self, task: ActivityTask, record: RunningTask) -> Outcome | None:
         """The answer to send, or None when the task is gone and nothing may be sent."""
@@ -265,4 +274,9 @@ class TaskRunner:
             self._metrics,
             task_gone,
             self._heartbeat_backoff,
+            progress=(
+                (lambda: record.progress)
+                if self._settings.heartbeat_mode is HeartbeatMode.PROGRESS
+                else None
+            ),
         )

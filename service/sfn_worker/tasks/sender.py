@@ -11,6 +11,7 @@ from ..aws import SFNClient
 from ..errors import (
     API_ERRORS,
     INVALID_OUTPUT_ERROR,
+    KMS_REFUSED_CODES,
     ErrorKind,
     classify,
     describe,
@@ -19,7 +20,7 @@ from ..errors import (
 )
 from ..metrics import ActivityMetrics
 from ..retry import SEND_BACKOFF, Backoff, Retry
-from .outcome import Failure, Outcome, Success
+from .outcome import BARE_FAILURE, Failure, Outcome, Success
 
 log = structlog.get_logger("sfn_worker.sender")
 
@@ -78,6 +79,18 @@ class ResultSender:
                         INVALID_OUTPUT_ERROR, f"Step Functions rejected the output: {describe(exc)}"
                     )
                     continue
+                if error_code(exc) in KMS_REFUSED_CODES and outcome != BARE_FAILURE:
+                    # The token still gets its one answer: a failure without error or cause
+                    # is not encrypted, so KMS cannot refuse it.
+                    log.error(
+                        "KMS refused the answer; answering with a bare SendTaskFailure",
+                        error=describe(exc),
+                        hint="give the worker's role kms:Decrypt/GenerateDataKey on the "
+                        "activity's key, or check the key's state",
+                    )
+                    self._metrics.kms_fallbacks.inc()
+                    outcome = BARE_FAILURE
+                    continue
                 if kind is not ErrorKind.TRANSIENT:
                     log.error("terminal call rejected; not retrying", error=describe(exc))
                     return SendResult.GAVE_UP, outcome
@@ -104,6 +117,8 @@ class ResultSender:
     async def _call(self, token: str, outcome: Outcome) -> None:
         if isinstance(outcome, Success):
             await self._client.send_task_success(taskToken=token, output=outcome.output)
+        elif outcome == BARE_FAILURE:
+            await self._client.send_task_failure(taskToken=token)
         else:
             await self._client.send_task_failure(
                 taskToken=token, error=outcome.error, cause=outcome.cause
