@@ -3,6 +3,8 @@ per-activity series labelled ``activity``; ``for_activity`` binds that label onc
 
 from __future__ import annotations
 
+import random
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 A = ["activity"]
@@ -12,6 +14,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.last_loop_lag = 0.0  # seconds; also exported as sfn_worker_event_loop_lag_seconds
+        self._activities: dict[str, ActivityMetrics] = {}
         r = self.registry
         self.tasks_started = Counter(
             "sfn_worker_tasks_started", "Tasks taken and started", A, registry=r
@@ -105,10 +108,18 @@ class Metrics:
         )
 
     def for_activity(self, name: str) -> ActivityMetrics:
-        return ActivityMetrics(self, name)
+        """The activity's bound series (one object per activity, shared by its readers)."""
+        if name not in self._activities:
+            self._activities[name] = ActivityMetrics(self, name)
+        return self._activities[name]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# Heartbeat lags kept per activity between two EMF records (for their p99); beyond this
+# many in one interval, later ones replace random earlier ones (reservoir sampling).
+LAG_SAMPLE_SIZE = 2_000
 
 
 class ActivityMetrics:
@@ -117,6 +128,8 @@ class ActivityMetrics:
     def __init__(self, metrics: Metrics, activity: str) -> None:
         self.activity = activity
         self._metrics = metrics
+        self._lags: list[float] = []
+        self._lags_seen = 0
         self.tasks_started = metrics.tasks_started.labels(activity)
         self.tasks_succeeded = metrics.tasks_succeeded.labels(activity)
         self.tasks_gone = metrics.tasks_gone.labels(activity)
@@ -142,3 +155,16 @@ class ActivityMetrics:
 
     def heartbeat_failed(self, code: str) -> None:
         self._metrics.heartbeats_failed.labels(self.activity, code).inc()
+
+    def observe_heartbeat_lag(self, seconds: float) -> None:
+        self.heartbeat_lag.observe(seconds)
+        self._lags_seen += 1
+        if len(self._lags) < LAG_SAMPLE_SIZE:
+            self._lags.append(seconds)
+        elif (slot := random.randrange(self._lags_seen)) < LAG_SAMPLE_SIZE:
+            self._lags[slot] = seconds
+
+    def take_heartbeat_lags(self) -> list[float]:
+        """The lags observed since the last call (a sample when there were many)."""
+        lags, self._lags, self._lags_seen = self._lags, [], 0
+        return lags

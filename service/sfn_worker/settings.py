@@ -45,6 +45,14 @@ class HeartbeatMode(StrEnum):
     PROGRESS = "progress"
 
 
+class MetricsOutput(StrEnum):
+    """``prometheus``: /metrics on SFN_HTTP_PORT only. ``emf``: also CloudWatch embedded
+    metric format records on stdout."""
+
+    PROMETHEUS = "prometheus"
+    EMF = "emf"
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -108,6 +116,12 @@ class Settings(BaseSettings):
     # Optional HTTP server for /healthz and /metrics; 0 = off.
     http_port: Annotated[int, Field(ge=0, le=65_535)] = 0
     http_host: str = "0.0.0.0"
+    metrics: MetricsOutput = MetricsOutput.PROMETHEUS
+    metrics_interval_seconds: Annotated[float, Field(ge=1, le=3_600)] = 60.0
+    metrics_namespace: Annotated[str, Field(min_length=1, max_length=255)] = "SfnActivityWorker"
+    metrics_service_name: Annotated[str, Field(min_length=1, max_length=255)] = (
+        "sfn-activity-worker"
+    )
     # Protect the ECS task from scale-in while activity tasks are in flight.
     ecs_task_protection: bool = False
     ecs_protection_minutes: Annotated[int, Field(ge=1, le=2_880)] = 60
@@ -117,7 +131,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "handler_mode", "heartbeat_mode", mode="before")
+    @field_validator("log_format", "handler_mode", "heartbeat_mode", "metrics", mode="before")
     @classmethod
     def _lower_choice(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -24,9 +24,10 @@ from ..config import ActivityConfig, resolve
 from ..errors import FatalWorkerError, WorkerCrashed
 from ..metrics import Metrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
-from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, Settings
+from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
 from ..tasks.activity import ActivityParts, ActivityState, ActivityWorker
 from .client import SfnClients, open_clients
+from .emf import EmfPublisher
 from .lifespan import lifespan
 from .loop_monitor import watch_loop_lag
 from .names import resolve_names
@@ -140,6 +141,7 @@ class Runtime:
         async with asyncio.TaskGroup() as group:
             runs = [group.create_task(activity.run()) for activity in self._activities]
             monitor = group.create_task(self._guard(watch_loop_lag(self.metrics), "loop monitor"))
+            emf = group.create_task(self._guard(self._publish_emf(), "EMF metrics"))
             self._started = True
             log_started(self._activities, self.settings)
             await _wait_any(stop, self._fatal_event, self._crashed)
@@ -147,6 +149,19 @@ class Runtime:
             grace = self.settings.shutdown_grace_seconds
             await Shutdown(self._activities, runs, grace, force_stop).run()
             await cancel_and_wait(monitor)
+            await cancel_and_wait(emf)  # its last record covers the shutdown
+
+    async def _publish_emf(self) -> None:
+        settings = self.settings
+        if settings.metrics is not MetricsOutput.EMF:
+            return
+        publisher = EmfPublisher(
+            self.metrics,
+            lambda: self._activities,
+            namespace=settings.metrics_namespace,
+            service_name=settings.metrics_service_name,
+        )
+        await publisher.run(settings.metrics_interval_seconds)
 
     def _on_fatal(self, error: FatalWorkerError) -> None:
         if self._fatal is None:

@@ -129,5 +129,5 @@ class Heartbeat:
                 await retry.wait(delay)
             else:
                 metrics.heartbeats_sent.inc()
-                metrics.heartbeat_lag.observe(max(0.0, loop.time() - due))
+                metrics.observe_heartbeat_lag(max(0.0, loop.time() - due))
                 return True

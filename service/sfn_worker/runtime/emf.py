@@ -1,0 +1,140 @@
+"""CloudWatch metrics without a scraper (SFN_METRICS=emf): embedded metric format on stdout.
+
+Every SFN_METRICS_INTERVAL_SECONDS, and once more at shutdown, the worker writes JSON
+records to **stdout**; its log lines go to **stderr**. With the awslogs driver (or any
+collector of the container's output into CloudWatch Logs) CloudWatch extracts the records
+into metrics of SFN_METRICS_NAMESPACE, no agent needed:
+
+- per activity, dimensions ServiceName + Activity: TasksStarted, TasksSucceeded,
+  TasksFailed, TasksGone, TasksStalled, PollErrors (counts in the interval); TasksInFlight,
+  Concurrency, QueueDepth, HandlersStuck (at the end of it); SlotsBusy (TasksInFlight /
+  Concurrency, percent: the scaling signal); HeartbeatLagP99 (seconds, when heartbeats ran);
+- per activity and failure, dimensions ServiceName + Activity + Error: TasksFailed;
+- per process, dimension ServiceName: EventLoopLag (seconds).
+
+Records are built and serialized by aws-embedded-metrics (MetricsContext, LogSerializer:
+the format, its limits, the chunking); its async ``flush`` is not used because it resolves
+the "environment" by probing the network (EC2 metadata, a CloudWatch agent socket), while
+the worker knows where it writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from aws_embedded_metrics.logger.metrics_context import MetricsContext
+from aws_embedded_metrics.serializers.log_serializer import LogSerializer
+from prometheus_client import Counter
+
+from ..metrics import Metrics
+from ..tasks.activity import ActivityWorker
+
+COUNTS = {
+    "TasksStarted": "sfn_worker_tasks_started_total",
+    "TasksSucceeded": "sfn_worker_tasks_succeeded_total",
+    "TasksGone": "sfn_worker_tasks_gone_total",
+    "TasksStalled": "sfn_worker_tasks_stalled_total",
+}
+
+
+class EmfPublisher:
+    def __init__(
+        self,
+        metrics: Metrics,
+        activities: Callable[[], Sequence[ActivityWorker]],
+        *,
+        namespace: str,
+        service_name: str,
+        stream: TextIO | None = None,
+    ) -> None:
+        self._metrics = metrics
+        self._activities = activities
+        self._namespace = namespace
+        self._service = service_name
+        self._stream = stream
+        self._previous: dict[tuple[str, ...], float] = {}
+
+    async def run(self, interval: float) -> None:
+        """Publish every ``interval`` seconds until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                self.publish()
+        finally:
+            self.publish()  # the last interval, also when the container stops
+
+    def publish(self) -> None:
+        lines: list[str] = []
+        for activity in self._activities():
+            lines += self._activity_records(activity)
+        process = self._context({"ServiceName": self._service})
+        process.put_metric("EventLoopLag", self._metrics.last_loop_lag, "Seconds")
+        lines += LogSerializer.serialize(process)
+        stream = self._stream or sys.stdout
+        stream.write("".join(f"{line}\n" for line in lines))
+        stream.flush()
+
+    def _activity_records(self, activity: ActivityWorker) -> list[str]:
+        name = activity.name
+        dimensions = {"ServiceName": self._service, "Activity": name}
+        record = self._context(dimensions)
+        registry = self._metrics.registry
+        for metric, sample in COUNTS.items():
+            total = registry.get_sample_value(sample, {"activity": name}) or 0.0
+            record.put_metric(metric, self._delta((name, metric), total), "Count")
+        failures = self._label_totals(self._metrics.tasks_failed, name, "error")
+        failed = 0.0
+        lines = []
+        for error, total in failures.items():
+            delta = self._delta((name, "TasksFailed", error), total)
+            failed += delta
+            if delta:
+                by_error = self._context({**dimensions, "Error": error})
+                by_error.put_metric("TasksFailed", delta, "Count")
+                lines += LogSerializer.serialize(by_error)
+        record.put_metric("TasksFailed", failed, "Count")
+        polls = self._label_totals(self._metrics.poll_errors, name, "code")
+        record.put_metric(
+            "PollErrors",
+            sum(self._delta((name, "PollErrors", code), n) for code, n in polls.items()),
+            "Count",
+        )
+        state = activity.state()
+        record.put_metric("TasksInFlight", state.running, "Count")
+        record.put_metric("Concurrency", state.concurrency, "Count")
+        record.put_metric("QueueDepth", state.queued, "Count")
+        record.put_metric("HandlersStuck", state.handlers_stuck, "Count")
+        record.put_metric("SlotsBusy", 100.0 * state.running / state.concurrency, "Percent")
+        if lags := activity.metrics.take_heartbeat_lags():
+            record.put_metric("HeartbeatLagP99", percentile(lags, 99), "Seconds")
+        return [*LogSerializer.serialize(record), *lines]
+
+    def _context(self, dimensions: dict[str, str]) -> MetricsContext:
+        context = MetricsContext.empty()  # stamped now
+        context.namespace = self._namespace
+        context.set_dimensions([dimensions])
+        return context
+
+    def _delta(self, key: tuple[str, ...], total: float) -> float:
+        previous, self._previous[key] = self._previous.get(key, 0.0), total
+        return max(0.0, total - previous)
+
+    @staticmethod
+    def _label_totals(counter: Counter, activity: str, label: str) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels.get("activity") == activity:
+                    totals[sample.labels[label]] = sample.value
+        return totals
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
