@@ -26,8 +26,9 @@ $(UV):
 	@python="$$(scripts/find-python $(PYTHON_VERSION))"; \
 	  "$$python" -m venv "$(UV_HOME)" && "$(UV_HOME)/bin/pip" install -q "uv==$(UV_VERSION)"
 
+# The dev environment has the optional extras too: their tests run in make test.
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python "$$(scripts/find-python $(PYTHON_VERSION))"
+	$(UV) sync --frozen --all-extras --python "$$(scripts/find-python $(PYTHON_VERSION))"
 	@touch $@
 
 setup: $(VENV)/.synced
@@ -56,7 +57,7 @@ OLDEST_PYTHON := 3.11
 OLDEST_VENV := .venv-py$(OLDEST_PYTHON)
 
 oldest-python: | $(UV)
-	UV_PROJECT_ENVIRONMENT=$(OLDEST_VENV) $(UV) sync --frozen --quiet \
+	UV_PROJECT_ENVIRONMENT=$(OLDEST_VENV) $(UV) sync --frozen --all-extras --quiet \
 	  --python "$$(scripts/find-python $(OLDEST_PYTHON))"
 	PATH="$(CURDIR)/$(OLDEST_VENV)/bin:$$PATH" $(OLDEST_VENV)/bin/pytest -q \
 	  -m "not localstack and not slow" -p no:cacheprovider

@@ -112,6 +112,19 @@ class WorkerCrashed(Exception):
     """A defect in the worker itself stopped it (after answering what ran)."""
 
 
+def error_name(exc: BaseException) -> str:
+    """The error name a task fails with when its handler raised ``exc``."""
+    if isinstance(exc, HandlerExited):
+        exc = exc.original
+    if isinstance(exc, TaskFailed):
+        return str(exc.error)
+    if isinstance(exc, HandlerProcessDied):
+        return PROCESS_DIED_ERROR
+    if isinstance(exc, RemoteHandlerError):
+        return exc.type_name
+    return type(exc).__name__
+
+
 def truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text

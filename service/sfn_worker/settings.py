@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     # Optional HTTP server for /healthz and /metrics; 0 = off.
     http_port: Annotated[int, Field(ge=0, le=65_535)] = 0
     http_host: str = "0.0.0.0"
+    # The task input's field holding W3C trace context (tracing with the otel extra).
+    trace_context_key: Annotated[str, Field(min_length=1)] = "traceparent"
     metrics: MetricsOutput = MetricsOutput.PROMETHEUS
     metrics_interval_seconds: Annotated[float, Field(ge=1, le=3_600)] = 60.0
     metrics_namespace: Annotated[str, Field(min_length=1, max_length=255)] = "SfnActivityWorker"

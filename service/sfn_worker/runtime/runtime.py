@@ -26,6 +26,7 @@ from ..metrics import Metrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
 from ..tasks.activity import ActivityParts, ActivityState, ActivityWorker
+from ..tracing import setup_tracing
 from .client import SfnClients, open_clients
 from .emf import EmfPublisher
 from .lifespan import lifespan
@@ -131,6 +132,7 @@ class Runtime:
             process_init=self.app.process_initializer,
             on_fatal=self._on_fatal,
             on_crash=self._on_crash,
+            tracing=setup_tracing(self.settings.trace_context_key),
             poll_backoff=poll_backoff,
             send_backoff=send_backoff,
         )

@@ -20,6 +20,7 @@ from ..config import ActivityConfig
 from ..errors import FatalWorkerError
 from ..metrics import ActivityMetrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
+from ..tracing import NO_TRACING, Tracing
 from .handlers import HandlerInvoker
 from .poller import Poller
 from .procpool import PoolHealth
@@ -60,6 +61,7 @@ class ActivityParts:
     process_init: Callable[[], Any] | None
     on_fatal: Callable[[FatalWorkerError], None]
     on_crash: OnCrash
+    tracing: Tracing = NO_TRACING
     poll_backoff: Backoff = POLL_BACKOFF
     send_backoff: Backoff = SEND_BACKOFF
 
@@ -77,6 +79,7 @@ class ActivityWorker:
             middlewares=parts.middlewares,
             process_init=parts.process_init,
             max_tasks_per_child=config.max_tasks_per_child,
+            trace_carrier=parts.tracing.carrier,
             on_process_death=metrics.handler_process_deaths.inc,
         )
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -89,6 +92,7 @@ class ActivityWorker:
                 heartbeat_seconds=config.heartbeat_seconds,
                 heartbeat_mode=config.heartbeat_mode,
                 state=parts.state,
+                tracing=parts.tracing,
             ),
             client=parts.calls,
             invoker=self._invoker,
@@ -106,6 +110,7 @@ class ActivityWorker:
                 worker_name=parts.worker_name,
                 slots=self._slots,
                 ready=self._invoker.wait_ready,
+                untraced=parts.tracing.untraced,
                 queue=self._queue,
                 stopping=parts.stopping,
                 on_fatal=parts.on_fatal,

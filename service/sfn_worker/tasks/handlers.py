@@ -51,6 +51,7 @@ class HandlerInvoker:
         middlewares: Sequence[Middleware] = (),
         process_init: Callable[[], Any] | None = None,
         max_tasks_per_child: int = 0,
+        trace_carrier: Callable[[], dict[str, str] | None] | None = None,
         on_process_death: Callable[[], None] | None = None,
     ) -> None:
         self.handler = handler
@@ -74,6 +75,7 @@ class HandlerInvoker:
                 import_path(handler),
                 init_path=import_path(process_init) if process_init is not None else None,
                 max_tasks_per_child=max_tasks_per_child,
+                trace_carrier=trace_carrier,
                 on_death=on_process_death,
             )
 

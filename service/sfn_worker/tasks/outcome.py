@@ -14,11 +14,11 @@ from ..errors import (
     MAX_ERROR_CHARS,
     MAX_OUTPUT_BYTES,
     OUTPUT_TOO_LARGE_ERROR,
-    PROCESS_DIED_ERROR,
     HandlerExited,
     HandlerProcessDied,
     RemoteHandlerError,
     TaskFailed,
+    error_name,
     truncate,
 )
 
@@ -107,15 +107,16 @@ def encode_output(result: Any) -> Outcome:
 
 
 def from_exception(exc: BaseException) -> Failure:
+    name = error_name(exc)
     if isinstance(exc, HandlerExited):
         exc = exc.original
     if isinstance(exc, TaskFailed):
-        return Failure.of(str(exc.error), str(exc.cause))
+        return Failure.of(name, str(exc.cause))
     if isinstance(exc, HandlerProcessDied):
-        return Failure.of(PROCESS_DIED_ERROR, f"{exc}; the task was not finished")
+        return Failure.of(name, f"{exc}; the task was not finished")
     if isinstance(exc, RemoteHandlerError):
-        return Failure.of(exc.type_name, f"handler raised {exc}")
-    return Failure.of(type(exc).__name__, f"handler raised {_describe(exc)}")
+        return Failure.of(name, f"handler raised {exc}")
+    return Failure.of(name, f"handler raised {_describe(exc)}")
 
 
 def _describe(exc: BaseException) -> str:

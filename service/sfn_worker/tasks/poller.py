@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -30,6 +31,7 @@ class Poller:
         worker_name: str,
         slots: asyncio.Semaphore,
         ready: Callable[[], Awaitable[None]],
+        untraced: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
         queue: asyncio.Queue[ActivityTask | None],
         stopping: asyncio.Event,
         on_fatal: Callable[[FatalWorkerError], None],
@@ -42,6 +44,7 @@ class Poller:
         self._worker_name = worker_name
         self._slots = slots
         self._ready = ready
+        self._untraced = untraced
         self._queue = queue
         self._stopping = stopping
         self._on_fatal = on_fatal
@@ -94,9 +97,11 @@ class Poller:
     async def _poll(self) -> ActivityTask | None:
         self._metrics.polls_open.inc()
         try:
-            response = await self._client.get_activity_task(
-                activityArn=self._activity_arn, workerName=self._worker_name
-            )
+            # An empty long poll every minute per poller is noise, not a trace.
+            with self._untraced():
+                response = await self._client.get_activity_task(
+                    activityArn=self._activity_arn, workerName=self._worker_name
+                )
         finally:
             self._metrics.polls_open.dec()
         token = response.get("taskToken")

@@ -1,7 +1,8 @@
 """The inside of one handler process (process mode): runs calls the worker sends, one at a time.
 
 Messages on the pipe, as tuples:
-  worker -> child   ("call", id, input, ctx fields) | ("cancel", id) | ("shutdown",) | ("exit",)
+  worker -> child   ("call", id, input, ctx fields, trace carrier) | ("cancel", id)
+                    | ("shutdown",) | ("exit",)
   child -> worker   ("ready",) | ("init_failed", text) | ("result", id, ok, value or error)
                     | ("progress", id): ctx.heartbeat() was called (at most every 0.05 s)
 
@@ -26,6 +27,7 @@ from typing import Any
 from ..app import import_object
 from ..context import STATE_UNAVAILABLE, TaskContext
 from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, truncate
+from ..tracing import tracing_requested
 
 MAX_MESSAGE_CHARS = 4096
 # ctx.heartbeat() in a handler process: at most one message this often reaches the worker
@@ -61,7 +63,7 @@ class _Child:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.state: Any = STATE_UNAVAILABLE
-        self.calls: queue.Queue[tuple[int, Any, dict[str, Any]] | None] = queue.Queue()
+        self.calls: queue.Queue[tuple[int, Any, dict[str, Any], Any] | None] = queue.Queue()
         self.cancels: dict[int, threading.Event] = {}
         self.shutdown = threading.Event()
         self._send_lock = threading.Lock()
@@ -89,9 +91,9 @@ class _Child:
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: no one is left to read a result
 
-    def serve(self, handler: Any) -> None:
+    def serve(self, handler: Any, tracing: Any) -> None:
         while (call := self.calls.get()) is not None:
-            call_id, task_input, fields = call
+            call_id, task_input, fields, carrier = call
             cancel = self.cancels[call_id]
             ctx = TaskContext(
                 **fields,
@@ -105,9 +107,12 @@ class _Child:
                 reply = ("result", call_id, False, (True, "Worker.Cancelled", "not started"))
             else:
                 try:
-                    reply = ("result", call_id, True, handler(task_input, ctx))
+                    with tracing.attached(carrier) if tracing else contextlib.nullcontext():
+                        reply = ("result", call_id, True, handler(task_input, ctx))
                 except BaseException as exc:  # noqa: BLE001 - SystemExit too: ends the call only
                     reply = ("result", call_id, False, remote_error(exc))
+                if tracing:
+                    tracing.flush()  # this process may be ended at any time from now on
             del self.cancels[call_id]
             try:
                 self.send(reply)
@@ -151,4 +156,16 @@ def child_main(conn: Connection, handler_path: str, init_path: str | None) -> No
         sys.exit(1)
     threading.Thread(target=child.read, name="sfn-handler-pipe", daemon=True).start()
     child.send(("ready",))
-    child.serve(handler)
+    child.serve(handler, _tracing())
+
+
+def _tracing() -> Any:
+    """The otel module, configured, when the environment asks for traces; else None."""
+    if not tracing_requested(os.environ):
+        return None
+    try:
+        from .. import otel
+    except ImportError:
+        return None
+    otel.configure_sdk()
+    return otel

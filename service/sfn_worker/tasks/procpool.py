@@ -196,9 +196,11 @@ class HandlerProcessPool:
         *,
         init_path: str | None = None,
         max_tasks_per_child: int = 0,
+        trace_carrier: Callable[[], dict[str, str] | None] | None = None,
         on_death: Callable[[], None] | None = None,
         death_backoff: Backoff = DEATH_BACKOFF,
     ) -> None:
+        self._trace_carrier = trace_carrier
         self._handler_path = handler_path
         self._init_path = init_path
         self._max_tasks = max_tasks_per_child
@@ -241,7 +243,9 @@ class HandlerProcessPool:
             "activity_name": ctx.activity_name,
             "token_hash": ctx.token_hash,
         }
-        process.send(("call", call.id, task_input, fields))
+        # The current trace context (the handler's span) crosses to the child with the call.
+        carrier = self._trace_carrier() if self._trace_carrier is not None else None
+        process.send(("call", call.id, task_input, fields, carrier))
         if self._shutdown:
             process.send(("shutdown",))
         try:

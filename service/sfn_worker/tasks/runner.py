@@ -16,6 +16,7 @@ from ..errors import SHUTDOWN_ERROR, describe
 from ..metrics import ActivityMetrics
 from ..retry import SEND_BACKOFF, Backoff
 from ..settings import HeartbeatMode
+from ..tracing import NO_TRACING, TaskSpan, Tracing
 from .handlers import HandlerCall, HandlerInvoker
 from .heartbeat import Heartbeat
 from .outcome import (
@@ -31,6 +32,9 @@ from .sender import ResultSender, SendResult
 from .task import ActivityTask
 
 log = structlog.get_logger("sfn_worker.task")
+
+# messaging.system of an activity task's span (OpenTelemetry has no registered value).
+TRACE_SOURCE = "aws.stepfunctions"
 
 
 class CancelReason(Enum):
@@ -110,6 +114,7 @@ class TaskSettings:
     heartbeat_seconds: float
     heartbeat_mode: HeartbeatMode
     state: Any
+    tracing: Tracing = NO_TRACING
 
 
 class TaskRunner:
@@ -204,16 +209,44 @@ class TaskRunner:
             log.info("task started")
         self._metrics.tasks_started.inc()
         try:
-            outcome = await self._outcome(task, record)
-        except Exception as exc:
-            log.exception("internal error while working the task")
-            outcome = Failure.of("Worker.InternalError", describe(exc))
-        duration = round(loop.time() - record.started_at, 3)
-        self._metrics.handler_duration.observe(duration)
+            task_input, problem = decode_input(task.raw_input), None
+        except ValueError as exc:
+            task_input, problem = None, exc
+        span = self._task_span(record, task_input)
+        with span.current():
+            try:
+                outcome = await self._outcome(task, record, task_input, problem, span)
+            except Exception as exc:
+                log.exception("internal error while working the task")
+                outcome = Failure.of("Worker.InternalError", describe(exc))
+            duration = round(loop.time() - record.started_at, 3)
+            self._metrics.handler_duration.observe(duration)
+            ended, error = await self._answer(record, outcome, duration)
+        span.end(ended, error)
+
+    def _task_span(self, record: RunningTask, task_input: Any) -> TaskSpan:
+        settings = self._settings
+        return settings.tracing.task(
+            source=TRACE_SOURCE,
+            destination=settings.activity_name,
+            attributes={
+                "aws.step_functions.activity.arn": settings.activity_arn,
+                "sfn_worker.activity.name": settings.activity_name,
+                "sfn_worker.worker.name": settings.worker_name,
+                "sfn_worker.task.token_hash": record.token_hash,
+                "sfn_worker.handler.mode": self._invoker.mode.value,
+            },
+            task_input=task_input,
+        )
+
+    async def _answer(
+        self, record: RunningTask, outcome: Outcome | None, duration: float
+    ) -> tuple[str, str | None]:
+        """Send the one answer; returns how the task ended and its error name."""
         if outcome is None:
             self._metrics.tasks_gone.inc()
             log.info("task ended", outcome="gone", answer=record.gone_answer, duration=duration)
-            return
+            return "gone", None
         try:
             result, sent = await self._sender.send(record.token, outcome, self._send_deadline)
         except Exception:
@@ -224,28 +257,36 @@ class TaskRunner:
         if result is SendResult.TASK_GONE or result is SendResult.GAVE_UP:
             self._metrics.tasks_gone.inc()
             log.info("task ended", outcome=result.value, duration=duration)
-            return
+            return result.value, None
         if isinstance(sent, Success):
             self._metrics.tasks_succeeded.inc()
             log.info("task ended", outcome="succeeded", duration=duration)
-        else:
-            error = sent.error or "(none)"  # a bare failure, after KMS refused the answer
-            self._metrics.task_failed(error)
-            log.info("task ended", outcome="failed", error=error, duration=duration)
+            return "succeeded", None
+        error = sent.error or "(none)"  # a bare failure, after KMS refused the answer
+        self._metrics.task_failed(error)
+        log.info("task ended", outcome="failed", error=error, duration=duration)
+        return "failed", error
 
-    async def _outcome(self, task: ActivityTask, record: RunningTask) -> Outcome | None:
+    async def _outcome(
+        self,
+        task: ActivityTask,
+        record: RunningTask,
+        task_input: Any,
+        problem: ValueError | None,
+        span: TaskSpan,
+    ) -> Outcome | None:
         """The answer to send, or None when the task is gone and nothing may be sent."""
         if task.late or self._refuse_new_work:
             return Failure.of(
                 SHUTDOWN_ERROR,
                 "the worker was shutting down when this task arrived; it was not started",
             )
-        try:
-            task_input = decode_input(task.raw_input)
-        except ValueError as problem:
+        if problem is not None:
             return invalid_input(problem)
-
-        call = record.handler = self._invoker.start(task_input, record.ctx)
+        handler_span = span.handler(self._settings.activity_name)
+        with handler_span.current():  # the handler's own spans are its children
+            call = record.handler = self._invoker.start(task_input, record.ctx)
+        handler_span.end_with(call.result)
         call.result.add_done_callback(lambda _: record.settled.set())
         call.result.add_done_callback(retrieve_exception)
         heartbeat = self._start_heartbeat(record)

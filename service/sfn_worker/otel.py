@@ -1,0 +1,173 @@
+"""OpenTelemetry tracing (the ``otel`` extra); imported only when tracing is on (tracing.py).
+
+Spans, following the messaging conventions for consumers:
+
+- ``process <activity>`` (CONSUMER) per task: messaging.system, messaging.operation.type
+  and .name ("process"), messaging.destination.name (the activity or queue name),
+  aws.step_functions.activity.arn, sfn_worker.activity.name, sfn_worker.worker.name,
+  sfn_worker.task.token_hash, sfn_worker.handler.mode, sfn_worker.outcome and, on failure,
+  error.type and an ERROR status. Its parent is the W3C trace context in the task input
+  (the field SFN_TRACE_CONTEXT_KEY names, "traceparent" by default) when there is one.
+- ``handler <activity>`` (INTERNAL), its child, around the handler call; the handler's own
+  spans are children of it, in process mode too (the context crosses with the call).
+- SendTaskHeartbeat / SendTaskSuccess / SendTaskFailure (CLIENT), children of the task
+  span, from opentelemetry-instrumentation-botocore's aiobotocore instrumentor. Long polls
+  are not traced.
+Never the task token, the input, the output or a cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.botocore import AiobotocoreInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .errors import error_name
+
+TRACER_NAME = "sfn_worker"
+_W3C = TraceContextTextMapPropagator()
+
+
+def configure_sdk() -> None:
+    """The SDK's own configuration from OTEL_*, unless a provider is set already (say, under
+    ``opentelemetry-instrument``). The extra ships the OTLP/HTTP exporter, so OTLP means
+    http/protobuf unless OTEL_EXPORTER_OTLP_PROTOCOL says otherwise."""
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return
+    os.environ.setdefault("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    if not os.environ.get("OTEL_TRACES_EXPORTER"):
+        os.environ["OTEL_TRACES_EXPORTER"] = "otlp"  # asked for by an OTLP endpoint
+    from opentelemetry.distro import OpenTelemetryConfigurator
+
+    OpenTelemetryConfigurator().configure()  # type: ignore[no-untyped-call]
+
+
+def flush(timeout_millis: int = 5_000) -> None:
+    provider = trace.get_tracer_provider()
+    force_flush = getattr(provider, "force_flush", None)
+    if force_flush is not None:
+        force_flush(timeout_millis)
+
+
+@contextlib.contextmanager
+def attached(carrier: dict[str, str] | None) -> Iterator[None]:
+    """Make the context in ``carrier`` current (a handler process, around one call)."""
+    if not carrier:
+        yield
+        return
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+class _HandlerSpan:
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def current(self) -> contextlib.AbstractContextManager[Any]:
+        return trace.use_span(
+            self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
+    def end_with(self, result: asyncio.Future[Any]) -> None:
+        result.add_done_callback(self._done)
+
+    def _done(self, result: asyncio.Future[Any]) -> None:
+        if result.cancelled():
+            self._span.set_status(Status(StatusCode.ERROR, "cancelled"))
+        elif (error := result.exception()) is not None:
+            name = error_name(error)
+            self._span.set_attribute("error.type", name)
+            self._span.set_status(Status(StatusCode.ERROR, name))
+        self._span.end()
+
+
+class _TaskSpan:
+    def __init__(self, tracer: trace.Tracer, span: trace.Span) -> None:
+        self._tracer = tracer
+        self._span = span
+
+    def current(self) -> contextlib.AbstractContextManager[Any]:
+        return trace.use_span(
+            self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
+    def handler(self, name: str) -> _HandlerSpan:
+        context = trace.set_span_in_context(self._span)
+        return _HandlerSpan(self._tracer.start_span(f"handler {name}", context=context))
+
+    def end(self, outcome: str, error: str | None = None) -> None:
+        self._span.set_attribute("sfn_worker.outcome", outcome)
+        if error is not None:
+            self._span.set_attribute("error.type", error)
+            self._span.set_status(Status(StatusCode.ERROR, error))
+        self._span.end()
+
+
+class OtelTracing:
+    def __init__(self, trace_context_key: str) -> None:
+        self._key = trace_context_key
+        from . import __version__
+
+        self._tracer = trace.get_tracer(TRACER_NAME, __version__)
+
+    @classmethod
+    def configure(cls, trace_context_key: str) -> OtelTracing:
+        configure_sdk()
+        instrumentor = AiobotocoreInstrumentor()  # type: ignore[no-untyped-call]
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
+        return cls(trace_context_key)
+
+    def task(
+        self, *, source: str, destination: str, attributes: dict[str, str], task_input: Any
+    ) -> _TaskSpan:
+        span = self._tracer.start_span(
+            f"process {destination}",
+            context=self._parent(task_input),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": source,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": destination,
+                **attributes,
+            },
+        )
+        return _TaskSpan(self._tracer, span)
+
+    def _parent(self, task_input: Any) -> otel_context.Context:
+        """The W3C trace context in the task input: a traceparent string at the key (with
+        "tracestate" beside it), or an object holding both; else a new trace."""
+        empty = otel_context.Context()
+        if not isinstance(task_input, dict):
+            return empty
+        value = task_input.get(self._key)
+        if isinstance(value, str):
+            carrier = {"traceparent": value}
+            if isinstance(state := task_input.get("tracestate"), str):
+                carrier["tracestate"] = state
+        elif isinstance(value, dict):
+            carrier = {k: v for k, v in value.items() if isinstance(v, str)}
+        else:
+            return empty
+        return _W3C.extract(carrier, context=empty)
+
+    def carrier(self) -> dict[str, str] | None:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier or None
+
+    def untraced(self) -> contextlib.AbstractContextManager[None]:
+        return suppress_instrumentation()

@@ -1,0 +1,100 @@
+"""Tracing: what the worker's parts call, whether OpenTelemetry is on or not.
+
+OpenTelemetry (the ``otel`` extra, implemented in otel.py) is on when the standard OTEL_*
+environment asks for traces: OTEL_TRACES_EXPORTER set to an exporter, or an OTLP endpoint
+(OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) given, and
+OTEL_SDK_DISABLED not true. Otherwise, and without the extra, nothing is imported and every
+call below is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("sfn_worker.tracing")
+
+OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def tracing_requested(environ: Mapping[str, str]) -> bool:
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter:
+        return exporter != "none"
+    return any(environ.get(name) for name in OTLP_ENDPOINTS)
+
+
+class HandlerSpan(Protocol):
+    def current(self) -> contextlib.AbstractContextManager[None]: ...
+    def end_with(self, result: Any) -> None: ...
+
+
+class TaskSpan(Protocol):
+    def current(self) -> contextlib.AbstractContextManager[None]: ...
+    def handler(self, name: str) -> HandlerSpan: ...
+    def end(self, outcome: str, error: str | None = None) -> None: ...
+
+
+class Tracing(Protocol):
+    def task(self, *, source: str, destination: str, attributes: dict[str, str],
+             task_input: Any) -> TaskSpan: ...  # fmt: skip
+    def carrier(self) -> dict[str, str] | None: ...
+    def untraced(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+class _NoSpan:
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        yield
+
+    def handler(self, name: str) -> _NoSpan:
+        return self
+
+    def end_with(self, result: Any) -> None:
+        pass
+
+    def end(self, outcome: str, error: str | None = None) -> None:
+        pass
+
+
+class NoTracing:
+    """Tracing off: shared no-op objects, nothing allocated per task."""
+
+    _span = _NoSpan()
+
+    def task(
+        self, *, source: str, destination: str, attributes: dict[str, str], task_input: Any
+    ) -> TaskSpan:
+        return self._span
+
+    def carrier(self) -> dict[str, str] | None:
+        return None
+
+    def untraced(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+NO_TRACING = NoTracing()
+
+
+def setup_tracing(trace_context_key: str, environ: Mapping[str, str] | None = None) -> Tracing:
+    """OpenTelemetry tracing when the environment asks for it and the extra is installed."""
+    environ = os.environ if environ is None else environ
+    if not tracing_requested(environ):
+        return NO_TRACING
+    try:
+        from . import otel
+    except ImportError as exc:
+        log.warning(
+            "OTEL_* asks for traces, but the otel extra is not installed; tracing is off",
+            hint="pip install 'sfn-activity-worker[otel]'",
+            error=str(exc),
+        )
+        return NO_TRACING
+    return otel.OtelTracing.configure(trace_context_key)
