@@ -44,7 +44,7 @@ lint: setup
 	  || { echo "requirements.lock is out of date with uv.lock: run 'make requirements.lock'"; exit 1; }
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/hadolint Dockerfile examples/custom-image/Dockerfile
 
 typecheck: setup
 	$(VENV)/bin/mypy

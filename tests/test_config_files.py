@@ -120,8 +120,8 @@ def test_ec2_examples_give_the_container_its_stop_time() -> None:
     assert "SFN_SHUTDOWN_GRACE_SECONDS=110" in script
 
 
-def dockerfile_instructions() -> dict[str, list[str]]:
-    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+def dockerfile_instructions(path: Path = REPO / "Dockerfile") -> dict[str, list[str]]:
+    text = path.read_text().replace("\\\n", " ")
     found: dict[str, list[str]] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -139,9 +139,9 @@ def image_command() -> list[str]:
     return entrypoint + cmd
 
 
-def image_env() -> dict[str, str]:
+def image_env(path: Path = REPO / "Dockerfile") -> dict[str, str]:
     env: dict[str, str] = {}
-    for declaration in dockerfile_instructions()["ENV"][-1:]:
+    for declaration in dockerfile_instructions(path)["ENV"][-1:]:
         for pair in shlex.split(declaration):
             name, _, value = pair.partition("=")
             env[name] = value
@@ -161,3 +161,33 @@ def test_dockerfile_shape() -> None:
     assert "requirements.lock" in " ".join(instructions["COPY"])
     ignored = (REPO / ".dockerignore").read_text()
     assert ignored.splitlines()[1] == "*"
+
+
+CUSTOM_IMAGE = REPO / "examples" / "custom-image"
+
+
+def test_the_custom_image_builds_from_ours_and_runs_as_its_user() -> None:
+    text = (CUSTOM_IMAGE / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+    froms = [line for line in lines if line.startswith("FROM ")]
+    assert froms == ["FROM ${BASE_IMAGE}"]
+    assert "ARG BASE_IMAGE=sfn-activity-worker:latest" in lines
+    users = [line for line in lines if line.startswith("USER ")]
+    assert users[-1] == f"USER {dockerfile_instructions()['USER'][-1]}"  # not root at run time
+    assert not any(line.startswith(("ENTRYPOINT", "CMD")) for line in lines)  # ours
+    handler = re.search(r"SFN_HANDLER=(\S+)", text)
+    assert handler is not None
+    module, _, function = handler.group(1).partition(":")
+    source = (CUSTOM_IMAGE / (module.replace(".", "/") + ".py")).read_text()
+    assert f"def {function}(" in source
+
+
+def test_the_custom_image_pins_what_its_tests_ran_with() -> None:
+    from importlib.metadata import version
+
+    pins = dict(
+        line.split("==")
+        for line in (CUSTOM_IMAGE / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    assert pins == {"humanize": version("humanize")}

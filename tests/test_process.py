@@ -248,3 +248,18 @@ async def test_sigterm_with_stubborn_thread_handlers_exits_inside_the_grace(
     assert any(
         e.get("event") == "exiting with handler threads still running" for e in worker.events
     )
+
+
+async def test_the_custom_image_serves_its_handler(fake: FakeStepFunctions) -> None:
+    """examples/custom-image: the base image's command with the custom image's ENV, its
+    package where the image puts it (/opt/app there, its folder here)."""
+    custom = REPO / "examples" / "custom-image"
+    env = image_env(custom / "Dockerfile")
+    env["PYTHONPATH"] = str(custom)  # /opt/app in the image
+    task = fake.add_task({"name": "clip.mp4", "bytes": 5 * 1024 * 1024})
+    async with worker_process(resolve(image_command()), fake, **env) as worker:
+        await wait_states(fake, lambda: task.state != "open")
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    assert json.loads(task.output or "") == {"name": "clip.mp4", "size": "5.0 MiB"}
