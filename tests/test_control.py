@@ -112,3 +112,34 @@ def _now() -> float:
     import asyncio
 
     return asyncio.get_running_loop().time()
+
+
+async def test_in_progress_mode_a_timed_out_answer_still_cancels_the_handler(
+    fake: FakeStepFunctions,
+) -> None:
+    import asyncio
+
+    from sfn_worker import TaskContext
+
+    cancelled = asyncio.Event()
+
+    async def busy(task_input: Any, ctx: TaskContext) -> Any:
+        try:
+            while True:
+                ctx.heartbeat()
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    task = fake.add_task({})
+    async with running_worker(
+        fake, busy, heartbeat_seconds=0.05, heartbeat_mode="progress"
+    ) as harness:
+        await fake.wait_for(lambda: task.heartbeats >= 2)
+        fake.expire(task)
+        await asyncio.wait_for(cancelled.wait(), 10)
+    gone = sample(harness.worker, "sfn_worker_tasks_gone_total")  # every task ended by now
+    assert task.terminal_calls == 0
+    assert task.calls_after_told_closed == 0
+    assert gone == 1
