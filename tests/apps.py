@@ -39,7 +39,7 @@ async def notify(task_input: Any, ctx: TaskContext) -> Any:
 @media.middleware
 async def tag(task_input: Any, ctx: TaskContext, call_next: Any) -> Any:
     result = await call_next(task_input, ctx)
-    return {**result, "activity": ctx.activity_name}
+    return {**result, "activity": ctx.source_name}
 
 
 # -- broken lifespans -------------------------------------------------------------------------

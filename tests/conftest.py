@@ -66,6 +66,7 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeStepFunctio
     async with FakeStepFunctions() as server:
         monkeypatch.setenv("AWS_ENDPOINT_URL_SFN", server.endpoint_url)
         monkeypatch.setenv("AWS_ENDPOINT_URL_STS", server.endpoint_url)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", server.endpoint_url)
         yield server
 
 
@@ -139,6 +140,8 @@ async def running_worker(
 
 def sample(runtime: Runtime, name: str, **labels: str) -> float:
     """A metric's value for the runtime's (first) activity, 0 when never set."""
-    labels.setdefault("activity", runtime.configs[0].name)
+    source = runtime.configs[0]
+    labels.setdefault("activity", source.name if source.kind == "activity" else "")
+    labels.setdefault("queue", source.name if source.kind == "queue" else "")
     value = runtime.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value

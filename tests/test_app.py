@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sfn_worker import SHUTDOWN_ERROR, App, TaskContext, TaskFailed
-from sfn_worker.config import activity_key, resolve
+from sfn_worker.config import ActivityConfig, activity_key, resolve
 from sfn_worker.errors import LifespanFailed
 from sfn_worker.runtime.check import check
 from sfn_worker.settings import Settings, SettingsError
@@ -229,6 +229,7 @@ def test_keys_and_per_activity_overrides() -> None:
     app = _app("render", "notify", concurrency=8)
     env = {"SFN_RENDER_CONCURRENCY": "2", "SFN_NOTIFY_HANDLER_MODE": "PROCESS"}
     render, notify = resolve(app, _settings(heartbeat_seconds=30), env)
+    assert isinstance(render, ActivityConfig)
     assert (render.concurrency, render.sources["concurrency"]) == (
         2,
         "environment (SFN_RENDER_CONCURRENCY)",
@@ -253,7 +254,7 @@ def test_keys_and_per_activity_overrides() -> None:
     [
         (("http",), {}, "its variables SFN_HTTP_* would collide with the setting SFN_HTTP_HOST"),
         (("concurrency",), {}, "would collide with the setting SFN_CONCURRENCY"),
-        (("render", "RENDER"), {}, "'render' and 'RENDER' would share the variables SFN_RENDER_*"),
+        (("render", "RENDER"), {}, "'render' and activity 'RENDER' would share the variables"),
         (("render",), {"SFN_RENDR_CONCURRENCY": "2"}, "SFN_RENDR_CONCURRENCY matches no activity"),
         (("render",), {"SFN_RENDER_CONCURENCY": "2"}, "activity 'render' has no setting"),
         (
@@ -320,9 +321,9 @@ async def test_metrics_and_health_per_activity(fake: FakeStepFunctions) -> None:
         await fake.wait_for(lambda: fake.open_polls == 2 + 3, timeout=30)
         _, metrics = await get(f"http://127.0.0.1:{port}/metrics")
         status, health = await get(f"http://127.0.0.1:{port}/healthz")
-    assert 'sfn_worker_tasks_succeeded_total{activity="notify"} 1.0' in metrics
-    assert 'sfn_worker_concurrency{activity="render"} 2.0' in metrics
-    assert 'sfn_worker_polls_open{activity="render"}' in metrics
+    assert 'sfn_worker_tasks_succeeded_total{activity="notify",queue=""} 1.0' in metrics
+    assert 'sfn_worker_concurrency{activity="render",queue=""} 2.0' in metrics
+    assert 'sfn_worker_polls_open{activity="render",queue=""}' in metrics
     assert status == 200
     body = json.loads(health)
     assert set(body["activities"]) == {"render", "notify"}

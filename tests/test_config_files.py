@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sfn_worker.app import load_app
-from sfn_worker.config import resolve
+from sfn_worker.config import ActivityConfig, resolve
 from sfn_worker.settings import Settings, env_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def test_ecs_app_task_definition_resolves_against_its_app() -> None:
         }
     )
     app = load_app(container["command"][1])
-    configs = {c.name: c for c in resolve(app, settings, env)}
+    configs = {c.name: c for c in resolve(app, settings, env) if isinstance(c, ActivityConfig)}
     assert configs["uppercase"].concurrency == 64
     assert configs["uppercase"].sources["concurrency"] == "environment (SFN_UPPERCASE_CONCURRENCY)"
     assert configs["seed-activity"].arn == env["SFN_SEED_ACTIVITY_ACTIVITY_ARN"]

@@ -89,7 +89,7 @@ async def test_process_recycling_keeps_a_leaking_pool_bounded(fake: FakeStepFunc
         pollers=1,
     ) as harness:
         await fake.wait_for(lambda: all(t.state != "open" for t in tasks), timeout=90)
-        health = harness.worker.state().activities[0].processes
+        health = harness.worker.state().sources[0].processes
     outputs = [_output(t.output) for t in tasks]
     per_process = collections.Counter(o["pid"] for o in outputs)
     assert all(t.state == "succeeded" for t in tasks)  # nothing failed around a recycling

@@ -173,7 +173,7 @@ async def test_a_cancelled_process_handler_is_told_and_a_stubborn_one_is_replace
         # One slot: the next task runs once the cancelled handler's process is free.
         await fake.wait_for(lambda: after.state != "open", timeout=30)
         took = loop.time() - expired
-        health = harness.worker.state().activities[0].processes
+        health = harness.worker.state().sources[0].processes
     assert health is not None
     assert after.state == "succeeded"
     assert first.terminal_calls == 0
@@ -247,15 +247,16 @@ async def test_stuck_threads_keep_their_slots_and_make_the_worker_unhealthy(
             # No thread is free, so no slot is: nothing was taken, nothing is heartbeated.
             assert not any(t.issued for t in later)
             assert fake.open_polls == 0
-            assert harness.worker.state().activities[0].handlers_stuck == 2
+            assert harness.worker.state().sources[0].handlers_stuck == 2
             status, body = await get(f"{url}/healthz")
             assert status == 503
             assert json.loads(body)["activities"]["fake-activity"]["handlers_stuck"] == 2
             _, metrics = await get(f"{url}/metrics")
-            assert 'sfn_worker_handlers_stuck{activity="fake-activity"} 2.0' in metrics
+            gauge = 'sfn_worker_handlers_stuck{activity="fake-activity",queue=""} 2.0'
+            assert gauge in metrics
             mistakes.release_stuck.set()  # the threads return: their slots come back
             await fake.wait_for(lambda: all(t.state == "succeeded" for t in later))
-            assert harness.worker.state().activities[0].handlers_stuck == 0
+            assert harness.worker.state().sources[0].handlers_stuck == 0
     finally:
         mistakes.release_stuck.set()
     assert all(t.terminal_calls == 0 for t in stuck)

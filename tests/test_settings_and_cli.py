@@ -21,7 +21,9 @@ ARN = DEFAULT_ACTIVITY_ARN
 
 def activity_from_env() -> ActivityConfig:
     """The single activity's settings, as ``sfn-worker run`` would resolve them."""
-    return build_runtime(load_settings(), None).configs[0]
+    config = build_runtime(load_settings(), None).configs[0]
+    assert isinstance(config, ActivityConfig)
+    return config
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

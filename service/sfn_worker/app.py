@@ -14,8 +14,11 @@
     async def audit(task_input, ctx, call_next):
         return await call_next(task_input, ctx)
 
-Run it with ``sfn-worker run module:app``. The single-activity form (SFN_ACTIVITY_ARN and
-SFN_HANDLER) is an app with one activity (``App.single``).
+    @app.callback_queue("https://sqs.eu-west-1.amazonaws.com/123456789012/render-jobs")
+    async def render(task_input, ctx): ...   # tokens from .waitForTaskToken states, over SQS
+
+Run it with ``sfn-worker run module:app``. The single-source form (SFN_ACTIVITY_ARN and/or
+SFN_SQS_QUEUE_URL, with SFN_HANDLER) is an app of those (``App.single``).
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ class LoadError(Exception):
 
 
 @dataclass(frozen=True)
-class ActivityRegistration:
-    """An activity as the code registered it: ARN or name, handler, options given in code."""
+class Registration:
+    """A task source as the code registered it: an activity (ARN or name) or a callback
+    queue (URL), its handler, and the options given in code."""
 
+    kind: str  # "activity" | "queue"
     ref: str
     handler: Handler
     options: dict[str, Any] = field(default_factory=dict)
@@ -56,18 +61,25 @@ class App:
     """Collects activities, a lifespan, middleware and a per-process initialiser."""
 
     def __init__(self) -> None:
-        self.single_form = False  # built from SFN_ACTIVITY_ARN + SFN_HANDLER
-        self.activities: list[ActivityRegistration] = []
+        self.single_form = False  # built from SFN_ACTIVITY_ARN / SFN_SQS_QUEUE_URL + SFN_HANDLER
+        self.activities: list[Registration] = []
+        self.queues: list[Registration] = []
         self.middlewares: list[Middleware] = []
         self.lifespan_factory: Lifespan | None = None
         self.process_initializer: Callable[[], Any] | None = None
 
     @classmethod
-    def single(cls, activity_arn: str, handler: Handler) -> App:
-        """The single-activity form: settings come from SFN_* alone."""
+    def single(
+        cls, handler: Handler, *, activity_arn: str | None = None, queue_url: str | None = None
+    ) -> App:
+        """The single-source form: one handler for the activity and/or the queue; settings
+        come from SFN_* alone."""
         app = cls()
         app.single_form = True
-        app.activities.append(ActivityRegistration(activity_arn, handler))
+        if activity_arn is not None:
+            app.activities.append(Registration("activity", activity_arn, handler))
+        if queue_url is not None:
+            app.queues.append(Registration("queue", queue_url, handler))
         return app
 
     def activity(
@@ -95,7 +107,46 @@ class App:
         options = {name: value for name, value in given.items() if value is not None}
 
         def register(handler: H) -> H:
-            self.activities.append(ActivityRegistration(arn_or_name, handler, options))
+            self.activities.append(Registration("activity", arn_or_name, handler, options))
+            return handler
+
+        return register
+
+    def callback_queue(
+        self,
+        queue_url: str,
+        *,
+        concurrency: int | None = None,
+        pollers: int | None = None,
+        queue_size: int | None = None,
+        heartbeat_seconds: float | None = None,
+        heartbeat_mode: HeartbeatMode | str | None = None,
+        handler_mode: HandlerMode | str | None = None,
+        max_tasks_per_child: int | None = None,
+        visibility_seconds: int | None = None,
+        on_shutdown: str | None = None,
+        token_field: str | None = None,
+        input_field: str | None = None,
+    ) -> Callable[[H], H]:
+        """Register a handler for the task tokens an SQS queue carries (states using
+        ``arn:aws:states:::sqs:sendMessage.waitForTaskToken``)."""
+        given = {
+            "concurrency": concurrency,
+            "pollers": pollers,
+            "queue_size": queue_size,
+            "heartbeat_seconds": heartbeat_seconds,
+            "heartbeat_mode": heartbeat_mode,
+            "handler_mode": handler_mode,
+            "max_tasks_per_child": max_tasks_per_child,
+            "visibility_seconds": visibility_seconds,
+            "on_shutdown": on_shutdown,
+            "token_field": token_field,
+            "input_field": input_field,
+        }
+        options = {name: value for name, value in given.items() if value is not None}
+
+        def register(handler: H) -> H:
+            self.queues.append(Registration("queue", queue_url, handler, options))
             return handler
 
         return register
@@ -165,6 +216,9 @@ def load_app(path: str, what: str = "SFN_APP") -> App:
     target = import_object(path, what)
     if not isinstance(target, App):
         raise LoadError(f"{what}={path!r} is a {type(target).__name__}, not an sfn_worker.App")
-    if not target.activities:
-        raise LoadError(f"{what}={path!r}: the app registers no activity (@app.activity)")
+    if not target.activities and not target.queues:
+        raise LoadError(
+            f"{what}={path!r}: the app registers no activity (@app.activity) "
+            "and no callback queue (@app.callback_queue)"
+        )
     return target

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient as SQSClient
     from types_aiobotocore_stepfunctions import SFNClient as SFNClient
 else:
-    SFNClient = object
+    SFNClient = SQSClient = object

@@ -22,7 +22,7 @@ from .runtime.check import check
 from .runtime.ecs_protection import task_protection
 from .runtime.http import healthcheck, serve_http
 from .runtime.runtime import Runtime
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, env_name, load_settings
 from .worker import Worker
 
 EXIT_OK = 0
@@ -83,11 +83,13 @@ def build_runtime(settings: Settings, app_path: str | None) -> Runtime:
     app_path = app_path or settings.app
     if app_path is None:
         return Worker(settings)
-    if settings.activity_arn is not None:
-        raise SettingsError(
-            f"SFN_ACTIVITY_ARN is set but the worker runs the app {app_path!r}; "
-            "set an activity's ARN with SFN_<KEY>_ACTIVITY_ARN instead"
-        )
+    for field, per_source in (("activity_arn", "ACTIVITY_ARN"), ("sqs_queue_url", "QUEUE_URL")):
+        if getattr(settings, field) is not None:
+            variable = env_name(field)
+            raise SettingsError(
+                f"{variable} is set but the worker runs the app {app_path!r}; "
+                f"set it per source with SFN_<KEY>_{per_source} instead"
+            )
     return Runtime(load_app(app_path, what), settings)
 
 

@@ -1,36 +1,41 @@
-"""Each activity's effective settings, and where each value came from.
+"""Each task source's effective settings (activities and callback queues), and their sources.
 
-For every per-activity setting the first of these wins:
-1. ``SFN_<KEY>_<SETTING>`` in the environment (KEY: the activity's name upper-cased, every
-   other character ``_``), so operators override one activity without a code change;
+For every per-source setting the first of these wins:
+1. ``SFN_<KEY>_<SETTING>`` in the environment (KEY: the activity's or queue's name
+   upper-cased, every other character ``_``), so operators override one source without a
+   code change;
 2. the value given in code (``@app.activity(..., concurrency=4)``);
-3. ``SFN_<SETTING>``, the default for every activity;
+3. the process-wide default: ``SFN_<SETTING>`` (``SFN_SQS_<SETTING>`` for queue-only ones);
 4. the built-in default.
-The single-activity form (SFN_ACTIVITY_ARN + SFN_HANDLER) reads only 3 and 4, as before.
+The single-source form (SFN_ACTIVITY_ARN / SFN_SQS_QUEUE_URL + SFN_HANDLER) reads only 3
+and 4, as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from .app import App, Handler, is_async_handler
+from .app import App, Handler, Registration, is_async_handler
 from .settings import (
     Concurrency,
     HandlerMode,
     HeartbeatMode,
     HeartbeatSeconds,
     MaxTasksPerChild,
+    OnShutdown,
     Pollers,
     QueueSize,
     Settings,
     SettingsError,
+    VisibilitySeconds,
     check_activity_arn,
+    check_queue_url,
     env_name,
 )
 
@@ -43,8 +48,12 @@ FIELDS = (
     "handler_mode",
     "max_tasks_per_child",
 )
+# Callback queues only; their process-wide defaults are SFN_SQS_<SETTING>.
+QUEUE_FIELDS = ("visibility_seconds", "on_shutdown", "token_field", "input_field")
 ARN_SUFFIX = "ACTIVITY_ARN"
-SUFFIXES = frozenset({*(f.upper() for f in FIELDS), ARN_SUFFIX})
+URL_SUFFIX = "QUEUE_URL"
+ACTIVITY_SUFFIXES = frozenset({*(f.upper() for f in FIELDS), ARN_SUFFIX})
+QUEUE_SUFFIXES = frozenset({*(f.upper() for f in (*FIELDS, *QUEUE_FIELDS)), URL_SUFFIX})
 # Activity names: 1-80 characters, none of white space, brackets, wildcards or punctuation
 # that Step Functions refuses.
 NAME_PATTERN = r"[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f]{1,80}"
@@ -53,7 +62,7 @@ CODE = "code"
 
 
 class _Options(BaseModel):
-    """Validates one activity's values with the same bounds as the SFN_* defaults."""
+    """Validates one source's values with the same bounds as the process-wide defaults."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     concurrency: Concurrency
@@ -63,18 +72,24 @@ class _Options(BaseModel):
     heartbeat_mode: HeartbeatMode
     handler_mode: HandlerMode
     max_tasks_per_child: MaxTasksPerChild
+    visibility_seconds: VisibilitySeconds | None = None
+    on_shutdown: OnShutdown | None = None
+    token_field: str | None = None
+    input_field: str | None = None
 
-    @field_validator("handler_mode", "heartbeat_mode", mode="before")
+    @field_validator("handler_mode", "heartbeat_mode", "on_shutdown", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
-class ActivityConfig:
+class SourceConfig:
+    """What every task source shares: its name, handler, slots, pollers, heartbeats."""
+
+    kind: ClassVar[str] = "source"
     name: str
     key: str
-    arn: str | None  # None: the name is turned into an ARN at start
     handler: Handler
     concurrency: int
     pollers: int
@@ -94,8 +109,26 @@ class ActivityConfig:
         """Heartbeat calls per second when every slot holds a task."""
         return self.concurrency / self.heartbeat_seconds if self.heartbeat_seconds else 0.0
 
+
+@dataclass(frozen=True)
+class ActivityConfig(SourceConfig):
+    kind: ClassVar[str] = "activity"
+    arn: str | None  # None: the name is turned into an ARN at start
+
     def with_arn(self, arn: str) -> ActivityConfig:
         return dataclasses.replace(self, arn=arn)
+
+
+@dataclass(frozen=True)
+class CallbackQueueConfig(SourceConfig):
+    """An SQS queue whose messages carry task tokens (``.waitForTaskToken`` states)."""
+
+    kind: ClassVar[str] = "queue"
+    queue_url: str
+    visibility_seconds: int
+    on_shutdown: OnShutdown
+    token_field: str
+    input_field: str
 
 
 def activity_key(name: str) -> str:
@@ -106,15 +139,19 @@ def activity_name(ref: str) -> str:
     return ref.rsplit(":", 1)[-1] if ref.startswith("arn:") else ref
 
 
+def queue_name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
 def global_names() -> frozenset[str]:
     return frozenset(env_name(field) for field in Settings.model_fields)
 
 
-def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[ActivityConfig]:
-    """Every activity's settings; SettingsError with one line naming the variable otherwise."""
+def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[SourceConfig]:
+    """Every source's settings; SettingsError with one line naming the variable otherwise."""
     single = app.single_form
-    configs: list[ActivityConfig] = []
-    keys: dict[str, str] = {}
+    configs: list[SourceConfig] = []
+    keys: dict[str, tuple[str, frozenset[str]]] = {}  # key -> (name, its suffixes)
     for registration in app.activities:
         name = activity_name(registration.ref)
         if registration.ref.startswith("arn:"):
@@ -122,123 +159,152 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[Ac
         elif not re.fullmatch(NAME_PATTERN, name):
             raise SettingsError(f"activity {name!r}: not a valid activity name (1-80 characters)")
         key = activity_key(name)
+        label = f"activity {name!r}"
         if not single:
-            _check_key(name, key, keys)
-        keys[key] = name
-        env = {} if single else _activity_environment(key, environ)
-        configs.append(_resolve_one(registration.ref, registration, name, key, settings, env))
+            _check_key(label, key, keys)
+        keys[key] = (label, ACTIVITY_SUFFIXES)
+        env = {} if single else _environment(key, ACTIVITY_SUFFIXES, environ)
+        base = _resolve_common(registration, name, key, settings, env)
+        arn = env.get(f"SFN_{key}_{ARN_SUFFIX}") or (
+            registration.ref if registration.ref.startswith("arn:") else None
+        )
+        base.sources["arn"] = _source_of(env, f"SFN_{key}_{ARN_SUFFIX}", CODE)
+        if arn is None:
+            base.sources["arn"] = "resolved from the name at start"
+        else:
+            _check_arn(arn, f"SFN_{key}_{ARN_SUFFIX}={arn!r}")
+        configs.append(ActivityConfig(**base.fields, sources=base.sources, arn=arn))
+    for registration in app.queues:
+        _check_url(registration.ref, f"callback queue {registration.ref!r}")
+        name = queue_name(registration.ref)
+        key = activity_key(name)
+        label = f"queue {name!r}"
+        if not single:
+            _check_key(label, key, keys)
+        keys[key] = (label, QUEUE_SUFFIXES)
+        env = {} if single else _environment(key, QUEUE_SUFFIXES, environ)
+        base = _resolve_common(registration, name, key, settings, env)
+        url = env.get(f"SFN_{key}_{URL_SUFFIX}") or registration.ref
+        _check_url(url, f"SFN_{key}_{URL_SUFFIX}={url!r}")
+        base.sources["queue_url"] = _source_of(env, f"SFN_{key}_{URL_SUFFIX}", CODE)
+        configs.append(CallbackQueueConfig(**base.fields, sources=base.sources, queue_url=url))
     if not single:
         _check_unknown_variables(environ, keys)
     return configs
 
 
-def _resolve_one(
-    ref: str,
-    registration: Any,
+@dataclass
+class _Resolved:
+    fields: dict[str, Any]
+    sources: dict[str, str]
+
+
+def _resolve_common(
+    registration: Registration,
     name: str,
     key: str,
     settings: Settings,
     env: Mapping[str, str],
-) -> ActivityConfig:
+) -> _Resolved:
+    is_queue = registration.kind == "queue"
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for field in FIELDS:
+    for field in (*FIELDS, *(QUEUE_FIELDS if is_queue else ())):
         variable = f"SFN_{key}_{field.upper()}"
+        default_field = f"sqs_{field}" if field in QUEUE_FIELDS else field
         if variable in env:
             values[field], sources[field] = env[variable], f"environment ({variable})"
         elif field in registration.options:
             values[field], sources[field] = registration.options[field], CODE
-        elif settings.explicit(field):
-            values[field], sources[field] = (
-                getattr(settings, field),
-                f"environment ({env_name(field)})",
-            )
+        elif settings.explicit(default_field):
+            values[field] = getattr(settings, default_field)
+            sources[field] = f"environment ({env_name(default_field)})"
         else:
-            values[field], sources[field] = getattr(settings, field), DEFAULT
+            values[field], sources[field] = getattr(settings, default_field), DEFAULT
+    label = f"{registration.kind} {name!r}"
     try:
         options = _Options.model_validate(values)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, name, values, sources)) from None
+        raise SettingsError(_describe(exc, label, values, sources)) from None
     pollers = options.pollers
     if pollers > options.concurrency:
         if sources["pollers"] != DEFAULT and sources["concurrency"] != DEFAULT:
             raise SettingsError(
-                f"activity {name!r}: pollers {pollers} ({_where(sources['pollers'])}) must not "
-                f"exceed concurrency {options.concurrency} ({_where(sources['concurrency'])}): "
-                "a poller only polls with a free slot"
+                f"{label}: pollers {pollers} ({_where(sources['pollers'])})"
+                f" must not exceed concurrency {options.concurrency} "
+                f"({_where(sources['concurrency'])}): a poller only polls with a free slot"
             )
         pollers = options.concurrency
         sources["pollers"] += f", capped at the concurrency ({options.concurrency})"
     mode = options.handler_mode
     if is_async_handler(registration.handler):
         mode, sources["handler_mode"] = HandlerMode.ASYNC, "the handler is async def"
-    arn = env.get(f"SFN_{key}_{ARN_SUFFIX}") or (ref if ref.startswith("arn:") else None)
-    sources["arn"] = (
-        f"environment (SFN_{key}_{ARN_SUFFIX})"
-        if f"SFN_{key}_{ARN_SUFFIX}" in env
-        else (CODE if arn else "resolved from the name at start")
-    )
-    if arn is not None:
-        _check_arn(arn, f"SFN_{key}_{ARN_SUFFIX}={arn!r}")
-    return ActivityConfig(
-        name=name,
-        key=key,
-        arn=arn,
-        handler=registration.handler,
-        concurrency=options.concurrency,
-        pollers=pollers,
-        queue_size=options.queue_size,
-        heartbeat_seconds=options.heartbeat_seconds,
-        heartbeat_mode=options.heartbeat_mode,
-        handler_mode=mode,
-        max_tasks_per_child=options.max_tasks_per_child,
-        sources=sources,
-    )
+    fields = {
+        "name": name,
+        "key": key,
+        "handler": registration.handler,
+        "concurrency": options.concurrency,
+        "pollers": pollers,
+        "queue_size": options.queue_size,
+        "heartbeat_seconds": options.heartbeat_seconds,
+        "heartbeat_mode": options.heartbeat_mode,
+        "handler_mode": mode,
+        "max_tasks_per_child": options.max_tasks_per_child,
+    }
+    if is_queue:
+        fields |= {field: getattr(options, field) for field in QUEUE_FIELDS}
+    return _Resolved(fields, sources)
 
 
-def _activity_environment(key: str, environ: Mapping[str, str]) -> dict[str, str]:
+def _source_of(env: Mapping[str, str], variable: str, otherwise: str) -> str:
+    return f"environment ({variable})" if variable in env else otherwise
+
+
+def _environment(key: str, suffixes: frozenset[str], environ: Mapping[str, str]) -> dict[str, str]:
     # An empty variable counts as unset, as for the SFN_* settings (docker --env-file).
     return {
         f"SFN_{key}_{suffix}": environ[f"SFN_{key}_{suffix}"]
-        for suffix in SUFFIXES
+        for suffix in suffixes
         if environ.get(f"SFN_{key}_{suffix}")
     }
 
 
-def _check_key(name: str, key: str, keys: Mapping[str, str]) -> None:
+def _check_key(label: str, key: str, keys: Mapping[str, tuple[str, frozenset[str]]]) -> None:
     if key in keys:
         raise SettingsError(
-            f"activities {keys[key]!r} and {name!r} would share the variables SFN_{key}_*; "
-            "rename one"
+            f"{keys[key][0]} and {label} would share the variables SFN_{key}_*; rename one"
         )
     for variable in sorted(global_names()):
         if variable == f"SFN_{key}" or variable.startswith(f"SFN_{key}_"):
             raise SettingsError(
-                f"activity {name!r}: its variables SFN_{key}_* would collide with the setting "
-                f"{variable}; rename the activity"
+                f"{label}: its variables SFN_{key}_* would collide with the setting "
+                f"{variable}; rename it"
             )
 
 
-def _check_unknown_variables(environ: Mapping[str, str], keys: Mapping[str, str]) -> None:
-    """A per-activity variable must name a registered activity and a known setting."""
+def _check_unknown_variables(
+    environ: Mapping[str, str], keys: Mapping[str, tuple[str, frozenset[str]]]
+) -> None:
+    """A per-source variable must name a registered activity or queue and a known setting."""
     known = global_names()
+    every_suffix = ACTIVITY_SUFFIXES | QUEUE_SUFFIXES
     for variable in sorted(environ):
         if not variable.startswith("SFN_") or variable in known:
             continue
         rest = variable.removeprefix("SFN_")
         owners = [k for k in keys if rest.startswith(f"{k}_")]
-        if any(rest.removeprefix(f"{k}_") in SUFFIXES for k in owners):
+        if any(rest.removeprefix(f"{k}_") in keys[k][1] for k in owners):
             continue
         if owners:
             owner = max(owners, key=len)
+            label, suffixes = keys[owner]
             raise SettingsError(
-                f"{variable}: activity {keys[owner]!r} has no setting "
-                f"{rest.removeprefix(f'{owner}_')!r} (known: {', '.join(sorted(SUFFIXES))})"
+                f"{variable}: {label} has no setting {rest.removeprefix(f'{owner}_')!r} "
+                f"(known: {', '.join(sorted(suffixes))})"
             )
-        if any(rest.endswith(f"_{suffix}") for suffix in SUFFIXES):
-            raise SettingsError(
-                f"{variable} matches no activity (activities: {', '.join(keys.values())})"
-            )
+        if any(rest.endswith(f"_{suffix}") for suffix in every_suffix):
+            names = ", ".join(label for label, _ in keys.values())
+            raise SettingsError(f"{variable} matches no activity or queue (have: {names})")
 
 
 def _check_arn(arn: str, what: str) -> None:
@@ -248,12 +314,19 @@ def _check_arn(arn: str, what: str) -> None:
         raise SettingsError(f"{what} is invalid: {exc}") from None
 
 
+def _check_url(url: str, what: str) -> None:
+    try:
+        check_queue_url(url)
+    except ValueError as exc:
+        raise SettingsError(f"{what} is invalid: {exc}") from None
+
+
 def _where(source: str) -> str:
     return source.removeprefix("environment (").removesuffix(")") if "(" in source else source
 
 
 def _describe(
-    exc: ValidationError, name: str, values: Mapping[str, Any], sources: Mapping[str, str]
+    exc: ValidationError, label: str, values: Mapping[str, Any], sources: Mapping[str, str]
 ) -> str:
     problems = []
     for error in exc.errors(include_url=False):
@@ -263,7 +336,9 @@ def _describe(
         if source.startswith("environment ("):
             problems.append(f"{_where(source)}={values[field]!r} is invalid: {message}")
         else:
-            problems.append(
-                f"activity {name!r}: {field}={values[field]!r} ({source}) is invalid: {message}"
-            )
+            problems.append(f"{label}: {field}={values[field]!r} ({source}) is invalid: {message}")
     return "; ".join(problems)
+
+
+def activities(configs: Sequence[SourceConfig]) -> list[ActivityConfig]:
+    return [c for c in configs if isinstance(c, ActivityConfig)]

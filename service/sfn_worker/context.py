@@ -47,9 +47,10 @@ class TaskContext:
 
     task_token: str = field(repr=False)
     worker_name: str
-    activity_arn: str
+    activity_arn: str = ""  # the task's activity ("" for a callback queue's task)
     token_hash: str = ""
-    activity_name: str = ""
+    queue_url: str = ""  # the callback queue that carried the task ("" for an activity's)
+    source_name: str = ""  # the activity's or the queue's name
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     shutdown_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     _stopping: asyncio.Event | None = field(default=None, repr=False)
@@ -59,8 +60,9 @@ class TaskContext:
     def __post_init__(self) -> None:
         if not self.token_hash:
             self.token_hash = token_hash(self.task_token)
-        if not self.activity_name:
-            self.activity_name = self.activity_arn.rsplit(":", 1)[-1]
+        if not self.source_name:
+            self.source_name = (self.activity_arn or self.queue_url).rsplit(":", 1)[-1]
+            self.source_name = self.source_name.rstrip("/").rsplit("/", 1)[-1]
 
     @property
     def state(self) -> Any:

@@ -1,5 +1,6 @@
-"""Prometheus metrics: one registry per process (so tests and embedders never collide), every
-per-activity series labelled ``activity``; ``for_activity`` binds that label once."""
+"""Prometheus metrics: one registry per process (so tests and embedders never collide). Every
+per-source series has two labels, ``activity`` and ``queue``: the activity's or the callback
+queue's name, the other one empty; ``for_activity`` / ``for_queue`` bind them once."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import random
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-A = ["activity"]
+A = ["activity", "queue"]
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.last_loop_lag = 0.0  # seconds; also exported as sfn_worker_event_loop_lag_seconds
-        self._activities: dict[str, ActivityMetrics] = {}
+        self._sources: dict[tuple[str, str], SourceMetrics] = {}
         r = self.registry
         self.tasks_started = Counter(
             "sfn_worker_tasks_started", "Tasks taken and started", A, registry=r
@@ -32,6 +33,18 @@ class Metrics:
             "sfn_worker_tasks_gone",
             "Tasks closed by Step Functions before the worker answered (timed out, stopped)",
             A,
+            registry=r,
+        )
+        self.tasks_released = Counter(
+            "sfn_worker_tasks_released",
+            "Callback tasks handed back unanswered (message visible again) at shutdown",
+            A,
+            registry=r,
+        )
+        self.poison_messages = Counter(
+            "sfn_worker_poison_messages",
+            "Messages left for the redrive policy: not JSON, no token, or a malformed token",
+            [*A, "reason"],
             registry=r,
         )
         self.tasks_in_flight = Gauge(
@@ -107,11 +120,17 @@ class Metrics:
             "sfn_worker_event_loop_lag_seconds", "How late the last loop timer fired", registry=r
         )
 
-    def for_activity(self, name: str) -> ActivityMetrics:
-        """The activity's bound series (one object per activity, shared by its readers)."""
-        if name not in self._activities:
-            self._activities[name] = ActivityMetrics(self, name)
-        return self._activities[name]
+    def for_activity(self, name: str) -> SourceMetrics:
+        """The activity's bound series (one object per source, shared by its readers)."""
+        return self._source((name, ""))
+
+    def for_queue(self, name: str) -> SourceMetrics:
+        return self._source(("", name))
+
+    def _source(self, labels: tuple[str, str]) -> SourceMetrics:
+        if labels not in self._sources:
+            self._sources[labels] = SourceMetrics(self, labels)
+        return self._sources[labels]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -122,39 +141,43 @@ class Metrics:
 LAG_SAMPLE_SIZE = 2_000
 
 
-class ActivityMetrics:
-    """The series of one activity, its label bound once (no label lookup per task)."""
+class SourceMetrics:
+    """The series of one source, its labels bound once (no label lookup per task)."""
 
-    def __init__(self, metrics: Metrics, activity: str) -> None:
-        self.activity = activity
+    def __init__(self, metrics: Metrics, labels: tuple[str, str]) -> None:
+        self.labels = labels  # (activity, queue)
         self._metrics = metrics
         self._lags: list[float] = []
         self._lags_seen = 0
-        self.tasks_started = metrics.tasks_started.labels(activity)
-        self.tasks_succeeded = metrics.tasks_succeeded.labels(activity)
-        self.tasks_gone = metrics.tasks_gone.labels(activity)
-        self.tasks_in_flight = metrics.tasks_in_flight.labels(activity)
-        self.concurrency = metrics.concurrency.labels(activity)
-        self.queue_depth = metrics.queue_depth.labels(activity)
-        self.polls_open = metrics.polls_open.labels(activity)
-        self.empty_polls = metrics.empty_polls.labels(activity)
-        self.heartbeats_sent = metrics.heartbeats_sent.labels(activity)
-        self.heartbeat_lag = metrics.heartbeat_lag.labels(activity)
-        self.tasks_stalled = metrics.tasks_stalled.labels(activity)
-        self.handler_duration = metrics.handler_duration.labels(activity)
-        self.handlers_stuck = metrics.handlers_stuck.labels(activity)
-        self.handler_process_deaths = metrics.handler_process_deaths.labels(activity)
-        self.terminal_retries = metrics.terminal_retries.labels(activity)
-        self.kms_fallbacks = metrics.kms_fallbacks.labels(activity)
+        self.tasks_started = metrics.tasks_started.labels(*labels)
+        self.tasks_succeeded = metrics.tasks_succeeded.labels(*labels)
+        self.tasks_gone = metrics.tasks_gone.labels(*labels)
+        self.tasks_in_flight = metrics.tasks_in_flight.labels(*labels)
+        self.concurrency = metrics.concurrency.labels(*labels)
+        self.queue_depth = metrics.queue_depth.labels(*labels)
+        self.polls_open = metrics.polls_open.labels(*labels)
+        self.empty_polls = metrics.empty_polls.labels(*labels)
+        self.heartbeats_sent = metrics.heartbeats_sent.labels(*labels)
+        self.heartbeat_lag = metrics.heartbeat_lag.labels(*labels)
+        self.tasks_stalled = metrics.tasks_stalled.labels(*labels)
+        self.handler_duration = metrics.handler_duration.labels(*labels)
+        self.handlers_stuck = metrics.handlers_stuck.labels(*labels)
+        self.handler_process_deaths = metrics.handler_process_deaths.labels(*labels)
+        self.terminal_retries = metrics.terminal_retries.labels(*labels)
+        self.tasks_released = metrics.tasks_released.labels(*labels)
+        self.kms_fallbacks = metrics.kms_fallbacks.labels(*labels)
 
     def task_failed(self, error: str) -> None:
-        self._metrics.tasks_failed.labels(self.activity, error).inc()
+        self._metrics.tasks_failed.labels(*self.labels, error).inc()
 
     def poll_error(self, code: str) -> None:
-        self._metrics.poll_errors.labels(self.activity, code).inc()
+        self._metrics.poll_errors.labels(*self.labels, code).inc()
 
     def heartbeat_failed(self, code: str) -> None:
-        self._metrics.heartbeats_failed.labels(self.activity, code).inc()
+        self._metrics.heartbeats_failed.labels(*self.labels, code).inc()
+
+    def poison_message(self, reason: str) -> None:
+        self._metrics.poison_messages.labels(*self.labels, reason).inc()
 
     def observe_heartbeat_lag(self, seconds: float) -> None:
         self.heartbeat_lag.observe(seconds)

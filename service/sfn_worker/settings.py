@@ -18,6 +18,16 @@ HEARTBEAT_RATE_WARNING_PER_SECOND = 200.0
 
 ACTIVITY_ARN_PATTERN = r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:activity:[^\s:]{1,80}$"
 IMPORT_PATH_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*"
+# https://sqs.<region>.amazonaws.com/<account>/<name>, or an emulator's http://host:port/...
+QUEUE_URL_PATTERN = r"^https?://[^/\s]+(/[^/\s]+)*/\d{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$"
+
+
+def check_queue_url(value: str) -> str:
+    if not re.fullmatch(QUEUE_URL_PATTERN, value):
+        raise ValueError(
+            "expected an SQS queue URL like https://sqs.<region>.amazonaws.com/<account>/<name>"
+        )
+    return value
 
 
 def check_activity_arn(value: str) -> str:
@@ -53,6 +63,15 @@ class MetricsOutput(StrEnum):
     EMF = "emf"
 
 
+class OnShutdown(StrEnum):
+    """Callback queues, at the end of the grace: ``release`` a message whose handler still
+    runs (visibility 0: another worker takes it, its token is still valid) or ``fail`` its
+    task with Worker.Shutdown, as for activities."""
+
+    RELEASE = "release"
+    FAIL = "fail"
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -76,6 +95,9 @@ Concurrency = Annotated[int, Field(ge=1, le=100_000)]
 QueueSize = Annotated[int, Field(ge=0, le=100_000)]
 HeartbeatSeconds = Annotated[float, Field(ge=0, le=86_400)]
 MaxTasksPerChild = Annotated[int, Field(ge=0, le=1_000_000)]
+# SQS allows 0-43,200 s. It is pushed out every half of it, so seconds are enough; a minute
+# or more keeps the ChangeMessageVisibility calls rare.
+VisibilitySeconds = Annotated[int, Field(ge=2, le=43_200)]
 DEFAULT_POLLERS = 4
 
 
@@ -97,6 +119,12 @@ class Settings(BaseSettings):
     activity_arn: str | None = None
     handler: str = "sfn_worker.examples:seed_handler"
     app: str | None = None
+    # The env-only callback queue (with SFN_HANDLER), and every queue's defaults.
+    sqs_queue_url: str | None = None
+    sqs_visibility_seconds: VisibilitySeconds = 60
+    sqs_on_shutdown: OnShutdown = OnShutdown.RELEASE
+    sqs_token_field: Annotated[str, Field(min_length=1)] = "TaskToken"
+    sqs_input_field: Annotated[str, Field(min_length=1)] = "Input"
     pollers: Pollers = DEFAULT_POLLERS
     concurrency: Concurrency = 16
     queue_size: QueueSize = 0
@@ -133,7 +161,9 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "handler_mode", "heartbeat_mode", "metrics", mode="before")
+    @field_validator(
+        "log_format", "handler_mode", "heartbeat_mode", "metrics", "sqs_on_shutdown", mode="before"
+    )
     @classmethod
     def _lower_choice(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
@@ -142,6 +172,11 @@ class Settings(BaseSettings):
     @classmethod
     def _activity_arn_shape(cls, value: str | None) -> str | None:
         return None if value is None else check_activity_arn(value)
+
+    @field_validator("sqs_queue_url")
+    @classmethod
+    def _queue_url_shape(cls, value: str | None) -> str | None:
+        return None if value is None else check_queue_url(value)
 
     @field_validator("handler", "app")
     @classmethod

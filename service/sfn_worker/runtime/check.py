@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..app import import_path
-from ..config import ActivityConfig
+from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig
 from ..errors import API_ERRORS, FatalWorkerError, describe
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, HandlerMode, Settings
 from .client import open_clients
@@ -15,8 +15,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 
 
-async def check(settings: Settings, configs: list[ActivityConfig]) -> int:
-    """Validate credentials, DescribeActivity each activity, print its effective settings."""
+async def check(settings: Settings, configs: list[SourceConfig]) -> int:
+    """Validate credentials; DescribeActivity each activity, GetQueueAttributes each callback
+    queue; print each one's effective settings and where they came from."""
     failed = 0
     async with open_clients(configs) as clients:
         try:
@@ -25,34 +26,55 @@ async def check(settings: Settings, configs: list[ActivityConfig]) -> int:
             print(f"sfn-worker check: FAILED: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         for config in configs:
+            where = config.arn if isinstance(config, ActivityConfig) else None
+            notes: list[str] = []
             try:
-                await clients.calls.describe_activity(activityArn=str(config.arn))
+                if isinstance(config, CallbackQueueConfig):
+                    where = config.queue_url
+                    assert clients.sqs is not None
+                    attributes = await clients.sqs.get_queue_attributes(
+                        QueueUrl=config.queue_url, AttributeNames=["RedrivePolicy"]
+                    )
+                    if "RedrivePolicy" not in attributes.get("Attributes", {}):
+                        notes.append(
+                            "WARNING: the queue has no redrive policy: poison messages come "
+                            "back for ever instead of moving to a dead-letter queue"
+                        )
+                else:
+                    await clients.calls.describe_activity(activityArn=str(where))
             except API_ERRORS as exc:
                 failed += 1
                 print(
-                    f"sfn-worker check: FAILED: activity {config.name!r} ({config.arn}): "
+                    f"sfn-worker check: FAILED: {config.kind} {config.name!r} ({where}): "
                     f"{describe(exc)}",
                     file=sys.stderr,
                 )
                 continue
-            print(f"sfn-worker check: OK: activity {config.name!r} exists ({config.arn})")
-            for line in describe_config(config):
+            print(f"sfn-worker check: OK: {config.kind} {config.name!r} exists ({where})")
+            for line in [*describe_config(config), *notes]:
                 print(f"  {line}")
     print(
         f"process: worker name {settings.worker_name!r}, "
-        f"grace {settings.shutdown_grace_seconds:g}s, {len(configs)} activit"
-        + ("y" if len(configs) == 1 else "ies")
+        f"grace {settings.shutdown_grace_seconds:g}s, {len(configs)} source"
+        + ("" if len(configs) == 1 else "s")
     )
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def describe_config(config: ActivityConfig) -> list[str]:
+def describe_config(config: SourceConfig) -> list[str]:
     """One line per setting: its value and where it came from."""
     sources = config.sources
     queue = config.queue_size or f"0 = pollers ({config.pollers})"
-    lines = [
-        f"handler            {import_path(config.handler)}",
-        f"arn                {config.arn} ({sources['arn']})",
+    lines = [f"handler            {import_path(config.handler)}"]
+    if isinstance(config, ActivityConfig):
+        lines.append(f"arn                {config.arn} ({sources['arn']})")
+    if isinstance(config, CallbackQueueConfig):
+        lines.append(f"queue_url          {config.queue_url} ({sources['queue_url']})")
+        lines += [
+            f"{field:<18} {getattr(config, field)} ({sources[field]})"
+            for field in ("visibility_seconds", "on_shutdown", "token_field", "input_field")
+        ]
+    lines += [
         f"handler_mode       {config.handler_mode.value} ({sources['handler_mode']})",
         f"concurrency        {config.concurrency} ({sources['concurrency']})",
         f"pollers            {config.pollers} ({sources['pollers']})",

@@ -29,8 +29,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from botocore.exceptions import NoRegionError
 
-from ..aws import SFNClient
-from ..config import ActivityConfig
+from ..aws import SFNClient, SQSClient
+from ..config import CallbackQueueConfig, SourceConfig
 from ..settings import SettingsError
 
 
@@ -44,6 +44,8 @@ def _package_version() -> str:
 # GetActivityTask holds the request open for up to 60 s: the read timeout must outlast it,
 # or the SDK gives up on a poll the service may already have handed a task to.
 LONG_POLL_READ_TIMEOUT_SECONDS = 70.0
+# SQS ReceiveMessage waits up to 20 s.
+RECEIVE_READ_TIMEOUT_SECONDS = 30.0
 POLL_CONNECT_TIMEOUT_SECONDS = 10.0
 # Quick calls: long enough for a 256 KB answer on a slow path, short next to a heartbeat.
 CALL_TIMEOUT_MIN_SECONDS = 2.0
@@ -127,12 +129,10 @@ def _config(*, read_timeout: float, connect_timeout: float, pool: int) -> AioCon
     )
 
 
-def poll_config(pollers: int) -> AioConfig:
-    # One connection per poller: an open poll holds its connection for up to 60 s.
+def poll_config(pollers: int, read_timeout: float = LONG_POLL_READ_TIMEOUT_SECONDS) -> AioConfig:
+    # One connection per poller: an open poll holds its connection for its whole wait.
     return _config(
-        read_timeout=LONG_POLL_READ_TIMEOUT_SECONDS,
-        connect_timeout=POLL_CONNECT_TIMEOUT_SECONDS,
-        pool=pollers,
+        read_timeout=read_timeout, connect_timeout=POLL_CONNECT_TIMEOUT_SECONDS, pool=pollers
     )
 
 
@@ -143,13 +143,16 @@ def call_config(concurrency: int, timeout: float) -> AioConfig:
 
 @dataclass(frozen=True)
 class SfnClients:
-    """``polls`` for GetActivityTask only; ``calls`` for everything answered at once; both
-    from ``session``, which other clients (STS, SQS) come from too."""
+    """``polls`` for GetActivityTask only; ``calls`` for everything answered at once; the
+    same two for SQS when there are callback queues; all from ``session``, which the STS
+    client comes from too."""
 
     polls: SFNClient
     calls: SFNClient
     session: aioboto3.Session
     endpoint_url: str | None = None  # given explicitly (tests): other clients use it too
+    sqs_polls: SQSClient | None = None
+    sqs: SQSClient | None = None
 
 
 def aws_session() -> aioboto3.Session:
@@ -163,18 +166,20 @@ def aws_session() -> aioboto3.Session:
 
 @contextlib.asynccontextmanager
 async def open_clients(
-    activities: Sequence[ActivityConfig],
+    sources: Sequence[SourceConfig],
     *,
     session: aioboto3.Session | None = None,
     endpoint_url: str | None = None,
 ) -> AsyncIterator[SfnClients]:
-    """One pool for every activity's polls, one for every activity's other calls. Region,
-    credentials and endpoint (AWS_ENDPOINT_URL_SFN) come from the AWS chain unless given."""
+    """One pool for every activity's polls, one for every source's other calls (and the same
+    for SQS). Region, credentials and endpoints (AWS_ENDPOINT_URL_SFN, AWS_ENDPOINT_URL_SQS)
+    come from the AWS chain unless given."""
     session = session or aws_session()
-    heartbeats = [a.heartbeat_seconds for a in activities if a.heartbeat_seconds]
+    heartbeats = [a.heartbeat_seconds for a in sources if a.heartbeat_seconds]
     timeout = call_timeout_seconds(min(heartbeats, default=0.0))
-    pollers = sum(a.pollers for a in activities)
-    concurrency = sum(a.concurrency for a in activities)
+    queues = [s for s in sources if isinstance(s, CallbackQueueConfig)]
+    pollers = sum(s.pollers for s in sources if s not in queues) or 1
+    concurrency = sum(s.concurrency for s in sources)
     async with contextlib.AsyncExitStack() as stack:
         try:
             polls = await stack.enter_async_context(
@@ -189,6 +194,16 @@ async def open_clients(
                     endpoint_url=endpoint_url,
                 )
             )
+            sqs_polls = sqs = None
+            if queues:
+                receive = poll_config(sum(q.pollers for q in queues), RECEIVE_READ_TIMEOUT_SECONDS)
+                sqs_polls = await stack.enter_async_context(
+                    session.client("sqs", config=receive, endpoint_url=endpoint_url)
+                )
+                quick = call_config(sum(q.concurrency for q in queues), timeout)
+                sqs = await stack.enter_async_context(
+                    session.client("sqs", config=quick, endpoint_url=endpoint_url)
+                )
         except NoRegionError:
             raise SettingsError(NO_REGION) from None
-        yield SfnClients(polls=polls, calls=calls, session=session, endpoint_url=endpoint_url)
+        yield SfnClients(polls, calls, session, endpoint_url, sqs_polls, sqs)

@@ -5,11 +5,12 @@ records to **stdout**; its log lines go to **stderr**. With the awslogs driver (
 collector of the container's output into CloudWatch Logs) CloudWatch extracts the records
 into metrics of SFN_METRICS_NAMESPACE, no agent needed:
 
-- per activity, dimensions ServiceName + Activity: TasksStarted, TasksSucceeded,
-  TasksFailed, TasksGone, TasksStalled, PollErrors (counts in the interval); TasksInFlight,
-  Concurrency, QueueDepth, HandlersStuck (at the end of it); SlotsBusy (TasksInFlight /
-  Concurrency, percent: the scaling signal); HeartbeatLagP99 (seconds, when heartbeats ran);
-- per activity and failure, dimensions ServiceName + Activity + Error: TasksFailed;
+- per activity, dimensions ServiceName + Activity (a callback queue: ServiceName + Queue):
+  TasksStarted, TasksSucceeded, TasksFailed, TasksGone, TasksStalled, TasksReleased,
+  PollErrors (counts in the interval); TasksInFlight, Concurrency, QueueDepth,
+  HandlersStuck (at the end of it); SlotsBusy (TasksInFlight / Concurrency, percent: the
+  scaling signal); HeartbeatLagP99 (seconds, when heartbeats ran);
+- per source and failure, the same dimensions + Error: TasksFailed;
 - per process, dimension ServiceName: EventLoopLag (seconds).
 
 Records are built and serialized by aws-embedded-metrics (MetricsContext, LogSerializer:
@@ -31,28 +32,30 @@ from aws_embedded_metrics.serializers.log_serializer import LogSerializer
 from prometheus_client import Counter
 
 from ..metrics import Metrics
-from ..tasks.activity import ActivityWorker
+from ..tasks.source_worker import SourceWorker
 
 COUNTS = {
     "TasksStarted": "sfn_worker_tasks_started_total",
     "TasksSucceeded": "sfn_worker_tasks_succeeded_total",
     "TasksGone": "sfn_worker_tasks_gone_total",
     "TasksStalled": "sfn_worker_tasks_stalled_total",
+    "TasksReleased": "sfn_worker_tasks_released_total",
 }
+DIMENSION = {"activity": "Activity", "queue": "Queue"}
 
 
 class EmfPublisher:
     def __init__(
         self,
         metrics: Metrics,
-        activities: Callable[[], Sequence[ActivityWorker]],
+        sources: Callable[[], Sequence[SourceWorker]],
         *,
         namespace: str,
         service_name: str,
         stream: TextIO | None = None,
     ) -> None:
         self._metrics = metrics
-        self._activities = activities
+        self._sources = sources
         self._namespace = namespace
         self._service = service_name
         self._stream = stream
@@ -69,8 +72,8 @@ class EmfPublisher:
 
     def publish(self) -> None:
         lines: list[str] = []
-        for activity in self._activities():
-            lines += self._activity_records(activity)
+        for source in self._sources():
+            lines += self._source_records(source)
         process = self._context({"ServiceName": self._service})
         process.put_metric("EventLoopLag", self._metrics.last_loop_lag, "Seconds")
         lines += LogSerializer.serialize(process)
@@ -78,38 +81,39 @@ class EmfPublisher:
         stream.write("".join(f"{line}\n" for line in lines))
         stream.flush()
 
-    def _activity_records(self, activity: ActivityWorker) -> list[str]:
-        name = activity.name
-        dimensions = {"ServiceName": self._service, "Activity": name}
+    def _source_records(self, source: SourceWorker) -> list[str]:
+        name, kind = source.name, source.source.kind
+        labels = {"activity": "", "queue": "", kind: name}
+        dimensions = {"ServiceName": self._service, DIMENSION[kind]: name}
         record = self._context(dimensions)
         registry = self._metrics.registry
         for metric, sample in COUNTS.items():
-            total = registry.get_sample_value(sample, {"activity": name}) or 0.0
-            record.put_metric(metric, self._delta((name, metric), total), "Count")
-        failures = self._label_totals(self._metrics.tasks_failed, name, "error")
+            total = registry.get_sample_value(sample, labels) or 0.0
+            record.put_metric(metric, self._delta((kind, name, metric), total), "Count")
+        failures = self._label_totals(self._metrics.tasks_failed, labels, "error")
         failed = 0.0
         lines = []
         for error, total in failures.items():
-            delta = self._delta((name, "TasksFailed", error), total)
+            delta = self._delta((kind, name, "TasksFailed", error), total)
             failed += delta
             if delta:
                 by_error = self._context({**dimensions, "Error": error})
                 by_error.put_metric("TasksFailed", delta, "Count")
                 lines += LogSerializer.serialize(by_error)
         record.put_metric("TasksFailed", failed, "Count")
-        polls = self._label_totals(self._metrics.poll_errors, name, "code")
+        polls = self._label_totals(self._metrics.poll_errors, labels, "code")
         record.put_metric(
             "PollErrors",
-            sum(self._delta((name, "PollErrors", code), n) for code, n in polls.items()),
+            sum(self._delta((kind, name, "PollErrors", code), n) for code, n in polls.items()),
             "Count",
         )
-        state = activity.state()
+        state = source.state()
         record.put_metric("TasksInFlight", state.running, "Count")
         record.put_metric("Concurrency", state.concurrency, "Count")
         record.put_metric("QueueDepth", state.queued, "Count")
         record.put_metric("HandlersStuck", state.handlers_stuck, "Count")
         record.put_metric("SlotsBusy", 100.0 * state.running / state.concurrency, "Percent")
-        if lags := activity.metrics.take_heartbeat_lags():
+        if lags := source.metrics.take_heartbeat_lags():
             record.put_metric("HeartbeatLagP99", percentile(lags, 99), "Seconds")
         return [*LogSerializer.serialize(record), *lines]
 
@@ -124,11 +128,13 @@ class EmfPublisher:
         return max(0.0, total - previous)
 
     @staticmethod
-    def _label_totals(counter: Counter, activity: str, label: str) -> dict[str, float]:
+    def _label_totals(counter: Counter, labels: dict[str, str], label: str) -> dict[str, float]:
         totals: dict[str, float] = {}
         for family in counter.collect():
             for sample in family.samples:
-                if sample.name.endswith("_total") and sample.labels.get("activity") == activity:
+                if sample.name.endswith("_total") and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     totals[sample.labels[label]] = sample.value
         return totals
 

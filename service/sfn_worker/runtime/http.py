@@ -35,22 +35,25 @@ def make_app(runtime: Runtime) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         state = runtime.state()
         loop_lag = runtime.metrics.last_loop_lag
-        activities: dict[str, object] = {}
+        groups: dict[str, dict[str, object]] = {"activities": {}, "queues": {}}
         healthy = state.polling and loop_lag < LOOP_LAG_UNHEALTHY_SECONDS
-        for activity in state.activities:
+        for source in state.sources:
             healthy = (
                 healthy
-                and activity.pollers_alive == activity.pollers
-                and not too_many_stuck(activity.handlers_stuck, activity.concurrency)
+                and source.pollers_alive == source.pollers
+                and not too_many_stuck(source.handlers_stuck, source.concurrency)
             )
-            activities[activity.name] = {
-                k: v for k, v in dataclasses.asdict(activity).items() if v is not None
+            group = groups["activities" if source.kind == "activity" else "queues"]
+            group[source.name] = {
+                k: v
+                for k, v in dataclasses.asdict(source).items()
+                if v is not None and k not in ("kind", "name")
             }
         body: dict[str, object] = {
             "status": "ok" if healthy else ("stopping" if state.stopping else "unhealthy"),
             "loop_lag_seconds": round(loop_lag, 3),
-            "running": sum(a.running for a in state.activities),
-            "activities": activities,
+            "running": sum(s.running for s in state.sources),
+            **{name: group for name, group in groups.items() if group},
         }
         return web.json_response(body, status=200 if healthy else 503)
 

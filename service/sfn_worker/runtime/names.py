@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import aioboto3
 import structlog
 
-from ..config import ActivityConfig
+from ..config import ActivityConfig, SourceConfig
 from ..errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe
 from ..retry import SEND_BACKOFF, Retry
 from .client import CALL_TIMEOUT_MAX_SECONDS, call_config
@@ -23,21 +23,22 @@ ATTEMPTS = 5
 
 
 async def resolve_names(
-    activities: Sequence[ActivityConfig], session: aioboto3.Session, endpoint_url: str | None
-) -> list[ActivityConfig]:
-    if all(a.arn is not None for a in activities):
-        return list(activities)
+    sources: Sequence[SourceConfig], session: aioboto3.Session, endpoint_url: str | None
+) -> list[SourceConfig]:
+    """The sources, every activity with an ARN."""
+    if all(not isinstance(s, ActivityConfig) or s.arn is not None for s in sources):
+        return list(sources)
     account = await _account(session, endpoint_url)
     region = session.region_name
     partition = session.get_partition_for_region(region)
-    resolved = []
-    for activity in activities:
-        if activity.arn is None:
-            activity = activity.with_arn(
-                f"arn:{partition}:states:{region}:{account}:activity:{activity.name}"
+    resolved: list[SourceConfig] = []
+    for source in sources:
+        if isinstance(source, ActivityConfig) and source.arn is None:
+            source = source.with_arn(
+                f"arn:{partition}:states:{region}:{account}:activity:{source.name}"
             )
-            log.info("activity name resolved", activity=activity.name, arn=activity.arn)
-        resolved.append(activity)
+            log.info("activity name resolved", activity=source.name, arn=source.arn)
+        resolved.append(source)
     return resolved
 
 

@@ -20,12 +20,14 @@ import structlog
 
 from ..aio import cancel_and_wait
 from ..app import App, import_path
-from ..config import ActivityConfig, resolve
+from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig, resolve
 from ..errors import FatalWorkerError, WorkerCrashed
 from ..metrics import Metrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
-from ..tasks.activity import ActivityParts, ActivityState, ActivityWorker
+from ..tasks.activity import ActivityWorker
+from ..tasks.callback import CallbackQueueWorker
+from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
 from ..tracing import setup_tracing
 from .client import SfnClients, open_clients
 from .emf import EmfPublisher
@@ -36,7 +38,7 @@ from .shutdown import POLL_RETURN_SECONDS, Shutdown
 
 log = structlog.get_logger("sfn_worker.runtime")
 
-ClientFactory = Callable[[Sequence[ActivityConfig]], AbstractAsyncContextManager[SfnClients]]
+ClientFactory = Callable[[Sequence[SourceConfig]], AbstractAsyncContextManager[SfnClients]]
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class RuntimeState:
 
     polling: bool
     stopping: bool
-    activities: tuple[ActivityState, ...]
+    sources: tuple[SourceState, ...]
 
 
 class Runtime:
@@ -69,7 +71,7 @@ class Runtime:
         self.tasks_changed = asyncio.Event()
         self._client_factory = client_factory
         self._backoffs = (poll_backoff, send_backoff)
-        self._activities: list[ActivityWorker] = []
+        self._sources: list[SourceWorker] = []
         self._stopping = asyncio.Event()
         self._started = False
         self._fatal: FatalWorkerError | None = None
@@ -80,14 +82,14 @@ class Runtime:
 
     # -- what operations ask -----------------------------------------------------------------
     def in_flight(self) -> int:
-        return sum(a.in_flight() for a in self._activities)
+        return sum(s.in_flight() for s in self._sources)
 
     def state(self) -> RuntimeState:
         stopping = self._stopping.is_set()
         return RuntimeState(
             polling=self._started and not stopping,
             stopping=stopping,
-            activities=tuple(a.state() for a in self._activities),
+            sources=tuple(s.state() for s in self._sources),
         )
 
     # -- running -----------------------------------------------------------------------------
@@ -105,8 +107,8 @@ class Runtime:
                 try:
                     await self._serve(configs, clients, state, stop, force_stop)
                 finally:
-                    for activity in self._activities:
-                        await activity.aclose()
+                    for source in self._sources:
+                        await source.aclose()
         if self._crash is not None:
             raise WorkerCrashed(f"internal error: {self._crash!r}") from self._crash
         if self._fatal is not None:
@@ -114,16 +116,18 @@ class Runtime:
 
     async def _serve(
         self,
-        configs: Sequence[ActivityConfig],
+        configs: Sequence[SourceConfig],
         clients: SfnClients,
         state: Any,
         stop: asyncio.Event,
         force_stop: asyncio.Event,
     ) -> None:
         poll_backoff, send_backoff = self._backoffs
-        parts = ActivityParts(
+        parts = SourceParts(
             polls=clients.polls,
             calls=clients.calls,
+            sqs_polls=clients.sqs_polls,
+            sqs=clients.sqs,
             worker_name=self.settings.worker_name,
             stopping=self._stopping,
             tasks_changed=self.tasks_changed,
@@ -136,22 +140,25 @@ class Runtime:
             poll_backoff=poll_backoff,
             send_backoff=send_backoff,
         )
-        self._activities = [
-            ActivityWorker(config, parts, self.metrics.for_activity(config.name))
-            for config in configs
-        ]
+        self._sources = [self._worker(config, parts) for config in configs]
         async with asyncio.TaskGroup() as group:
-            runs = [group.create_task(activity.run()) for activity in self._activities]
+            runs = [group.create_task(source.run()) for source in self._sources]
             monitor = group.create_task(self._guard(watch_loop_lag(self.metrics), "loop monitor"))
             emf = group.create_task(self._guard(self._publish_emf(), "EMF metrics"))
             self._started = True
-            log_started(self._activities, self.settings)
+            log_started(self._sources, self.settings)
             await _wait_any(stop, self._fatal_event, self._crashed)
             self._stopping.set()
             grace = self.settings.shutdown_grace_seconds
-            await Shutdown(self._activities, runs, grace, force_stop).run()
+            await Shutdown(self._sources, runs, grace, force_stop).run()
             await cancel_and_wait(monitor)
             await cancel_and_wait(emf)  # its last record covers the shutdown
+
+    def _worker(self, config: SourceConfig, parts: SourceParts) -> SourceWorker:
+        if isinstance(config, ActivityConfig):
+            return ActivityWorker(config, parts, self.metrics.for_activity(config.name))
+        assert isinstance(config, CallbackQueueConfig)
+        return CallbackQueueWorker(config, parts, self.metrics.for_queue(config.name))
 
     async def _publish_emf(self) -> None:
         settings = self.settings
@@ -159,7 +166,7 @@ class Runtime:
             return
         publisher = EmfPublisher(
             self.metrics,
-            lambda: self._activities,
+            lambda: self._sources,
             namespace=settings.metrics_namespace,
             service_name=settings.metrics_service_name,
         )
@@ -187,18 +194,21 @@ class Runtime:
             self._on_crash(exc, part)
 
 
-def log_started(activities: Sequence[ActivityWorker], settings: Settings) -> None:
-    for activity in activities:
-        config = activity.config
+def log_started(sources: Sequence[SourceWorker], settings: Settings) -> None:
+    for source in sources:
+        config = source.config
+        where = {"arn": config.arn} if isinstance(config, ActivityConfig) else {}
+        if isinstance(config, CallbackQueueConfig):
+            where = {"queue_url": config.queue_url, "on_shutdown": config.on_shutdown.value}
         log.info(
             "worker started",
-            activity=config.name,
-            arn=config.arn,
+            **{config.kind: config.name},
+            **where,
             pollers=config.pollers,
             concurrency=config.concurrency,
             heartbeat_seconds=config.heartbeat_seconds,
             handler=import_path(config.handler),
-            handler_mode=activity.handler_mode,
+            handler_mode=source.handler_mode,
         )
         if config.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
             log.warning(

@@ -1,10 +1,11 @@
-"""The ordered shutdown, for every activity of the process at once, within one grace period.
+"""The ordered shutdown, for every source of the process at once, within one grace period.
 
 1. stop polling: idle pollers are cancelled, open long polls are left to return; a task
    that arrives now is failed with ``Worker.Shutdown`` without being started;
 2. drain: running and queued tasks finish, until the grace period minus the reserve;
-3. cancel: what is still running is cancelled and answered with ``Worker.Shutdown``,
-   using the reserve (sized by the total concurrency) for those SendTaskFailure calls;
+3. cancel: what is still running is cancelled and answered with ``Worker.Shutdown`` (a
+   callback queue's task is released for another worker instead, unless told otherwise),
+   using the reserve (sized by the total concurrency) for those calls;
 4. hard deadline (end of the grace period): whatever is still pending is abandoned.
 A second signal (``force_stop``) jumps to phase 3 with a short deadline.
 """
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import structlog
 
-from ..tasks.activity import ActivityWorker
+from ..tasks.source_worker import SourceWorker
 
 log = structlog.get_logger("sfn_worker.shutdown")
 
@@ -38,29 +39,29 @@ def failure_reserve_seconds(grace_seconds: float, total_concurrency: int) -> flo
 class Shutdown:
     def __init__(
         self,
-        activities: Sequence[ActivityWorker],
+        sources: Sequence[SourceWorker],
         runs: Sequence[asyncio.Task[None]],
         grace_seconds: float,
         force_stop: asyncio.Event,
     ) -> None:
-        self._activities = activities
+        self._sources = sources
         self._runs = runs
         self._grace = grace_seconds
         self._force_stop = force_stop
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        total_concurrency = sum(a.config.concurrency for a in self._activities)
+        total_concurrency = sum(a.config.concurrency for a in self._sources)
         grace_deadline = loop.time() + self._grace
         drain_deadline = grace_deadline - failure_reserve_seconds(self._grace, total_concurrency)
 
         # Phase 1: stop polling. Only pollers without an open request may be cancelled.
-        for activity in self._activities:
-            activity.stop_polling()
+        for source in self._sources:
+            source.stop_polling()
         log.info(
             "shutdown: polling stopped",
-            open_polls=sum(a.open_polls() for a in self._activities),
-            running=sum(a.in_flight() for a in self._activities),
+            open_polls=sum(a.open_polls() for a in self._sources),
+            running=sum(a.in_flight() for a in self._sources),
             grace_seconds=self._grace,
         )
 
@@ -87,14 +88,14 @@ class Shutdown:
 
     async def _cancel_running(self, hard_deadline: float, reason: str) -> None:
         loop = asyncio.get_running_loop()
-        count = sum(a.cancel_running(hard_deadline) for a in self._activities)
+        count = sum(a.cancel_running(hard_deadline) for a in self._sources)
         if not count:
             return
         log.warning("shutdown: cancelling running tasks", reason=reason, count=count)
         unwind_deadline = loop.time() + (hard_deadline - loop.time()) * CANCEL_UNWIND_FRACTION
         if await self._wait_all(unwind_deadline, None):
             return
-        stubborn = sum(a.abandon_running() for a in self._activities)
+        stubborn = sum(a.abandon_running() for a in self._sources)
         if stubborn:
             log.warning(
                 "shutdown: handlers ignore cancellation; answering their tokens anyway",
@@ -105,8 +106,8 @@ class Shutdown:
         if all(run.done() for run in self._runs):
             log.info("shutdown: every task answered")
             return
-        open_polls = sum(a.open_polls() for a in self._activities)
-        unanswered = sum(a.in_flight() for a in self._activities)
+        open_polls = sum(a.open_polls() for a in self._sources)
+        unanswered = sum(a.in_flight() for a in self._sources)
         if unanswered:
             log.error(
                 "shutdown: deadline reached with tasks unanswered; they wait for their timeout",
@@ -124,7 +125,7 @@ class Shutdown:
         await asyncio.wait(self._runs)
 
     async def _wait_all(self, deadline: float, force_stop: asyncio.Event | None) -> bool:
-        """Wait until every activity has returned; False at the deadline or on force_stop."""
+        """Wait until every source has returned; False at the deadline or on force_stop."""
         loop = asyncio.get_running_loop()
         while True:
             pending = {run for run in self._runs if not run.done()}

@@ -1,112 +1,27 @@
-"""Everything that serves one activity: slots, pollers, the bounded queue, task coroutines.
-
-``run()`` polls and works tasks until the process stops it, then returns once every open
-poll has returned and every task taken has been answered. The process (runtime/shutdown.py)
-drives the shutdown through the methods below; this class never looks at other activities.
-"""
+"""An activity's worker: pollers long-poll GetActivityTask into the source's queue."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import structlog
-
-from ..app import Middleware
-from ..aws import SFNClient
 from ..config import ActivityConfig
-from ..errors import FatalWorkerError
-from ..metrics import ActivityMetrics
-from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
-from ..tracing import NO_TRACING, Tracing
-from .handlers import HandlerInvoker
+from ..metrics import SourceMetrics
 from .poller import Poller
-from .procpool import PoolHealth
-from .runner import TaskRunner, TaskSettings
-from .sender import ResultSender
-from .task import ActivityTask
-
-log = structlog.get_logger("sfn_worker.activity")
-
-OnCrash = Callable[[BaseException, str], None]
+from .source import ActivitySource
+from .source_worker import Intake, SourceParts, SourceWorker
 
 
-@dataclass(frozen=True)
-class ActivityState:
-    """A snapshot for health checks."""
-
-    name: str
-    pollers: int
-    pollers_alive: int
-    concurrency: int
-    running: int
-    queued: int
-    handlers_stuck: int
-    processes: PoolHealth | None
-
-
-@dataclass(frozen=True)
-class ActivityParts:
-    """What the process lends every activity."""
-
-    polls: SFNClient
-    calls: SFNClient
-    worker_name: str
-    stopping: asyncio.Event
-    tasks_changed: asyncio.Event
-    state: Any
-    middlewares: Sequence[Middleware]
-    process_init: Callable[[], Any] | None
-    on_fatal: Callable[[FatalWorkerError], None]
-    on_crash: OnCrash
-    tracing: Tracing = NO_TRACING
-    poll_backoff: Backoff = POLL_BACKOFF
-    send_backoff: Backoff = SEND_BACKOFF
-
-
-class ActivityWorker:
-    def __init__(self, config: ActivityConfig, parts: ActivityParts, metrics: ActivityMetrics):
+class ActivityWorker(SourceWorker):
+    def __init__(self, config: ActivityConfig, parts: SourceParts, metrics: SourceMetrics):
         assert config.arn is not None, "activity names are resolved before workers are built"
-        self.config = config
-        self.metrics = metrics
-        self._parts = parts
-        self._invoker = HandlerInvoker(
-            config.handler,
-            config.handler_mode,
-            config.concurrency,
-            middlewares=parts.middlewares,
-            process_init=parts.process_init,
-            max_tasks_per_child=config.max_tasks_per_child,
-            trace_carrier=parts.tracing.carrier,
-            on_process_death=metrics.handler_process_deaths.inc,
-        )
-        self._slots = asyncio.Semaphore(config.concurrency)
-        self._queue: asyncio.Queue[ActivityTask | None] = asyncio.Queue(config.effective_queue_size)
-        self._runner = TaskRunner(
-            TaskSettings(
-                worker_name=parts.worker_name,
-                activity_arn=config.arn,
-                activity_name=config.name,
-                heartbeat_seconds=config.heartbeat_seconds,
-                heartbeat_mode=config.heartbeat_mode,
-                state=parts.state,
-                tracing=parts.tracing,
-            ),
-            client=parts.calls,
-            invoker=self._invoker,
-            sender=ResultSender(parts.calls, metrics, parts.send_backoff),
-            metrics=metrics,
-            stopping=parts.stopping,
-            tasks_changed=parts.tasks_changed,
-            heartbeat_backoff=parts.send_backoff,
-        )
-        self._pollers = [
+        self._arn = config.arn
+        super().__init__(config, parts, metrics, ActivitySource(), activity_arn=config.arn)
+
+    def _make_intakes(self) -> list[Intake]:
+        parts = self._parts
+        return [
             Poller(
                 number,
                 client=parts.polls,
-                activity_arn=config.arn,
+                activity_arn=self._arn,
                 worker_name=parts.worker_name,
                 slots=self._slots,
                 ready=self._invoker.wait_ready,
@@ -114,114 +29,8 @@ class ActivityWorker:
                 queue=self._queue,
                 stopping=parts.stopping,
                 on_fatal=parts.on_fatal,
-                metrics=metrics,
+                metrics=self.metrics,
                 backoff=parts.poll_backoff,
             )
-            for number in range(config.pollers)
+            for number in range(self.config.pollers)
         ]
-        self._poller_tasks: list[asyncio.Task[None]] = []
-        self._handlers_stuck = 0
-        metrics.concurrency.set(config.concurrency)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def handler_mode(self) -> str:
-        return self._invoker.mode.value
-
-    # -- running -----------------------------------------------------------------------------
-    async def run(self) -> None:
-        with structlog.contextvars.bound_contextvars(activity=self.name):
-            async with asyncio.TaskGroup() as group:
-                self._poller_tasks = [
-                    group.create_task(self._guard(poller.run(), "poller"))
-                    for poller in self._pollers
-                ]
-                group.create_task(self._guard(self._dispatch(group), "dispatcher"))
-                await self._parts.stopping.wait()
-                await asyncio.wait(self._poller_tasks)
-                await self._queue.put(None)  # after the last task a poller queued
-            # The task group returns once the dispatcher and every task it started are done.
-
-    async def _dispatch(self, group: asyncio.TaskGroup) -> None:
-        while (task := await self._queue.get()) is not None:
-            self.metrics.queue_depth.set(self._queue.qsize())
-            group.create_task(self._guard(self._work_then_free_slot(task), "task"))
-
-    async def _guard(self, work: Coroutine[Any, Any, None], part: str) -> None:
-        """An exception out of this machinery goes to the process (which stops in order),
-        never through the task group, which would cancel open polls and running tasks."""
-        try:
-            await work
-        except Exception as exc:  # noqa: BLE001 - on_crash logs it and stops the worker
-            self._parts.on_crash(exc, f"{self.name} {part}")
-
-    async def _work_then_free_slot(self, task: ActivityTask) -> None:
-        still_running: asyncio.Future[Any] | None = None
-        try:
-            still_running = await self._runner.work(task)
-        finally:
-            if still_running is None:
-                self._slots.release()
-            else:
-                self._hold_slot_until_done(still_running)
-
-    def _hold_slot_until_done(self, handler: asyncio.Future[Any]) -> None:
-        """A slot is a handler that can run: one that ignored cancellation keeps its slot
-        (and its thread) until it returns, so a new task never waits behind it."""
-        self._handlers_stuck += 1
-        self.metrics.handlers_stuck.set(self._handlers_stuck)
-        log.warning(
-            "handler still running after its task ended; its slot stays taken until it returns",
-            handlers_stuck=self._handlers_stuck,
-        )
-
-        def returned(_: asyncio.Future[Any]) -> None:
-            self._handlers_stuck -= 1
-            self.metrics.handlers_stuck.set(self._handlers_stuck)
-            self._slots.release()
-
-        handler.add_done_callback(returned)
-
-    # -- what the process asks ---------------------------------------------------------------
-    def state(self) -> ActivityState:
-        return ActivityState(
-            name=self.name,
-            pollers=len(self._pollers),
-            pollers_alive=sum(1 for task in self._poller_tasks if not task.done()),
-            concurrency=self.config.concurrency,
-            running=self._runner.running_count(),
-            queued=self._queue.qsize(),
-            handlers_stuck=self._handlers_stuck,
-            processes=self._invoker.process_health(),
-        )
-
-    def in_flight(self) -> int:
-        return self._runner.running_count()
-
-    def open_polls(self) -> int:
-        return sum(1 for poller in self._pollers if poller.holds_task())
-
-    def stop_polling(self) -> None:
-        """Shutdown, phase 1: handlers hear of it; pollers waiting for a slot are cancelled;
-        an open poll is never cancelled (the service may hand it a task at any moment)."""
-        self._runner.request_shutdown()
-        self._invoker.notify_shutdown()
-        for poller, task in zip(self._pollers, self._poller_tasks, strict=True):
-            if not poller.holds_task():
-                task.cancel()
-
-    def cancel_running(self, send_deadline: float) -> int:
-        """Shutdown, phase 3: fail what is not started, cancel what runs; answers are due by
-        ``send_deadline``. Returns how many tasks were running."""
-        self._runner.stop_starting(send_deadline)
-        return self._runner.cancel_running()
-
-    def abandon_running(self) -> int:
-        """Stop waiting for handlers; returns how many ignore cancellation."""
-        return self._runner.abandon_running()
-
-    async def aclose(self) -> None:
-        await self._invoker.aclose()

@@ -11,7 +11,7 @@ import structlog
 from ..aio import cancel_and_wait
 from ..aws import SFNClient
 from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
-from ..metrics import ActivityMetrics
+from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff, Retry
 
 log = structlog.get_logger("sfn_worker.heartbeat")
@@ -42,7 +42,7 @@ class Heartbeat:
         client: SFNClient,
         token: str,
         interval: float,
-        metrics: ActivityMetrics,
+        metrics: SourceMetrics,
         on_task_gone: Callable[[str], None],
         backoff: Backoff = SEND_BACKOFF,
         progress: Callable[[], int] | None = None,

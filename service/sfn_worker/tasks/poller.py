@@ -10,9 +10,11 @@ import structlog
 
 from ..aws import SFNClient
 from ..errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe, error_code
-from ..metrics import ActivityMetrics
+from ..metrics import SourceMetrics
 from ..retry import POLL_BACKOFF, Backoff, Retry
-from .task import ActivityTask
+from .outcome import decode_input
+from .slots import Slots
+from .task import Task
 
 log = structlog.get_logger("sfn_worker.poller")
 
@@ -29,13 +31,13 @@ class Poller:
         client: SFNClient,
         activity_arn: str,
         worker_name: str,
-        slots: asyncio.Semaphore,
+        slots: Slots,
         ready: Callable[[], Awaitable[None]],
         untraced: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
-        queue: asyncio.Queue[ActivityTask | None],
+        queue: asyncio.Queue[Task | None],
         stopping: asyncio.Event,
         on_fatal: Callable[[FatalWorkerError], None],
-        metrics: ActivityMetrics,
+        metrics: SourceMetrics,
         backoff: Backoff = POLL_BACKOFF,
     ) -> None:
         self.number = number
@@ -59,23 +61,23 @@ class Poller:
         with structlog.contextvars.bound_contextvars(poller=self.number):
             retry = Retry(self._backoff)
             while not self._stopping.is_set():
-                await self._slots.acquire()
+                await self._slots.take()
                 # A slot is not enough: the handler must be able to start (process mode
                 # backs off after handler processes die).
                 try:
                     await self._ready()
                 except BaseException:
-                    self._slots.release()
+                    self._slots.give()
                     raise
                 if self._stopping.is_set():
-                    self._slots.release()
+                    self._slots.give()
                     break
                 self._holds_task = True
                 try:
                     task = await self._poll()
                 except API_ERRORS as exc:
                     self._holds_task = False
-                    self._slots.release()
+                    self._slots.give()
                     if not self._keep_going_after(exc):
                         return
                     delay = retry.next_delay()
@@ -87,14 +89,14 @@ class Poller:
                 retry.reset()
                 if task is None:
                     self._holds_task = False
-                    self._slots.release()
+                    self._slots.give()
                     continue
                 # The slot now belongs to the task; the task coroutine releases it.
                 await self._queue.put(task)
                 self._metrics.queue_depth.set(self._queue.qsize())
                 self._holds_task = False
 
-    async def _poll(self) -> ActivityTask | None:
+    async def _poll(self) -> Task | None:
         self._metrics.polls_open.inc()
         try:
             # An empty long poll every minute per poller is noise, not a trace.
@@ -109,9 +111,11 @@ class Poller:
             self._metrics.empty_polls.inc()
             return None
         # A task that arrives once shutdown began is not started: it is failed at once.
-        return ActivityTask(
-            token=token, raw_input=response.get("input"), late=self._stopping.is_set()
-        )
+        try:
+            task_input, problem = decode_input(response.get("input")), None
+        except ValueError as exc:
+            task_input, problem = None, str(exc)
+        return Task(token, task_input, problem, late=self._stopping.is_set())
 
     def _keep_going_after(self, exc: BaseException) -> bool:
         self._metrics.poll_error(error_code(exc))

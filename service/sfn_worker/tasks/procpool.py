@@ -240,7 +240,8 @@ class HandlerProcessPool:
             "task_token": ctx.task_token,
             "worker_name": ctx.worker_name,
             "activity_arn": ctx.activity_arn,
-            "activity_name": ctx.activity_name,
+            "queue_url": ctx.queue_url,
+            "source_name": ctx.source_name,
             "token_hash": ctx.token_hash,
         }
         # The current trace context (the handler's span) crosses to the child with the call.

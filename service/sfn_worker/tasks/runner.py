@@ -1,4 +1,5 @@
-"""Works one task: decode input, run the handler with its heartbeat, send the one answer."""
+"""Works one task: run the handler with its heartbeat, send the one answer, settle with the
+task's source (activities: nothing more; callback queues: delete or release the message)."""
 
 from __future__ import annotations
 
@@ -13,28 +14,25 @@ from ..aio import retrieve_exception
 from ..aws import SFNClient
 from ..context import TaskContext
 from ..errors import SHUTDOWN_ERROR, describe
-from ..metrics import ActivityMetrics
+from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff
 from ..settings import HeartbeatMode
 from ..tracing import NO_TRACING, TaskSpan, Tracing
 from .handlers import HandlerCall, HandlerInvoker
 from .heartbeat import Heartbeat
-from .outcome import (
-    Failure,
-    Outcome,
-    Success,
-    decode_input,
-    encode_output,
-    from_exception,
-    invalid_input,
-)
+from .outcome import Failure, Outcome, Success, encode_output, from_exception, invalid_input
 from .sender import ResultSender, SendResult
-from .task import ActivityTask
+from .source import ActivitySource, Ended, TaskSource
+from .task import Task
 
 log = structlog.get_logger("sfn_worker.task")
 
-# messaging.system of an activity task's span (OpenTelemetry has no registered value).
-TRACE_SOURCE = "aws.stepfunctions"
+# messaging.system of a task's span: OpenTelemetry registers aws_sqs, nothing for activities.
+TRACE_SYSTEMS = {"activity": "aws.stepfunctions", "queue": "aws_sqs"}
+# What the runner decides instead of an answer.
+RELEASE = "release"  # hand the task back to its source, unanswered (callback queues)
+GONE = "gone"  # the task is closed at the service: send nothing
+NotSent = str
 
 
 class CancelReason(Enum):
@@ -106,14 +104,15 @@ class RunningTask:
 
 @dataclass(frozen=True)
 class TaskSettings:
-    """What every task of one activity shares."""
+    """What every task of one source (an activity or a callback queue) shares."""
 
     worker_name: str
-    activity_arn: str
-    activity_name: str
+    source_name: str
     heartbeat_seconds: float
     heartbeat_mode: HeartbeatMode
     state: Any
+    activity_arn: str = ""
+    queue_url: str = ""
     tracing: Tracing = NO_TRACING
 
 
@@ -125,12 +124,14 @@ class TaskRunner:
         client: SFNClient,
         invoker: HandlerInvoker,
         sender: ResultSender,
-        metrics: ActivityMetrics,
+        metrics: SourceMetrics,
         stopping: asyncio.Event,
         tasks_changed: asyncio.Event,
+        source: TaskSource | None = None,
         heartbeat_backoff: Backoff = SEND_BACKOFF,
     ) -> None:
         self._settings = settings
+        self._source = source or ActivitySource()
         self._client = client
         self._invoker = invoker
         self._sender = sender
@@ -153,10 +154,12 @@ class TaskRunner:
         for record in self._running.values():
             record.ctx.shutdown_requested.set()
 
-    def stop_starting(self, send_deadline: float) -> None:
-        """From now on tasks are failed rather than started, answers end by the deadline."""
+    def stop_starting(self, send_deadline: float | None = None) -> None:
+        """From now on tasks are not started (failed, or released by a source that can);
+        answers end by the deadline."""
         self._refuse_new_work = True
-        self._send_deadline = send_deadline
+        if send_deadline is not None:
+            self._send_deadline = send_deadline
 
     def cancel_running(self) -> int:
         for record in self._running.values():
@@ -171,7 +174,7 @@ class TaskRunner:
         return stubborn
 
     # -- one task ----------------------------------------------------------------------------
-    async def work(self, task: ActivityTask) -> asyncio.Future[Any] | None:
+    async def work(self, task: Task) -> asyncio.Future[Any] | None:
         """Work ``task`` to its one answer. Returns the handler's future if the handler still
         runs (it ignored cancellation): its slot is not free until that future is done."""
         loop = asyncio.get_running_loop()
@@ -180,7 +183,8 @@ class TaskRunner:
             task_token=task.token,
             worker_name=settings.worker_name,
             activity_arn=settings.activity_arn,
-            activity_name=settings.activity_name,
+            queue_url=settings.queue_url,
+            source_name=settings.source_name,
             _stopping=self._stopping,
             _state=settings.state,
         )
@@ -201,102 +205,118 @@ class TaskRunner:
         finished = record.handler.finished if record.handler is not None else None
         return finished if finished is not None and not finished.done() else None
 
-    async def _work(self, task: ActivityTask, record: RunningTask) -> None:
+    async def _work(self, task: Task, record: RunningTask) -> None:
         loop = asyncio.get_running_loop()
         if task.late:
             log.info("task started", late=True)
         else:
             log.info("task started")
         self._metrics.tasks_started.inc()
-        try:
-            task_input, problem = decode_input(task.raw_input), None
-        except ValueError as exc:
-            task_input, problem = None, exc
-        span = self._task_span(record, task_input)
+        span = self._task_span(record, task)
         with span.current():
             try:
-                outcome = await self._outcome(task, record, task_input, problem, span)
+                outcome = await self._outcome(task, record, span)
             except Exception as exc:
                 log.exception("internal error while working the task")
                 outcome = Failure.of("Worker.InternalError", describe(exc))
             duration = round(loop.time() - record.started_at, 3)
             self._metrics.handler_duration.observe(duration)
-            ended, error = await self._answer(record, outcome, duration)
-        span.end(ended, error)
+            ended, how, error = await self._answer(record, outcome, duration)
+            try:
+                await self._source.settle(task, ended)
+            except Exception:
+                log.exception("internal error while settling the task with its source")
+        span.end(how, error)
 
-    def _task_span(self, record: RunningTask, task_input: Any) -> TaskSpan:
+    def _task_span(self, record: RunningTask, task: Task) -> TaskSpan:
         settings = self._settings
+        attributes = {
+            "sfn_worker.source.name": settings.source_name,
+            "sfn_worker.worker.name": settings.worker_name,
+            "sfn_worker.task.token_hash": record.token_hash,
+            "sfn_worker.handler.mode": self._invoker.mode.value,
+        }
+        if settings.activity_arn:
+            attributes["aws.step_functions.activity.arn"] = settings.activity_arn
+        if task.message is not None:
+            attributes["messaging.message.id"] = task.message.message_id
+            attributes["sfn_worker.queue.url"] = settings.queue_url
         return settings.tracing.task(
-            source=TRACE_SOURCE,
-            destination=settings.activity_name,
-            attributes={
-                "aws.step_functions.activity.arn": settings.activity_arn,
-                "sfn_worker.activity.name": settings.activity_name,
-                "sfn_worker.worker.name": settings.worker_name,
-                "sfn_worker.task.token_hash": record.token_hash,
-                "sfn_worker.handler.mode": self._invoker.mode.value,
-            },
-            task_input=task_input,
+            source=TRACE_SYSTEMS[self._source.kind],
+            destination=settings.source_name,
+            attributes=attributes,
+            task_input=task.input,
         )
 
     async def _answer(
-        self, record: RunningTask, outcome: Outcome | None, duration: float
-    ) -> tuple[str, str | None]:
-        """Send the one answer; returns how the task ended and its error name."""
-        if outcome is None:
+        self, record: RunningTask, outcome: Outcome | NotSent, duration: float
+    ) -> tuple[Ended, str, str | None]:
+        """Send the one answer; how the task ended for its source, in words, and its error."""
+        if outcome == RELEASE:
+            self._metrics.tasks_released.inc()
+            log.info("task ended", outcome="released", duration=duration)
+            return Ended.RELEASED, "released", None
+        if isinstance(outcome, str):  # GONE: closed at the service, or a second delivery
             self._metrics.tasks_gone.inc()
             log.info("task ended", outcome="gone", answer=record.gone_answer, duration=duration)
-            return "gone", None
+            return _ended_by(record.gone_answer), "gone", None
         try:
-            result, sent = await self._sender.send(record.token, outcome, self._send_deadline)
+            report = await self._sender.send(record.token, outcome, self._send_deadline)
         except Exception:
             # A defect on the way out (the sender retries every API error itself) costs this
             # task's answer, never the worker.
             log.exception("internal error while answering the task")
-            result, sent = SendResult.GAVE_UP, outcome
-        if result is SendResult.TASK_GONE or result is SendResult.GAVE_UP:
+            return Ended.UNANSWERED, SendResult.GAVE_UP.value, None
+        if report.result is SendResult.TASK_GONE:
             self._metrics.tasks_gone.inc()
-            log.info("task ended", outcome=result.value, duration=duration)
-            return result.value, None
-        if isinstance(sent, Success):
+            log.info("task ended", outcome=report.result.value, duration=duration)
+            return _ended_by(report.answer), report.result.value, None
+        if report.result is SendResult.GAVE_UP:
+            self._metrics.tasks_gone.inc()
+            log.info("task ended", outcome=report.result.value, duration=duration)
+            return Ended.UNANSWERED, report.result.value, None
+        if isinstance(report.sent, Success):
             self._metrics.tasks_succeeded.inc()
             log.info("task ended", outcome="succeeded", duration=duration)
-            return "succeeded", None
-        error = sent.error or "(none)"  # a bare failure, after KMS refused the answer
+            return Ended.ANSWERED, "succeeded", None
+        error = report.sent.error or "(none)"  # a bare failure, after KMS refused the answer
         self._metrics.task_failed(error)
         log.info("task ended", outcome="failed", error=error, duration=duration)
-        return "failed", error
+        return Ended.ANSWERED, "failed", error
 
-    async def _outcome(
-        self,
-        task: ActivityTask,
-        record: RunningTask,
-        task_input: Any,
-        problem: ValueError | None,
-        span: TaskSpan,
-    ) -> Outcome | None:
-        """The answer to send, or None when the task is gone and nothing may be sent."""
+    async def _outcome(self, task: Task, record: RunningTask, span: TaskSpan) -> Outcome | NotSent:
+        """The answer to send, or what to do instead (RELEASE, GONE)."""
         if task.late or self._refuse_new_work:
+            if not self._source.answers_at_shutdown:
+                return RELEASE
             return Failure.of(
                 SHUTDOWN_ERROR,
                 "the worker was shutting down when this task arrived; it was not started",
             )
-        if problem is not None:
-            return invalid_input(problem)
-        handler_span = span.handler(self._settings.activity_name)
+        if task.input_problem is not None:
+            return invalid_input(ValueError(task.input_problem))
+        refused = await self._source.admit(task)
+        if refused is not None:
+            record.gone_answer = refused.value
+            return GONE
+        handler_span = span.handler(self._settings.source_name)
         with handler_span.current():  # the handler's own spans are its children
-            call = record.handler = self._invoker.start(task_input, record.ctx)
+            call = record.handler = self._invoker.start(task.input, record.ctx)
         handler_span.end_with(call.result)
         call.result.add_done_callback(lambda _: record.settled.set())
         call.result.add_done_callback(retrieve_exception)
         heartbeat = self._start_heartbeat(record)
         try:
-            await record.settled.wait()
+            async with self._source.keep(task):
+                await record.settled.wait()
         finally:
             if heartbeat is not None:
                 await heartbeat.stop()
 
-        return record.answer()
+        if record.cancel_reason is CancelReason.SHUTDOWN and not self._source.answers_at_shutdown:
+            return RELEASE
+        answer = record.answer()
+        return GONE if answer is None else answer
 
     def _start_heartbeat(self, record: RunningTask) -> Heartbeat | None:
         if not self._settings.heartbeat_seconds:
@@ -321,3 +341,12 @@ class TaskRunner:
                 else None
             ),
         )
+
+
+def _ended_by(answer: str) -> Ended:
+    """A closed task: InvalidToken means the service cannot read the token at all."""
+    if answer in ("InvalidToken", Ended.MALFORMED.value):
+        return Ended.MALFORMED
+    if answer == Ended.ANSWERED.value:
+        return Ended.ANSWERED
+    return Ended.GONE

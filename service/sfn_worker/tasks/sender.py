@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from enum import Enum
 
 import structlog
@@ -18,7 +19,7 @@ from ..errors import (
     error_code,
     may_have_been_recorded,
 )
-from ..metrics import ActivityMetrics
+from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff, Retry
 from .outcome import BARE_FAILURE, Failure, Outcome, Success
 
@@ -37,18 +38,23 @@ class SendResult(Enum):
     GAVE_UP = "gave_up"
 
 
+@dataclass(frozen=True)
+class SendReport:
+    result: SendResult
+    sent: Outcome  # what was sent: the outcome, or what replaced it (invalid output, KMS)
+    answer: str = ""  # the service's error code, when it closed the task
+
+
 class ResultSender:
     def __init__(
-        self, client: SFNClient, metrics: ActivityMetrics, backoff: Backoff = SEND_BACKOFF
+        self, client: SFNClient, metrics: SourceMetrics, backoff: Backoff = SEND_BACKOFF
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._backoff = backoff
 
-    async def send(
-        self, token: str, outcome: Outcome, deadline: float | None = None
-    ) -> tuple[SendResult, Outcome]:
-        """Send ``outcome`` once; returns what happened and the outcome actually sent."""
+    async def send(self, token: str, outcome: Outcome, deadline: float | None = None) -> SendReport:
+        """Send ``outcome`` once; says what happened and what was actually sent."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + SEND_RETRY_SECONDS
         if deadline is not None:
@@ -66,9 +72,9 @@ class ResultSender:
                             "terminal call already recorded by an earlier attempt",
                             answer=error_code(exc),
                         )
-                        return SendResult.ALREADY_RECORDED, outcome
+                        return SendReport(SendResult.ALREADY_RECORDED, outcome, error_code(exc))
                     log.warning("task closed before it was answered", answer=error_code(exc))
-                    return SendResult.TASK_GONE, outcome
+                    return SendReport(SendResult.TASK_GONE, outcome, error_code(exc))
                 if isinstance(outcome, Success) and error_code(exc) in {
                     "InvalidOutput",
                     "ValidationException",
@@ -93,7 +99,7 @@ class ResultSender:
                     continue
                 if kind is not ErrorKind.TRANSIENT:
                     log.error("terminal call rejected; not retrying", error=describe(exc))
-                    return SendResult.GAVE_UP, outcome
+                    return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
                 maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
                 delay = retry.next_delay()
                 if loop.time() + delay > give_up_at:
@@ -102,7 +108,7 @@ class ResultSender:
                         error=describe(exc),
                         attempts=retry.failures + 1,
                     )
-                    return SendResult.GAVE_UP, outcome
+                    return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
                 log.warning(
                     "terminal call failed; retrying",
                     error=describe(exc),
@@ -112,7 +118,7 @@ class ResultSender:
                 self._metrics.terminal_retries.inc()
                 await retry.wait(delay)
             else:
-                return SendResult.SENT, outcome
+                return SendReport(SendResult.SENT, outcome)
 
     async def _call(self, token: str, outcome: Outcome) -> None:
         if isinstance(outcome, Success):

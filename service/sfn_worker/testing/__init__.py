@@ -2,8 +2,8 @@
 
 - ``run_handler(handler, input)``: what the worker would send for one call (with the app's
   middleware when ``app`` is given);
-- ``FakeStepFunctions``: an in-process fake of the activity API that real boto3 clients
-  talk to;
+- ``FakeStepFunctions``: an in-process fake of the activity API (and, as ``fake.sqs``, of
+  the SQS calls callback queues use) that real boto3 clients talk to;
 - ``run_app(app, fake)``: the whole app, in this process, against the fake:
 
       async with FakeStepFunctions() as fake, run_app(app, fake):
@@ -21,7 +21,7 @@ from typing import Any
 import aioboto3
 
 from ..app import App, Handler
-from ..config import ActivityConfig, activity_name
+from ..config import SourceConfig, activity_name, queue_name
 from ..context import TaskContext
 from ..runtime.client import SfnClients, open_clients
 from ..runtime.runtime import ClientFactory, Runtime
@@ -83,12 +83,12 @@ def fake_clients(fake: FakeStepFunctions) -> ClientFactory:
     """Clients for the runtime that talk to ``fake``, whatever the AWS environment says."""
 
     @contextlib.asynccontextmanager
-    async def open_fake(activities: Sequence[ActivityConfig]) -> AsyncIterator[SfnClients]:
+    async def open_fake(sources: Sequence[SourceConfig]) -> AsyncIterator[SfnClients]:
         session = aioboto3.Session(
             region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
         )
         async with open_clients(
-            activities, session=session, endpoint_url=fake.endpoint_url
+            sources, session=session, endpoint_url=fake.endpoint_url
         ) as clients:
             yield clients
 
@@ -102,6 +102,8 @@ async def run_app(app: App, fake: FakeStepFunctions, **settings: Any) -> AsyncIt
     for registration in app.activities:
         ref = registration.ref
         fake.add_activity(ref if ref.startswith("arn:") else activity_name(ref))
+    for registration in app.queues:
+        fake.sqs.add_queue(queue_name(registration.ref), url=registration.ref)
     values: dict[str, Any] = {"worker_name": "test-worker", "shutdown_grace_seconds": 5}
     values.update(settings)
     runtime = Runtime(app, Settings(**values), client_factory=fake_clients(fake), environ={})

@@ -22,8 +22,12 @@ from typing import Any
 
 from aiohttp import web
 
+from .fake_sqs import FakeSqs
+
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
+# The "activity" of callback tasks in the fake's counters: they come from a state, over SQS.
+CALLBACK = "callback"
 DEFAULT_ACTIVITY_ARN = f"arn:aws:states:{REGION}:{ACCOUNT}:activity:fake-activity"
 
 
@@ -152,6 +156,7 @@ class FakeStepFunctions:
         self._runner: web.AppRunner | None = None
         self.endpoint_url = ""
         self._numbers = 0
+        self.sqs = FakeSqs(self)
         self._feed_remaining = 0
         self._feed_input = "null"
         # Drop closed tasks (keep only the counters): for long runs that measure memory.
@@ -260,10 +265,12 @@ class FakeStepFunctions:
         if request.content_type == "application/x-www-form-urlencoded":
             return await self._sts(request)
         target = request.headers.get("X-Amz-Target", "")
-        operation = target.removeprefix("AWSStepFunctions.")
         params: dict[str, Any] = (
             await request.json(loads=json.loads) if request.can_read_body else {}
         )
+        if target.startswith("AmazonSQS."):
+            return await self._handle_sqs(request, target.removeprefix("AmazonSQS."), params)
+        operation = target.removeprefix("AWSStepFunctions.")
         token = params.get("taskToken")
         self.counts[operation] = self.counts.get(operation, 0) + 1
         known = self.tasks.get(token or "")
@@ -294,6 +301,60 @@ class FakeStepFunctions:
         ):
             known.told_closed = True  # the worker now knows: it must not call again
         return web.json_response(body, status=status, content_type="application/x-amz-json-1.0")
+
+    async def _handle_sqs(
+        self, request: web.Request, operation: str, params: dict[str, Any]
+    ) -> web.StreamResponse:
+        self.counts[operation] = self.counts.get(operation, 0) + 1
+        fault = self._next_fault(operation)
+        if fault is not None and fault.kind == "delay":
+            await asyncio.sleep(fault.seconds)
+            fault = None
+        if fault is not None and fault.kind == "error":
+            await self._record(Call(operation, None, params, fault.code))
+            body = {"__type": f"com.amazonaws.sqs#{fault.code}", "message": fault.code}
+            return web.json_response(
+                body, status=fault.status, content_type="application/x-amz-json-1.0"
+            )
+        if fault is not None and fault.kind == "reset_before":
+            await self._record(Call(operation, None, params, "reset"))
+            return _reset(request)
+        response = await self.sqs.handle(operation, params)
+        await self._record(Call(operation, None, params, "ok" if response.status == 200 else
+                                str(response.status)))  # fmt: skip
+        if fault is not None:  # reset_after
+            return _reset(request)
+        return response
+
+    # -- what the fake SQS asks of the service ----------------------------------------------
+    def open_callback_task(self, task_input: Any) -> FakeTask:
+        """A task a .waitForTaskToken state opened: issued at once, its token in a message."""
+        self._numbers += 1
+        token = (
+            f"{self._numbers:08d}-" + secrets.token_urlsafe(self.token_chars)[: self.token_chars]
+        )
+        task = FakeTask(token, json.dumps(task_input), self._numbers, CALLBACK, issued=True)
+        self.stats.setdefault(CALLBACK, ActivityStats())
+        self.tasks[token] = task
+        self._issued_open += 1
+        self.stats[CALLBACK].issued_open += 1
+        self.issued_count += 1
+        return task
+
+    def close_callback_task(self, task: FakeTask) -> None:
+        """As if a worker answered it (and was told so): succeeded, one terminal call."""
+        task.output = "{}"
+        task.told_closed = True
+        self._close(task, "succeeded")
+
+    def polls_released(self) -> bool:
+        return self._release_polls.is_set()
+
+    async def wait_release(self) -> None:
+        await self._release_polls.wait()
+
+    async def notify(self) -> None:
+        await self._notify()
 
     def _next_fault(self, operation: str) -> Fault | None:
         queue = self._faults.get(operation)

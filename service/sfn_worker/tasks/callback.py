@@ -1,0 +1,206 @@
+"""A callback queue's worker: task tokens that ``.waitForTaskToken`` states put on SQS.
+
+The message contract: a JSON object with the token at ``token_field`` ("TaskToken") and the
+task input at ``input_field`` ("Input"). Around each task, the SQS side of the guarantees:
+
+- received only with a free slot (receiver.py); kept invisible while its handler runs
+  (visibility pushed out every half of SFN_<KEY>_VISIBILITY_SECONDS);
+- a redelivered message (ApproximateReceiveCount > 1) is checked first with a heartbeat:
+  if the service says its task is closed, the message is deleted without running the
+  handler or sending a second answer; a second delivery while the task still runs here
+  just hands over its newer receipt handle;
+- deleted once the task is answered or closed (DeleteMessageBatch, retried; a failed
+  delete never re-runs the handler: the next delivery is checked as above);
+- poison (not JSON, no token, a token the service calls malformed): logged without the
+  token, counted, and left for the queue's redrive policy (dead-letter queue);
+- at shutdown, released (visible again at once) so another worker finishes the task,
+  unless SFN_SQS_ON_SHUTDOWN=fail asks for Worker.Shutdown, as for activities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import OrderedDict
+from typing import Any
+
+import structlog
+
+from ..aws import SFNClient, SQSClient
+from ..config import CallbackQueueConfig
+from ..context import token_hash
+from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
+from ..metrics import SourceMetrics
+from ..retry import SEND_BACKOFF, Backoff, Retry
+from ..settings import OnShutdown
+from .receiver import Receiver
+from .source import Ended
+from .source_worker import Intake, SourceParts, SourceWorker
+from .sqs_calls import SqsCalls
+from .task import SqsMessage, Task
+
+log = structlog.get_logger("sfn_worker.callback")
+
+# Recently settled message ids: a copy delivered again is deleted without a probe.
+REMEMBERED_MESSAGES = 10_000
+PROBE_SECONDS = 60.0  # the redelivery check is retried this long, then the task runs
+RELEASE_SECONDS = 10.0
+
+
+class CallbackSource:
+    kind = "queue"
+
+    def __init__(
+        self,
+        config: CallbackQueueConfig,
+        *,
+        sqs: SQSClient,
+        sfn: SFNClient,
+        metrics: SourceMetrics,
+        backoff: Backoff = SEND_BACKOFF,
+    ) -> None:
+        self.answers_at_shutdown = config.on_shutdown is OnShutdown.FAIL
+        self._config = config
+        self._sfn = sfn
+        self._metrics = metrics
+        self._backoff = backoff
+        self._calls = SqsCalls(sqs, config.queue_url, backoff)
+        self._running: dict[str, Task] = {}  # by message id
+        self._settled: OrderedDict[str, None] = OrderedDict()
+
+    # -- intake ----------------------------------------------------------------------------
+    def accept(self, message: dict[str, Any], late: bool) -> Task | None:
+        """The task a received message carries, or None (poison, or a duplicate delivery)."""
+        message_id = str(message.get("MessageId", ""))
+        receipt = str(message.get("ReceiptHandle", ""))
+        attributes = message.get("Attributes") or {}
+        count = int(attributes.get("ApproximateReceiveCount", "1"))
+        with structlog.contextvars.bound_contextvars(message_id=message_id, receive_count=count):
+            running = self._running.get(message_id)
+            if running is not None and running.message is not None:
+                running.message.receipt_handle = receipt  # the newest handle is the valid one
+                log.info("message delivered again while its task runs here; keeping one")
+                return None
+            if message_id in self._settled:
+                log.info("message delivered again after its task was settled; deleting it")
+                self._calls.delete_soon(SqsMessage(message_id, receipt, count))
+                return None
+            task = self._parse(message_id, receipt, count, str(message.get("Body", "")), late)
+        if task is not None:
+            self._running[message_id] = task
+        return task
+
+    def _parse(
+        self, message_id: str, receipt: str, count: int, body: str, late: bool
+    ) -> Task | None:
+        config = self._config
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            self._poison("not_json", "the message body is not a JSON object")
+            return None
+        token = document.get(config.token_field)
+        if not isinstance(token, str) or not token:
+            self._poison("no_token", f"the message has no token at {config.token_field!r}")
+            return None
+        message = SqsMessage(message_id, receipt, count)
+        return Task(token, document.get(config.input_field), None, late, message)
+
+    def _poison(self, reason: str, description: str) -> None:
+        self._metrics.poison_message(reason)
+        log.warning(
+            "poison message left for the queue's redrive policy",
+            reason=description,
+            hint="give the queue a redrive policy (dead-letter queue) with a maxReceiveCount",
+        )
+
+    # -- around the task (TaskSource) ------------------------------------------------------
+    async def admit(self, task: Task) -> Ended | None:
+        """A redelivered message: the service says whether its task is still open."""
+        assert task.message is not None
+        if task.message.receive_count <= 1:
+            return None
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + PROBE_SECONDS
+        retry = Retry(self._backoff)
+        while True:
+            try:
+                await self._sfn.send_task_heartbeat(taskToken=task.token)
+                return None
+            except API_ERRORS as exc:
+                code = error_code(exc)
+                if code == "InvalidToken":
+                    return Ended.MALFORMED
+                if classify(exc) is ErrorKind.TASK_GONE:
+                    log.info(
+                        "message delivered again for a closed task; deleting it unanswered",
+                        answer=code,
+                        token=token_hash(task.token),
+                    )
+                    return Ended.GONE
+                delay = retry.next_delay()
+                if classify(exc) is not ErrorKind.TRANSIENT or loop.time() + delay > give_up_at:
+                    log.warning(
+                        "could not check a redelivered task; running it", error=describe(exc)
+                    )
+                    return None
+                await retry.wait(delay)
+
+    def keep(self, task: Task) -> contextlib.AbstractAsyncContextManager[None]:
+        assert task.message is not None
+        return self._calls.kept_invisible(task.message, self._config.visibility_seconds)
+
+    async def settle(self, task: Task, ended: Ended) -> None:
+        message = task.message
+        assert message is not None
+        self._running.pop(message.message_id, None)
+        if ended in (Ended.ANSWERED, Ended.GONE):
+            await self._forget(message)
+        elif ended is Ended.RELEASED:
+            await self._calls.release(message, RELEASE_SECONDS)
+        elif ended is Ended.MALFORMED:
+            self._poison("malformed_token", "Step Functions calls the message's token invalid")
+        # UNANSWERED: left as it is; its next delivery is checked before it runs again.
+
+    async def _forget(self, message: SqsMessage) -> None:
+        self._settled[message.message_id] = None
+        while len(self._settled) > REMEMBERED_MESSAGES:
+            self._settled.popitem(last=False)
+        await self._calls.delete_soon(message)
+
+    async def aclose(self) -> None:
+        await self._calls.flush()
+
+
+class CallbackQueueWorker(SourceWorker):
+    def __init__(self, config: CallbackQueueConfig, parts: SourceParts, metrics: SourceMetrics):
+        assert parts.sqs is not None, "a callback queue needs the process's SQS clients"
+        self._callback = CallbackSource(
+            config, sqs=parts.sqs, sfn=parts.calls, metrics=metrics, backoff=parts.send_backoff
+        )
+        self._queue_config = config
+        super().__init__(config, parts, metrics, self._callback, queue_url=config.queue_url)
+
+    def _make_intakes(self) -> list[Intake]:
+        parts = self._parts
+        assert parts.sqs_polls is not None
+        return [
+            Receiver(
+                number,
+                client=parts.sqs_polls,
+                queue_url=self._queue_config.queue_url,
+                visibility_seconds=self._queue_config.visibility_seconds,
+                accept=self._callback.accept,
+                slots=self._slots,
+                ready=self._invoker.wait_ready,
+                queue=self._queue,
+                stopping=parts.stopping,
+                on_fatal=parts.on_fatal,
+                metrics=self.metrics,
+                backoff=parts.poll_backoff,
+            )
+            for number in range(self.config.pollers)
+        ]

@@ -1,0 +1,68 @@
+"""What differs between the sources of tasks, as the task runner sees it.
+
+An activity's task is answered, whatever happens (Worker.Shutdown when the worker stops).
+A callback queue's task came in an SQS message: a redelivered message is checked before it
+runs, the message is kept invisible while its handler runs, deleted once the task is
+answered or closed, and released (visible again at once) when the worker stops, so another
+worker finishes it (tasks/callback.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+from typing import Protocol
+
+from .task import Task
+
+
+class Ended(Enum):
+    """How a task ended, for its source."""
+
+    ANSWERED = "answered"  # the one terminal call is recorded (now or by an earlier attempt)
+    GONE = "gone"  # the service closed it (timed out, execution stopped)
+    MALFORMED = "malformed"  # the service refused its token as invalid
+    RELEASED = "released"  # not answered, on purpose: another worker can take it
+    UNANSWERED = "unanswered"  # the terminal call kept failing: the service's timeout decides
+
+
+class TaskSource(Protocol):
+    kind: str  # "activity" | "queue": the metrics label, the span's messaging.system
+    # Whether a task the worker cannot finish is answered with Worker.Shutdown (True) or
+    # released for another worker (False).
+    answers_at_shutdown: bool
+
+    async def admit(self, task: Task) -> Ended | None:
+        """Before the handler runs: None to run it, or why the task must not run."""
+        ...
+
+    def keep(self, task: Task) -> contextlib.AbstractAsyncContextManager[None]:
+        """Around the handler: whatever keeps the task's delivery alive."""
+        ...
+
+    async def settle(self, task: Task, ended: Ended) -> None:
+        """After the task ended (answered, gone, released...)."""
+        ...
+
+    async def aclose(self) -> None:
+        """The worker stops: finish what settling is under way."""
+        ...
+
+
+class ActivitySource:
+    """Activities need nothing around their tasks: the token is the whole delivery."""
+
+    kind = "activity"
+    answers_at_shutdown = True
+
+    async def admit(self, task: Task) -> Ended | None:
+        return None
+
+    def keep(self, task: Task) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def settle(self, task: Task, ended: Ended) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

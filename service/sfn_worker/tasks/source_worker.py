@@ -1,0 +1,246 @@
+"""What serves one source of tasks (an activity or a callback queue): slots, intake loops
+(pollers or receivers), the bounded queue, the dispatcher, task coroutines.
+
+``run()`` takes and works tasks until the process stops it, then returns once every open
+poll has returned and every task taken has ended. The process (runtime/shutdown.py) drives
+the shutdown through the methods below; a source never looks at other sources. Subclasses
+say how tasks come in (tasks/activity.py, tasks/callback.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from ..app import Middleware
+from ..aws import SFNClient, SQSClient
+from ..config import SourceConfig
+from ..errors import FatalWorkerError
+from ..metrics import SourceMetrics
+from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
+from ..tracing import NO_TRACING, Tracing
+from .handlers import HandlerInvoker
+from .procpool import PoolHealth
+from .runner import TaskRunner, TaskSettings
+from .sender import ResultSender
+from .slots import Slots
+from .source import TaskSource
+from .task import Task
+
+log = structlog.get_logger("sfn_worker.source")
+
+OnCrash = Callable[[BaseException, str], None]
+
+
+class Intake(Protocol):
+    """A poller (GetActivityTask) or a receiver (SQS ReceiveMessage)."""
+
+    async def run(self) -> None: ...
+
+    def holds_task(self) -> bool:
+        """True while a request is open or its tasks are not queued yet: never cancel then."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """A snapshot for health checks."""
+
+    kind: str
+    name: str
+    pollers: int
+    pollers_alive: int
+    concurrency: int
+    running: int
+    queued: int
+    handlers_stuck: int
+    processes: PoolHealth | None
+
+
+@dataclass(frozen=True)
+class SourceParts:
+    """What the process lends every source."""
+
+    polls: SFNClient
+    calls: SFNClient
+    sqs_polls: SQSClient | None  # ReceiveMessage only (20 s long polls)
+    sqs: SQSClient | None  # the other SQS calls (quick)
+    worker_name: str
+    stopping: asyncio.Event
+    tasks_changed: asyncio.Event
+    state: Any
+    middlewares: Sequence[Middleware]
+    process_init: Callable[[], Any] | None
+    on_fatal: Callable[[FatalWorkerError], None]
+    on_crash: OnCrash
+    tracing: Tracing = NO_TRACING
+    poll_backoff: Backoff = POLL_BACKOFF
+    send_backoff: Backoff = SEND_BACKOFF
+
+
+class SourceWorker:
+    def __init__(
+        self,
+        config: SourceConfig,
+        parts: SourceParts,
+        metrics: SourceMetrics,
+        source: TaskSource,
+        *,
+        activity_arn: str = "",
+        queue_url: str = "",
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.source = source
+        self._parts = parts
+        self._invoker = HandlerInvoker(
+            config.handler,
+            config.handler_mode,
+            config.concurrency,
+            middlewares=parts.middlewares,
+            process_init=parts.process_init,
+            max_tasks_per_child=config.max_tasks_per_child,
+            trace_carrier=parts.tracing.carrier,
+            on_process_death=metrics.handler_process_deaths.inc,
+        )
+        self._slots = Slots(config.concurrency)
+        self._queue: asyncio.Queue[Task | None] = asyncio.Queue(config.effective_queue_size)
+        self._runner = TaskRunner(
+            TaskSettings(
+                worker_name=parts.worker_name,
+                source_name=config.name,
+                heartbeat_seconds=config.heartbeat_seconds,
+                heartbeat_mode=config.heartbeat_mode,
+                state=parts.state,
+                activity_arn=activity_arn,
+                queue_url=queue_url,
+                tracing=parts.tracing,
+            ),
+            client=parts.calls,
+            invoker=self._invoker,
+            sender=ResultSender(parts.calls, metrics, parts.send_backoff),
+            metrics=metrics,
+            stopping=parts.stopping,
+            tasks_changed=parts.tasks_changed,
+            source=source,
+            heartbeat_backoff=parts.send_backoff,
+        )
+        self._intakes = self._make_intakes()
+        self._intake_tasks: list[asyncio.Task[None]] = []
+        self._handlers_stuck = 0
+        metrics.concurrency.set(config.concurrency)
+
+    def _make_intakes(self) -> list[Intake]:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def handler_mode(self) -> str:
+        return self._invoker.mode.value
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        with structlog.contextvars.bound_contextvars(**{self.source.kind: self.name}):
+            async with asyncio.TaskGroup() as group:
+                self._intake_tasks = [
+                    group.create_task(self._guard(intake.run(), "intake"))
+                    for intake in self._intakes
+                ]
+                group.create_task(self._guard(self._dispatch(group), "dispatcher"))
+                await self._parts.stopping.wait()
+                await asyncio.wait(self._intake_tasks)
+                await self._queue.put(None)  # after the last task an intake queued
+            # The task group returns once the dispatcher and every task it started are done.
+
+    async def _dispatch(self, group: asyncio.TaskGroup) -> None:
+        while (task := await self._queue.get()) is not None:
+            self.metrics.queue_depth.set(self._queue.qsize())
+            group.create_task(self._guard(self._work_then_free_slot(task), "task"))
+
+    async def _guard(self, work: Coroutine[Any, Any, None], part: str) -> None:
+        """An exception out of this machinery goes to the process (which stops in order),
+        never through the task group, which would cancel open polls and running tasks."""
+        try:
+            await work
+        except Exception as exc:  # noqa: BLE001 - on_crash logs it and stops the worker
+            self._parts.on_crash(exc, f"{self.name} {part}")
+
+    async def _work_then_free_slot(self, task: Task) -> None:
+        still_running: asyncio.Future[Any] | None = None
+        try:
+            still_running = await self._runner.work(task)
+        finally:
+            if still_running is None:
+                self._slots.give()
+            else:
+                self._hold_slot_until_done(still_running)
+
+    def _hold_slot_until_done(self, handler: asyncio.Future[Any]) -> None:
+        """A slot is a handler that can run: one that ignored cancellation keeps its slot
+        (and its thread) until it returns, so a new task never waits behind it."""
+        self._handlers_stuck += 1
+        self.metrics.handlers_stuck.set(self._handlers_stuck)
+        log.warning(
+            "handler still running after its task ended; its slot stays taken until it returns",
+            handlers_stuck=self._handlers_stuck,
+        )
+
+        def returned(_: asyncio.Future[Any]) -> None:
+            self._handlers_stuck -= 1
+            self.metrics.handlers_stuck.set(self._handlers_stuck)
+            self._slots.give()
+
+        handler.add_done_callback(returned)
+
+    # -- what the process asks ---------------------------------------------------------------
+    def state(self) -> SourceState:
+        return SourceState(
+            kind=self.source.kind,
+            name=self.name,
+            pollers=len(self._intakes),
+            pollers_alive=sum(1 for task in self._intake_tasks if not task.done()),
+            concurrency=self.config.concurrency,
+            running=self._runner.running_count(),
+            queued=self._queue.qsize(),
+            handlers_stuck=self._handlers_stuck,
+            processes=self._invoker.process_health(),
+        )
+
+    def in_flight(self) -> int:
+        return self._runner.running_count()
+
+    def open_polls(self) -> int:
+        return sum(1 for intake in self._intakes if intake.holds_task())
+
+    def stop_polling(self) -> None:
+        """Shutdown, phase 1: handlers hear of it; intakes waiting for a slot are cancelled;
+        an open request is never cancelled (the service may hand it a task at any moment).
+        A source that can release tasks releases those not started yet."""
+        self._runner.request_shutdown()
+        self._invoker.notify_shutdown()
+        if not self.source.answers_at_shutdown:
+            self._runner.stop_starting()
+        for intake, task in zip(self._intakes, self._intake_tasks, strict=True):
+            if not intake.holds_task():
+                task.cancel()
+
+    def cancel_running(self, send_deadline: float) -> int:
+        """Shutdown, phase 3: fail what is not started, cancel what runs; answers are due by
+        ``send_deadline``. Returns how many tasks were running."""
+        self._runner.stop_starting(send_deadline)
+        return self._runner.cancel_running()
+
+    def abandon_running(self) -> int:
+        """Stop waiting for handlers; returns how many ignore cancellation."""
+        return self._runner.abandon_running()
+
+    async def aclose(self) -> None:
+        await self._invoker.aclose()
+        await self.source.aclose()
