@@ -1,11 +1,15 @@
-"""The seed flow and a second activity end to end on LocalStack: `make demo`.
+"""The seed flow over an activity and over SQS, and a second activity, on LocalStack:
+`make demo`.
 
-Starts LocalStack, creates the activities of the example app (sfn_worker.examples:app:
-"seed-activity" with the seed handler, "uppercase") and a state machine for each from
-config/demo-state-machine.json, starts `sfn-worker run sfn_worker.examples:app` as a real
-subprocess (one process, both activities; their names become ARNs at start), runs the seed
-flow ({"in": "SUCCESS"} and {"in": "RANDOM"}) and one "uppercase" execution, prints how
-each ended, then sends SIGTERM to the worker and stops LocalStack.
+Starts LocalStack, creates what the example app (sfn_worker.examples:app) serves: the
+activities "seed-activity" (seed handler) and "uppercase", and the SQS queue
+"seed-callbacks" (seed handler, for a state using sqs:sendMessage.waitForTaskToken), with a
+state machine for each (config/demo-state-machine.json, config/demo-callback-machine.json).
+Starts `sfn-worker run sfn_worker.examples:app` as a real subprocess (one process serving
+all three; the activity names become ARNs at start, the queue's URL comes from
+SFN_SEED_CALLBACKS_QUEUE_URL), runs the seed flow ({"in": "SUCCESS"}, {"in": "RANDOM"})
+both ways and one "uppercase" execution, prints how each ended, then sends SIGTERM to the
+worker and stops LocalStack.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ EXECUTION_TIMEOUT_SECONDS = 60.0
 
 
 APP = "sfn_worker.examples:app"
-# (activity, input) in the order the demo runs them.
+QUEUE = "seed-callbacks"
+# (activity or queue, input) in the order the demo runs them.
 EXECUTIONS = [
     ("seed-activity", {"in": "SUCCESS"}),
     ("seed-activity", {"in": "RANDOM"}),
+    (QUEUE, {"in": "SUCCESS"}),
+    (QUEUE, {"in": "RANDOM"}),
     ("uppercase", {"text": "hello from the demo"}),
 ]
 
@@ -44,6 +51,7 @@ def aws_env(endpoint_url: str) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL_SFN": endpoint_url,
         "AWS_ENDPOINT_URL_STS": endpoint_url,
+        "AWS_ENDPOINT_URL_SQS": endpoint_url,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": REGION,
@@ -52,9 +60,9 @@ def aws_env(endpoint_url: str) -> dict[str, str]:
     }
 
 
-def sfn_client(endpoint_url: str) -> Any:
+def aws_client(service: str, endpoint_url: str) -> Any:
     return boto3.client(
-        "stepfunctions",
+        service,
         endpoint_url=endpoint_url,
         region_name=REGION,
         aws_access_key_id="test",
@@ -66,6 +74,13 @@ def state_machine_definition(activity_arn: str) -> str:
     definition = json.loads((CONFIG / "demo-state-machine.json").read_text())
     definition.pop("Comment", None)
     definition["States"]["TestActivity"]["Resource"] = activity_arn
+    return json.dumps(definition)
+
+
+def callback_machine_definition(queue_url: str) -> str:
+    definition = json.loads((CONFIG / "demo-callback-machine.json").read_text())
+    definition.pop("Comment", None)
+    definition["States"]["SendTaskToken"]["Parameters"]["QueueUrl"] = queue_url
     return json.dumps(definition)
 
 
@@ -88,22 +103,29 @@ def worker_command() -> list[str]:
 def run_demo() -> int:
     with LocalStack() as emulator, tempfile.TemporaryDirectory() as tmp:
         print(f"LocalStack (Step Functions, STS, SQS) is up at {emulator.endpoint_url}")
-        client = sfn_client(emulator.endpoint_url)
+        client = aws_client("stepfunctions", emulator.endpoint_url)
+        queue_url = aws_client("sqs", emulator.endpoint_url).create_queue(QueueName=QUEUE)[
+            "QueueUrl"
+        ]
         machines = {}
-        for activity in dict.fromkeys(name for name, _ in EXECUTIONS):
-            activity_arn = client.create_activity(name=activity)["activityArn"]
-            machines[activity] = client.create_state_machine(
-                name=f"{activity}-machine",
-                definition=state_machine_definition(activity_arn),
-                roleArn=ROLE_ARN,
+        for name in dict.fromkeys(name for name, _ in EXECUTIONS):
+            if name == QUEUE:
+                definition = callback_machine_definition(queue_url)
+                print(f"queue:         {queue_url}")
+            else:
+                activity_arn = client.create_activity(name=name)["activityArn"]
+                definition = state_machine_definition(activity_arn)
+                print(f"activity:      {activity_arn}")
+            machines[name] = client.create_state_machine(
+                name=f"{name}-machine", definition=definition, roleArn=ROLE_ARN
             )["stateMachineArn"]
-            print(f"activity:      {activity_arn}")
-            print(f"state machine: {machines[activity]}")
+            print(f"state machine: {machines[name]}")
 
         worker_log = Path(tmp) / "worker.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SFN_"))}
         env.update(aws_env(emulator.endpoint_url))
         env.update(
+            SFN_SEED_CALLBACKS_QUEUE_URL=queue_url,
             SFN_WORKER_NAME="demo-worker",
             SFN_LOG_FORMAT="console",
             # Open 60 s long polls would hold a default 25 s grace; the demo has no more work.
@@ -129,7 +151,7 @@ def run_demo() -> int:
             print()
             for activity, payload, arn in executions:
                 result = wait_for_execution(client, arn)
-                print(f"{activity:<14} input {json.dumps(payload)}")
+                print(f"{activity:<15}input {json.dumps(payload)}")
                 print(f"  status {result['status']}")
                 if result["status"] == "SUCCEEDED":
                     print(f"  output {json.dumps(json.loads(result['output']))}")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sfn_worker.app import load_app
-from sfn_worker.config import ActivityConfig, resolve
+from sfn_worker.config import ActivityConfig, CallbackQueueConfig, resolve
 from sfn_worker.settings import Settings, env_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,10 @@ def test_ecs_app_task_definition_resolves_against_its_app() -> None:
         }
     )
     app = load_app(container["command"][1])
-    configs = {c.name: c for c in resolve(app, settings, env) if isinstance(c, ActivityConfig)}
+    resolved = resolve(app, settings, env)
+    queues = [c for c in resolved if isinstance(c, CallbackQueueConfig)]
+    assert [q.queue_url for q in queues] == [env["SFN_SEED_CALLBACKS_QUEUE_URL"]]
+    configs = {c.name: c for c in resolved if isinstance(c, ActivityConfig)}
     assert configs["uppercase"].concurrency == 64
     assert configs["uppercase"].sources["concurrency"] == "environment (SFN_UPPERCASE_CONCURRENCY)"
     assert configs["seed-activity"].arn == env["SFN_SEED_ACTIVITY_ACTIVITY_ARN"]
@@ -96,10 +99,18 @@ def test_iam_policy_is_least_privilege() -> None:
         "states:SendTaskHeartbeat",
         "ecs:UpdateTaskProtection",
         "ecs:GetTaskProtection",
+        # Callback queues: exactly what tasks/callback.py calls, on the queue alone.
+        "sqs:ReceiveMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "kms:Decrypt",
     }
     for statement in policy["Statement"]:
         if "states:GetActivityTask" in statement["Action"]:
             assert ":activity:" in statement["Resource"]
+        if "sqs:ReceiveMessage" in statement["Action"]:
+            assert statement["Resource"].startswith("arn:aws:sqs:")
 
 
 def test_autoscaling_example_uses_the_activity_metrics() -> None:

@@ -38,8 +38,9 @@ async def sleep_handler(task_input: Any, ctx: TaskContext) -> Any:
     return {"slept": seconds, "input": task_input}
 
 
-# An app: the seed activity and a second one, a lifespan and a middleware (`make demo` runs
-# it with `sfn-worker run sfn_worker.examples:app`).
+# An app: the seed activity and a second one, the seed flow over an SQS callback queue, a
+# lifespan and a middleware (`make demo` runs it with `sfn-worker run sfn_worker.examples:app`
+# and points the queue at LocalStack with SFN_SEED_CALLBACKS_QUEUE_URL).
 app = App()
 
 
@@ -49,6 +50,7 @@ async def started(app: App) -> AsyncIterator[dict[str, Any]]:
 
 
 app.activity("seed-activity")(seed_handler)
+app.callback_queue("https://sqs.us-east-1.amazonaws.com/000000000000/seed-callbacks")(seed_handler)
 
 
 @app.activity("uppercase", concurrency=4)

@@ -47,11 +47,12 @@ def localstack() -> Iterator[LocalStack]:
 
 @dataclass
 class Flow:
-    """An activity and a one-state machine that uses it."""
+    """An activity (or a callback queue) and a one-state machine that uses it."""
 
     sfn: Any
     activity_arn: str
     machine_arn: str
+    queue_url: str = ""
 
     def start(self, payload: Any) -> str:
         arn: str = self.sfn.start_execution(
@@ -84,6 +85,7 @@ def aws_for_localstack(localstack: LocalStack, monkeypatch: pytest.MonkeyPatch) 
     env = {
         "AWS_ENDPOINT_URL_SFN": localstack.endpoint_url,
         "AWS_ENDPOINT_URL_STS": localstack.endpoint_url,
+        "AWS_ENDPOINT_URL_SQS": localstack.endpoint_url,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": REGION,
@@ -115,5 +117,47 @@ def make_flow(localstack: LocalStack, aws_for_localstack: dict[str, str]) -> Any
             name=f"machine-{suffix}", definition=json.dumps(definition), roleArn=ROLE_ARN
         )["stateMachineArn"]
         return Flow(sfn, activity_arn, machine_arn)
+
+    return make
+
+
+# What a state machine writes for a callback task over SQS (JSONPath).
+def callback_state(queue_url: str) -> dict[str, Any]:
+    return {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+        "Parameters": {
+            "QueueUrl": queue_url,
+            "MessageBody": {"TaskToken.$": "$$.Task.Token", "Input.$": "$"},
+        },
+        # LocalStack answers heartbeats of a state without HeartbeatSeconds with
+        # InvalidToken (AWS accepts them): give every waiting state one.
+        "HeartbeatSeconds": 60,
+        "End": True,
+    }
+
+
+@pytest.fixture
+def make_callback_flow(localstack: LocalStack, aws_for_localstack: dict[str, str]) -> Any:
+    """A queue and a state machine whose one state sends the task token over it."""
+    options = {
+        "endpoint_url": localstack.endpoint_url,
+        "region_name": REGION,
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+    }
+    sfn = boto3.client("stepfunctions", **options)
+    sqs = boto3.client("sqs", **options)
+
+    def make(**queue_attributes: str) -> Flow:
+        suffix = uuid.uuid4().hex[:10]
+        queue_url = sqs.create_queue(QueueName=f"callbacks-{suffix}", Attributes=queue_attributes)[
+            "QueueUrl"
+        ]
+        definition = {"StartAt": "Wait", "States": {"Wait": callback_state(queue_url)}}
+        machine_arn = sfn.create_state_machine(
+            name=f"callback-machine-{suffix}", definition=json.dumps(definition), roleArn=ROLE_ARN
+        )["stateMachineArn"]
+        return Flow(sfn, "", machine_arn, queue_url)
 
     return make

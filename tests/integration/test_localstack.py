@@ -261,3 +261,130 @@ async def test_an_app_serves_two_activities_registered_by_name(make_flow: Any) -
     assert json.loads(rendered["output"]) == {"rendered": "clip", "tag": "from the lifespan"}
     assert notified["status"] == "SUCCEEDED"
     assert json.loads(notified["output"]) == {"result": {"in": "SUCCESS"}}
+
+
+# -- callback tasks over SQS ------------------------------------------------------------------
+
+
+@contextmanager
+def queue_worker_process(
+    flow: Flow, aws: dict[str, str], **settings: str
+) -> Iterator[subprocess.Popen[str]]:
+    """``sfn-worker run`` for the flow's callback queue (SFN_SQS_QUEUE_URL, no activity)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    env.update(aws)
+    env.update(SFN_SQS_QUEUE_URL=flow.queue_url, SFN_WORKER_NAME="integration", **settings)
+    process = subprocess.Popen(
+        [str(WORKER_BIN), "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def test_seed_flow_over_sqs_both_branches(
+    make_callback_flow: Any, aws_for_localstack: dict[str, str]
+) -> None:
+    flow: Flow = make_callback_flow()
+    with queue_worker_process(flow, aws_for_localstack, SFN_SHUTDOWN_GRACE_SECONDS="3") as worker:
+        succeeded = flow.wait(flow.start({"in": "SUCCESS"}))
+        failed = flow.wait(flow.start({"in": "RANDOM"}))
+        code, log = stop(worker)
+    assert succeeded["status"] == "SUCCEEDED"
+    assert json.loads(succeeded["output"]) == {"result": {"in": "SUCCESS"}}
+    assert failed["status"] == "FAILED"
+    assert (failed["error"], failed["cause"]) == ("NO_SUCCESS_INPUT", 'Input is not "SUCCESS"')
+    assert code == 0, log
+    sqs = boto3_sqs(aws_for_localstack)
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=flow.queue_url, AttributeNames=["ApproximateNumberOfMessages",
+                                                 "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]  # fmt: skip
+    assert attributes == {
+        "ApproximateNumberOfMessages": "0",
+        "ApproximateNumberOfMessagesNotVisible": "0",
+    }  # every message deleted once its task was answered
+
+
+def boto3_sqs(aws: dict[str, str]) -> Any:
+    import boto3
+
+    return boto3.client(
+        "sqs",
+        endpoint_url=aws["AWS_ENDPOINT_URL_SQS"],
+        region_name=aws["AWS_REGION"],
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+async def test_a_long_callback_task_stays_invisible_past_the_visibility_timeout(
+    make_callback_flow: Any, aws_for_localstack: dict[str, str]
+) -> None:
+    flow: Flow = make_callback_flow(VisibilityTimeout="3")
+    runs = 0
+
+    async def long_job(task_input: Any, ctx: TaskContext) -> Any:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(8)  # more than twice the visibility timeout
+        return {"runs": runs}
+
+    app = App()
+    app.callback_queue(flow.queue_url, visibility_seconds=3)(long_job)
+    settings = Settings(worker_name="integration", shutdown_grace_seconds=2, heartbeat_seconds=0)
+    runtime = Runtime(app, settings, environ={})
+    stop_event = asyncio.Event()
+    running = asyncio.create_task(runtime.run(stop_event))
+    sqs = boto3_sqs(aws_for_localstack)
+    try:
+        execution = flow.start({"job": "long"})
+        deadline = time.monotonic() + 30
+        while runs == 0:  # LocalStack sends the message: an external service, polled
+            assert time.monotonic() < deadline, "the task never started"
+            await asyncio.sleep(0.1)
+        # Another consumer, after the queue's own visibility timeout: nothing to see.
+        await asyncio.sleep(4)
+        stolen = await asyncio.to_thread(
+            sqs.receive_message, QueueUrl=flow.queue_url, WaitTimeSeconds=2
+        )
+        result = await flow.wait_async(execution)
+    finally:
+        stop_event.set()
+        await asyncio.wait_for(running, 30)
+    assert stolen.get("Messages", []) == []
+    assert result["status"] == "SUCCEEDED"
+    assert json.loads(result["output"]) == {"runs": 1}
+
+
+def test_sigterm_releases_a_running_callback_task_and_another_worker_finishes_it(
+    make_callback_flow: Any, aws_for_localstack: dict[str, str]
+) -> None:
+    flow: Flow = make_callback_flow()
+    settings = {
+        "SFN_HANDLER": "sfn_worker.examples:sleep_handler",
+        "SFN_HEARTBEAT_SECONDS": "0",
+        "SFN_SHUTDOWN_GRACE_SECONDS": "2",
+    }
+    with queue_worker_process(flow, aws_for_localstack, **settings) as first:
+        execution = flow.start({"seconds": 6})
+        deadline = time.monotonic() + 30
+        while "task started" not in _read_some(first):
+            assert time.monotonic() < deadline, "the first worker never started the task"
+        code, first_log = stop(first)
+    assert code == 0, first_log
+    assert '"outcome": "released"' in first_log
+    with queue_worker_process(flow, aws_for_localstack, **settings) as second:
+        result = flow.wait(execution, timeout=60)
+        code, second_log = stop(second)
+    assert result["status"] == "SUCCEEDED", second_log
+    assert json.loads(result["output"])["slept"] == 6
+
+
+def _read_some(process: subprocess.Popen[str]) -> str:
+    """A line of the worker's log (blocking until one comes)."""
+    assert process.stderr is not None
+    return process.stderr.readline()
