@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import pytest
 
 from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed
 from sfn_worker.examples import seed_handler
+from sfn_worker.metrics import Metrics
+from sfn_worker.tasks.heartbeat import Heartbeats
 from sfn_worker.testing import FakeStepFunctions, Fault
 
 from .conftest import running_worker, sample
@@ -176,6 +179,50 @@ async def test_heartbeat_task_timed_out_cancels_handler_and_sends_nothing(
     ]
     assert terminal == []
     assert doomed.state == "timed_out"
+
+
+async def test_a_heartbeat_on_the_wire_is_heard_before_the_answer(
+    fake: FakeStepFunctions,
+) -> None:
+    """The handler returns while a heartbeat is in flight: the worker waits for its answer
+    (not cancelling it), and an answer of TaskTimedOut means no terminal call at all."""
+    finish = asyncio.Event()
+
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        await finish.wait()
+        return "too late"
+
+    held = Fault.delay(0.5)  # a worker that did not wait would answer meanwhile
+    fake.inject("SendTaskHeartbeat", held)
+    task = fake.add_task({})
+    async with running_worker(fake, handler, heartbeat_seconds=0.05, pollers=1, concurrency=1):
+        await asyncio.wait_for(held.arrived.wait(), 5)
+        fake.expire(task)  # the delayed heartbeat will be answered TaskTimedOut
+        finish.set()
+        await fake.wait_for(lambda: task.told_closed)
+    assert task.terminal_calls == 0
+    assert task.calls_after_told_closed == 0
+    assert [c.operation for c in fake.calls if c.token == task.token] == ["SendTaskHeartbeat"]
+
+
+async def test_short_tasks_do_not_pile_up_heartbeat_entries() -> None:
+    """Tasks far shorter than the interval: their stopped entries leave the heap long
+    before they would come up (a busy worker must not hold one per task of the last
+    interval)."""
+
+    @dataclass
+    class ShortTask:
+        token: str = "t"
+        token_hash: str = "h"
+        progress: int = 0
+
+        def task_gone(self, answer: str) -> None:
+            raise AssertionError("no beat is ever due")
+
+    heartbeats = Heartbeats(cast(Any, None), 3600.0, Metrics().for_activity("a"))
+    for _ in range(10_000):
+        await heartbeats.stop(heartbeats.start(ShortTask()))
+    assert heartbeats.scheduled() <= 128
 
 
 async def test_throttled_success_is_retried_and_recorded_once(fake: FakeStepFunctions) -> None:

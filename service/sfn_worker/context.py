@@ -6,9 +6,8 @@ import asyncio
 import hashlib
 import threading
 import types
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 # ctx.state when the app has no lifespan: an empty, read-only mapping.
 NO_STATE: Any = types.MappingProxyType({})
@@ -26,11 +25,60 @@ def token_hash(task_token: str) -> str:
     return hashlib.sha256(task_token.encode()).hexdigest()[:12]
 
 
+class Flag:
+    """A ``threading.Event`` (same methods) that allocates its lock and condition only when
+    someone waits on it: every task has one, few handlers ever block on it."""
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        with _FLAG_LOCK:
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def clear(self) -> None:
+        with _FLAG_LOCK:
+            self._set = False
+            if self._event is not None:
+                self._event.clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        with _FLAG_LOCK:
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        # set() may have run between the check above and the event's creation.
+        if self._set:
+            event.set()
+        return event.wait(timeout)
+
+
+_FLAG_LOCK = threading.Lock()
+
+
+class ProgressSink(Protocol):
+    """Where ``ctx.heartbeat()`` reports: the worker's record of the task, or the pipe of a
+    handler process."""
+
+    def report_progress(self) -> None: ...
+
+
 class StateUnavailable(RuntimeError):
     """``ctx.state`` used where there is none (process mode without @app.process_init)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TaskContext:
     """Passed to every handler as its second argument.
 
@@ -51,11 +99,12 @@ class TaskContext:
     token_hash: str = ""
     queue_url: str = ""  # the callback queue that carried the task ("" for an activity's)
     source_name: str = ""  # the activity's or the queue's name
-    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
-    shutdown_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancel_requested: Flag | threading.Event = field(default_factory=Flag, repr=False)
+    # Usually one event that every task of the worker shares.
+    shutdown_requested: Flag | threading.Event = field(default_factory=Flag, repr=False)
     _stopping: asyncio.Event | None = field(default=None, repr=False)
     _state: Any = field(default_factory=lambda: NO_STATE, repr=False)
-    _on_progress: Callable[[], None] | None = field(default=None, repr=False)
+    _progress: ProgressSink | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.token_hash:
@@ -75,8 +124,8 @@ class TaskContext:
         that the handler is alive; the worker decides when to send a heartbeat. With
         SFN_HEARTBEAT_MODE=progress a task is heartbeated only while its handler calls this
         at least once per SFN_HEARTBEAT_SECONDS."""
-        if self._on_progress is not None:
-            self._on_progress()
+        if self._progress is not None:
+            self._progress.report_progress()
 
     async def wait_for_shutdown(self) -> None:
         """For async handlers: returns once the worker has been asked to stop."""

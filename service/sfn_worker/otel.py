@@ -98,10 +98,8 @@ class _TaskSpan:
         self._tracer = tracer
         self._span = span
 
-    def current(self) -> contextlib.AbstractContextManager[Any]:
-        return trace.use_span(
-            self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        )
+    def activate(self) -> None:
+        otel_context.attach(trace.set_span_in_context(self._span))
 
     def handler(self, name: str) -> _HandlerSpan:
         context = trace.set_span_in_context(self._span)
@@ -116,6 +114,8 @@ class _TaskSpan:
 
 
 class OtelTracing:
+    enabled = True
+
     def __init__(self, trace_context_key: str) -> None:
         self._key = trace_context_key
         from . import __version__

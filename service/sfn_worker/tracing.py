@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -36,22 +36,33 @@ class HandlerSpan(Protocol):
 
 
 class TaskSpan(Protocol):
-    def current(self) -> contextlib.AbstractContextManager[None]: ...
+    def activate(self) -> None:
+        """Current for the rest of the calling asyncio task (the task's runner has its own
+        asyncio task, whose context ends with it: nothing to detach)."""
+        ...
+
     def handler(self, name: str) -> HandlerSpan: ...
     def end(self, outcome: str, error: str | None = None) -> None: ...
 
 
 class Tracing(Protocol):
+    enabled: bool  # False: task() returns NO_SPAN, so callers may skip building attributes
+
     def task(self, *, source: str, destination: str, attributes: dict[str, str],
              task_input: Any) -> TaskSpan: ...  # fmt: skip
     def carrier(self) -> dict[str, str] | None: ...
     def untraced(self) -> contextlib.AbstractContextManager[None]: ...
 
 
+_NO_CONTEXT = contextlib.nullcontext()
+
+
 class _NoSpan:
-    @contextlib.contextmanager
-    def current(self) -> Iterator[None]:
-        yield
+    def activate(self) -> None:
+        pass
+
+    def current(self) -> contextlib.AbstractContextManager[None]:
+        return _NO_CONTEXT
 
     def handler(self, name: str) -> _NoSpan:
         return self
@@ -63,21 +74,24 @@ class _NoSpan:
         pass
 
 
+NO_SPAN: TaskSpan = _NoSpan()
+
+
 class NoTracing:
     """Tracing off: shared no-op objects, nothing allocated per task."""
 
-    _span = _NoSpan()
+    enabled = False
 
     def task(
         self, *, source: str, destination: str, attributes: dict[str, str], task_input: Any
     ) -> TaskSpan:
-        return self._span
+        return NO_SPAN
 
     def carrier(self) -> dict[str, str] | None:
         return None
 
     def untraced(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+        return _NO_CONTEXT
 
 
 NO_TRACING = NoTracing()

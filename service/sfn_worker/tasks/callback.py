@@ -20,7 +20,6 @@ task input at ``input_field`` ("Input"). Around each task, the SQS side of the g
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import OrderedDict
 from typing import Any
@@ -149,9 +148,9 @@ class CallbackSource:
                     return None
                 await retry.wait(delay)
 
-    def keep(self, task: Task) -> contextlib.AbstractAsyncContextManager[None]:
+    def keep(self, task: Task) -> asyncio.Task[None]:
         assert task.message is not None
-        return self._calls.kept_invisible(task.message, self._config.visibility_seconds)
+        return self._calls.keep_invisible(task.message, self._config.visibility_seconds)
 
     async def settle(self, task: Task, ended: Ended) -> None:
         message = task.message

@@ -25,7 +25,7 @@ from .procpool import HandlerProcessPool, PoolHealth
 THREAD_SWITCH_INTERVAL_SECONDS = 0.001
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HandlerCall:
     """One call of a handler. ``result`` holds what it returned or raised; cancelling it asks
     the handler to stop. ``finished`` is done only once the handler really stopped: a thread

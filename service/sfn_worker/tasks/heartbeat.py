@@ -1,14 +1,21 @@
-"""One heartbeat per running task token, started once the first beat is due."""
+"""Heartbeats: every running token of one source, on one timer.
+
+Between beats a token costs a heap entry, not a coroutine or a timer of its own: 10,000
+long tasks are one timer and a heap of 10,000 entries. A beat that is due runs as a short
+task that sends it (retrying while transient), then goes back on the heap.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import heapq
 import random
-from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
-from ..aio import cancel_and_wait
 from ..aws import SFNClient
 from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
 from ..metrics import SourceMetrics
@@ -25,72 +32,169 @@ def next_wait(interval: float) -> float:
     return interval * (1 - JITTER_FRACTION * random.random())
 
 
-class Heartbeat:
-    """The heartbeat of one running token.
+class Beating(Protocol):
+    """What a heartbeat needs of its running task."""
 
-    A timer waits for the first beat; only a task that outlives one interval gets its
-    heartbeat coroutine, so short tasks cost a timer, not a coroutine. ``stop`` must be
-    awaited before the terminal call: no heartbeat may race the answer.
+    token: str
+    progress: int  # ctx.heartbeat() calls so far
 
-    With ``progress`` (SFN_HEARTBEAT_MODE=progress) a beat is sent only if that count moved
-    since the last one: a handler that stops reporting lets its task time out at the
-    service (HeartbeatSeconds), and a Retry re-drives it elsewhere.
+    @property
+    def token_hash(self) -> str: ...
+
+    def task_gone(self, answer: str) -> None:
+        """A heartbeat was answered TaskTimedOut / TaskDoesNotExist / InvalidToken."""
+        ...
+
+
+class Beat:
+    """The heartbeat of one token. ``Heartbeats.stop`` must be awaited before the terminal
+    call: no heartbeat may race the answer."""
+
+    __slots__ = ("due", "progress_seen", "sending", "sent", "stalled", "stopped", "task")
+
+    def __init__(self, task: Beating, due: float) -> None:
+        self.task = task
+        self.due = due
+        self.progress_seen = 0
+        self.stalled = False
+        self.stopped = False
+        self.sending = False  # a request is on the wire
+        self.sent: asyncio.Task[bool] | None = None  # the beat being sent, with its retries
+
+    def __lt__(self, other: Beat) -> bool:
+        return self.due < other.due
+
+
+class Heartbeats:
+    """The heartbeats of one source's running tokens.
+
+    With ``progress_mode`` (SFN_HEARTBEAT_MODE=progress) a beat is sent only if the task's
+    progress count moved since the last one: a handler that stops reporting lets its task
+    time out at the service (HeartbeatSeconds), and a Retry re-drives it elsewhere.
     """
 
     def __init__(
         self,
         client: SFNClient,
-        token: str,
         interval: float,
         metrics: SourceMetrics,
-        on_task_gone: Callable[[str], None],
+        *,
+        progress_mode: bool = False,
         backoff: Backoff = SEND_BACKOFF,
-        progress: Callable[[], int] | None = None,
     ) -> None:
         self._client = client
-        self._progress = progress
-        self._progress_seen = 0
-        self._stalled = False
-        self._token = token
         self._interval = interval
         self._metrics = metrics
-        self._on_task_gone = on_task_gone
+        self._progress_mode = progress_mode
         self._backoff = backoff
-        self._task: asyncio.Task[None] | None = None
+        self._heap: list[Beat] = []
+        # The source's log context (worker, activity), captured from its first task.
+        self._context: contextvars.Context | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._stopped_in_heap = 0
+
+    def start(self, task: Beating) -> Beat:
+        """The task's first beat is due one interval from now."""
+        if self._context is None:
+            self._context = contextvars.copy_context()
+        beat = Beat(task, 0.0)
+        self._schedule(beat)
+        return beat
+
+    def scheduled(self) -> int:
+        """Entries on the heap, stopped ones not yet dropped included."""
+        return len(self._heap)
+
+    async def stop(self, beat: Beat) -> None:
+        """No beat of this task after this returns. A request already sent is let finish
+        (its answer may say the task is gone; cancelling it would only close its
+        connection); a retry waiting for its backoff is cancelled."""
+        if beat.stopped:
+            return
+        beat.stopped = True
+        sent = beat.sent
+        if sent is None:
+            self._drop_later()
+            return
+        if not beat.sending:
+            sent.cancel()
+        try:
+            await asyncio.shield(sent)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    def _drop_later(self) -> None:
+        """A stopped beat's entry stays on the heap until it comes up, unless stopped ones
+        are most of the heap (short tasks, long interval): then they go at once."""
+        self._stopped_in_heap += 1
+        if self._stopped_in_heap > 64 and self._stopped_in_heap * 2 > len(self._heap):
+            self._heap = [beat for beat in self._heap if not beat.stopped]
+            heapq.heapify(self._heap)
+            self._stopped_in_heap = 0
+
+    # -- the timer -----------------------------------------------------------------------------
+    def _schedule(self, beat: Beat) -> None:
         loop = asyncio.get_running_loop()
-        first = next_wait(interval)
-        self._timer = loop.call_later(first, self._begin, loop.time() + first)
+        beat.due = loop.time() + next_wait(self._interval)
+        heapq.heappush(self._heap, beat)
+        if self._timer is None or beat.due < self._timer_at:
+            self._arm(loop)
 
-    def _begin(self, due: float) -> None:
-        self._task = asyncio.create_task(self._beat(due))
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._heap:
+            self._timer_at = self._heap[0].due
+            self._timer = loop.call_at(self._timer_at, self._fire, context=self._context)
 
-    async def stop(self) -> None:
-        self._timer.cancel()
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-
-    async def _beat(self, due: float) -> None:
-        """Heartbeat every interval until cancelled or the task is gone."""
+    def _fire(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self._progressed() or await self._send(due):
-            wait = next_wait(self._interval)
-            due = loop.time() + wait
-            await asyncio.sleep(wait)
+        self._timer = None
+        now = loop.time()
+        while self._heap and self._heap[0].due <= now:
+            beat = heapq.heappop(self._heap)
+            if beat.stopped:
+                self._stopped_in_heap -= 1
+                continue
+            if not self._progressed(beat):
+                self._schedule(beat)
+                continue
+            assert self._context is not None
+            beat.sent = sent = asyncio.create_task(self._send(beat), context=self._context.copy())
+            sent.add_done_callback(functools.partial(self._sent, beat))
+        self._arm(loop)
 
-    def _progressed(self) -> bool:
+    def _sent(self, beat: Beat, sent: asyncio.Task[bool]) -> None:
+        beat.sent = None
+        if sent.cancelled():
+            return
+        error = sent.exception()
+        if error is not None:
+            log.error("heartbeat failed; no more heartbeats for this task", error=describe(error))
+        elif sent.result() and not beat.stopped:
+            self._schedule(beat)
+            return
+        beat.stopped = True  # no more beats: not on the heap either
+
+    # -- one beat ------------------------------------------------------------------------------
+    def _progressed(self, beat: Beat) -> bool:
         """Timer mode: always. Progress mode: whether the handler reported progress since
         the last beat; the first interval without it marks the task stalled (logged once)."""
-        if self._progress is None:
+        if not self._progress_mode:
             return True
-        current = self._progress()
-        if current != self._progress_seen:
-            self._progress_seen = current
-            if self._stalled:
+        current = beat.task.progress
+        if current != beat.progress_seen:
+            beat.progress_seen = current
+            if beat.stalled:
                 log.info("stalled task reports progress again; heartbeats resume")
-                self._stalled = False
+                beat.stalled = False
             return True
-        if not self._stalled:
-            self._stalled = True
+        if not beat.stalled:
+            beat.stalled = True
             self._metrics.tasks_stalled.inc()
             log.warning(
                 "task stalled: no progress reported since the last heartbeat; not "
@@ -99,24 +203,29 @@ class Heartbeat:
             )
         return False
 
-    async def _send(self, due: float) -> bool:
+    async def _send(self, beat: Beat) -> bool:
         """One heartbeat, retried while transient; False when heartbeats must end."""
+        structlog.contextvars.bind_contextvars(token=beat.task.token_hash)
         loop = asyncio.get_running_loop()
         metrics = self._metrics
         # Retry soon: a late heartbeat can still beat the state's HeartbeatSeconds.
         retry = Retry(self._backoff, cap_seconds=self._interval / 2)
         while True:
+            beat.sending = True
             try:
-                await self._client.send_task_heartbeat(taskToken=self._token)
+                await self._client.send_task_heartbeat(taskToken=beat.task.token)
             except API_ERRORS as exc:
+                beat.sending = False
                 kind = classify(exc)
                 metrics.heartbeat_failed(error_code(exc))
                 if kind is ErrorKind.TASK_GONE:
                     log.warning(
                         "heartbeat says the task is gone; cancelling it", answer=error_code(exc)
                     )
-                    self._on_task_gone(error_code(exc))
+                    beat.task.task_gone(error_code(exc))
                     return False
+                if beat.stopped:
+                    return False  # the answer goes next: no retry may race it
                 if kind is not ErrorKind.TRANSIENT:
                     log.error(
                         "heartbeat rejected; no more heartbeats for this task", error=describe(exc)
@@ -128,6 +237,7 @@ class Heartbeat:
                 )
                 await retry.wait(delay)
             else:
+                beat.sending = False
                 metrics.heartbeats_sent.inc()
-                metrics.observe_heartbeat_lag(max(0.0, loop.time() - due))
+                metrics.observe_heartbeat_lag(max(0.0, loop.time() - beat.due))
                 return True

@@ -100,7 +100,7 @@ class _Child:
                 cancel_requested=cancel,
                 shutdown_requested=self.shutdown,
                 _state=self.state,
-                _on_progress=_Progress(self, call_id).report,
+                _progress=_Progress(self, call_id),
             )
             reply: tuple[Any, ...]
             if cancel.is_set():  # cancelled while this process was still starting: skip it
@@ -133,7 +133,7 @@ class _Progress:
         self._call_id = call_id
         self._sent_at = float("-inf")
 
-    def report(self) -> None:
+    def report_progress(self) -> None:
         now = time.monotonic()
         if now - self._sent_at >= PROGRESS_SEND_SECONDS:
             self._sent_at = now

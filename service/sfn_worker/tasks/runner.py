@@ -4,22 +4,24 @@ task's source (activities: nothing more; callback queues: delete or release the 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import structlog
 
-from ..aio import retrieve_exception
+from ..aio import cancel_and_wait, retrieve_exception
 from ..aws import SFNClient
-from ..context import TaskContext
+from ..context import Flag, TaskContext
 from ..errors import SHUTDOWN_ERROR, describe
 from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff
 from ..settings import HeartbeatMode
-from ..tracing import NO_TRACING, TaskSpan, Tracing
+from ..tracing import NO_SPAN, NO_TRACING, TaskSpan, Tracing
 from .handlers import HandlerCall, HandlerInvoker
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeats
 from .outcome import Failure, Outcome, Success, encode_output, from_exception, invalid_input
 from .sender import ResultSender, SendResult
 from .source import ActivitySource, Ended, TaskSource
@@ -40,20 +42,20 @@ class CancelReason(Enum):
     SHUTDOWN = "shutdown"  # the shutdown grace period ran out
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class RunningTask:
     """The one record the worker keeps for each task it is working."""
 
     token: str = field(repr=False)
     ctx: TaskContext
     started_at: float
+    # Done when the handler finished, or when the worker stops waiting for it.
+    settled: asyncio.Future[None]
     handler: HandlerCall | None = None
     cancel_reason: CancelReason | None = None
     gone_answer: str = ""
     # ctx.heartbeat() calls (from any thread or, via its pipe, a handler process).
     progress: int = 0
-    # Set when the handler finished, or when the worker stops waiting for it.
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def token_hash(self) -> str:
@@ -66,9 +68,22 @@ class RunningTask:
         if self.handler is not None:
             self.handler.result.cancel()
 
+    def task_gone(self, answer: str) -> None:
+        """A heartbeat was answered TaskTimedOut / TaskDoesNotExist / InvalidToken."""
+        self.gone_answer = answer
+        self.cancel(CancelReason.TASK_GONE)
+        # A sync handler in a thread cannot be stopped: stop waiting for it.
+        self.abandon()
+
+    def settle(self, handler: asyncio.Future[Any] | None = None) -> None:
+        if handler is not None:
+            retrieve_exception(handler)  # the answer reports it
+        if not self.settled.done():
+            self.settled.set_result(None)
+
     def abandon(self) -> None:
         """Stop waiting for a handler that ignores cancellation (sync handler in a thread)."""
-        self.settled.set()
+        self.settle()
 
     def report_progress(self) -> None:
         self.progress += 1  # a lost increment under a race still moves the count
@@ -127,19 +142,36 @@ class TaskRunner:
         metrics: SourceMetrics,
         stopping: asyncio.Event,
         tasks_changed: asyncio.Event,
+        on_task_end: Callable[[asyncio.Future[Any] | None], None],
+        on_crash: Callable[[BaseException], None],
         source: TaskSource | None = None,
         heartbeat_backoff: Backoff = SEND_BACKOFF,
     ) -> None:
         self._settings = settings
+        # With the handler's future when the handler still runs (it ignored cancellation):
+        # the task's slot is not free until that future is done.
+        self._on_task_end = on_task_end
+        self._on_crash = on_crash
         self._source = source or ActivitySource()
-        self._client = client
         self._invoker = invoker
         self._sender = sender
         self._metrics = metrics
         self._stopping = stopping
         self._tasks_changed = tasks_changed
-        self._heartbeat_backoff = heartbeat_backoff
-        self._running: dict[int, RunningTask] = {}
+        self._heartbeats = (
+            Heartbeats(
+                client,
+                settings.heartbeat_seconds,
+                metrics,
+                progress_mode=settings.heartbeat_mode is HeartbeatMode.PROGRESS,
+                backoff=heartbeat_backoff,
+            )
+            if settings.heartbeat_seconds
+            else None
+        )
+        self._running: set[RunningTask] = set()
+        # One for every task: shutdown is requested of all of them at once.
+        self._shutdown_requested = Flag()
         # Once the grace period is over tasks not yet started are failed, not run, and
         # terminal calls must finish by the send deadline.
         self._refuse_new_work = False
@@ -151,8 +183,7 @@ class TaskRunner:
 
     def request_shutdown(self) -> None:
         """Every running handler sees ``ctx.shutdown_requested``."""
-        for record in self._running.values():
-            record.ctx.shutdown_requested.set()
+        self._shutdown_requested.set()
 
     def stop_starting(self, send_deadline: float | None = None) -> None:
         """From now on tasks are not started (failed, or released by a source that can);
@@ -162,74 +193,138 @@ class TaskRunner:
             self._send_deadline = send_deadline
 
     def cancel_running(self) -> int:
-        for record in self._running.values():
+        for record in self._running:
             record.cancel(CancelReason.SHUTDOWN)
         return len(self._running)
 
     def abandon_running(self) -> int:
         """Stop waiting for every handler; returns how many ignore cancellation."""
-        stubborn = sum(1 for r in self._running.values() if r.handler_still_runs())
-        for record in self._running.values():
+        stubborn = sum(1 for r in self._running if r.handler_still_runs())
+        for record in self._running:
             record.abandon()
         return stubborn
 
     # -- one task ----------------------------------------------------------------------------
-    async def work(self, task: Task) -> asyncio.Future[Any] | None:
-        """Work ``task`` to its one answer. Returns the handler's future if the handler still
-        runs (it ignored cancellation): its slot is not free until that future is done."""
-        loop = asyncio.get_running_loop()
-        settings = self._settings
-        ctx = TaskContext(
-            task_token=task.token,
-            worker_name=settings.worker_name,
-            activity_arn=settings.activity_arn,
-            queue_url=settings.queue_url,
-            source_name=settings.source_name,
-            _stopping=self._stopping,
-            _state=settings.state,
-        )
-        if self._stopping.is_set():
-            ctx.shutdown_requested.set()
-        record = RunningTask(token=task.token, ctx=ctx, started_at=loop.time())
-        ctx._on_progress = record.report_progress
-        self._running[id(record)] = record
-        self._metrics.tasks_in_flight.inc()
-        self._tasks_changed.set()
-        try:
-            with structlog.contextvars.bound_contextvars(token=record.token_hash):
-                await self._work(task, record)
-        finally:
-            self._metrics.tasks_in_flight.dec()
-            del self._running[id(record)]
-            self._tasks_changed.set()
-        finished = record.handler.finished if record.handler is not None else None
-        return finished if finished is not None and not finished.done() else None
+    async def work(self, task: Task) -> None:
+        """Work ``task`` to its one answer, then hand its slot back (``on_task_end``).
 
-    async def _work(self, task: Task, record: RunningTask) -> None:
-        loop = asyncio.get_running_loop()
-        if task.late:
-            log.info("task started", late=True)
-        else:
-            log.info("task started")
-        self._metrics.tasks_started.inc()
-        span = self._task_span(record, task)
-        with span.current():
+        Runs as its own asyncio task, so its log context is bound for good. One coroutine
+        frame per task for the whole run (10,000 waiting tasks are 10,000 frames): the steps
+        around the handler are plain methods.
+        """
+        try:
+            record = self._begin(task)
+        except Exception as exc:  # noqa: BLE001 - on_crash logs it and stops the worker
+            self._on_crash(exc)
+            self._on_task_end(None)
+            return
+        try:
+            span = self._task_span(record, task)
+            span.activate()
+            outcome: Outcome | NotSent | None
             try:
-                outcome = await self._outcome(task, record, span)
+                outcome = self._refused(task)
+                if outcome is None:
+                    refused = await self._source.admit(task)
+                    if refused is not None:
+                        record.gone_answer = refused.value
+                        outcome = GONE
+                if outcome is None:
+                    self._start_handler(task, record, span)
+                    heartbeats = self._heartbeats
+                    beat = heartbeats.start(record) if heartbeats is not None else None
+                    keeper = self._source.keep(task)
+                    try:
+                        await record.settled
+                    finally:
+                        if keeper is not None:
+                            await cancel_and_wait(keeper)
+                        if beat is not None:
+                            assert heartbeats is not None
+                            await heartbeats.stop(beat)
+                    outcome = self._after_handler(record)
             except Exception as exc:
                 log.exception("internal error while working the task")
                 outcome = Failure.of("Worker.InternalError", describe(exc))
-            duration = round(loop.time() - record.started_at, 3)
+            duration = round(asyncio.get_running_loop().time() - record.started_at, 3)
             self._metrics.handler_duration.observe(duration)
             ended, how, error = await self._answer(record, outcome, duration)
             try:
                 await self._source.settle(task, ended)
             except Exception:
                 log.exception("internal error while settling the task with its source")
-        span.end(how, error)
+            span.end(how, error)
+        except Exception as exc:  # noqa: BLE001 - on_crash logs it and stops the worker
+            self._on_crash(exc)
+        finally:
+            self._end(record)
+
+    def _begin(self, task: Task) -> RunningTask:
+        settings = self._settings
+        if self._stopping.is_set():
+            self._shutdown_requested.set()
+        ctx = TaskContext(
+            task_token=task.token,
+            worker_name=settings.worker_name,
+            activity_arn=settings.activity_arn,
+            queue_url=settings.queue_url,
+            source_name=settings.source_name,
+            shutdown_requested=self._shutdown_requested,
+            _stopping=self._stopping,
+            _state=settings.state,
+        )
+        loop = asyncio.get_running_loop()
+        record = RunningTask(task.token, ctx, loop.time(), loop.create_future())
+        ctx._progress = record
+        self._running.add(record)
+        self._metrics.tasks_in_flight.inc()
+        self._tasks_changed.set()
+        structlog.contextvars.bind_contextvars(token=record.token_hash)
+        if task.late:
+            log.info("task started", late=True)
+        else:
+            log.info("task started")
+        self._metrics.tasks_started.inc()
+        return record
+
+    def _end(self, record: RunningTask) -> None:
+        self._metrics.tasks_in_flight.dec()
+        self._running.discard(record)
+        self._tasks_changed.set()
+        finished = record.handler.finished if record.handler is not None else None
+        self._on_task_end(finished if finished is not None and not finished.done() else None)
+
+    def _refused(self, task: Task) -> Outcome | NotSent | None:
+        """What to answer instead of running the handler, if anything."""
+        if task.late or self._refuse_new_work:
+            if not self._source.answers_at_shutdown:
+                return RELEASE
+            return Failure.of(
+                SHUTDOWN_ERROR,
+                "the worker was shutting down when this task arrived; it was not started",
+            )
+        if task.input_problem is not None:
+            return invalid_input(ValueError(task.input_problem))
+        return None
+
+    def _start_handler(self, task: Task, record: RunningTask, span: TaskSpan) -> None:
+        handler_span = span.handler(self._settings.source_name)
+        with handler_span.current():  # the handler's own spans are its children
+            call = record.handler = self._invoker.start(task.input, record.ctx)
+        handler_span.end_with(call.result)
+        # settle needs no context: share one instead of a copy per task.
+        call.result.add_done_callback(record.settle, context=_NO_CONTEXT)
+
+    def _after_handler(self, record: RunningTask) -> Outcome | NotSent:
+        if record.cancel_reason is CancelReason.SHUTDOWN and not self._source.answers_at_shutdown:
+            return RELEASE
+        answer = record.answer()
+        return GONE if answer is None else answer
 
     def _task_span(self, record: RunningTask, task: Task) -> TaskSpan:
         settings = self._settings
+        if not settings.tracing.enabled:
+            return NO_SPAN
         attributes = {
             "sfn_worker.source.name": settings.source_name,
             "sfn_worker.worker.name": settings.worker_name,
@@ -284,63 +379,8 @@ class TaskRunner:
         log.info("task ended", outcome="failed", error=error, duration=duration)
         return Ended.ANSWERED, "failed", error
 
-    async def _outcome(self, task: Task, record: RunningTask, span: TaskSpan) -> Outcome | NotSent:
-        """The answer to send, or what to do instead (RELEASE, GONE)."""
-        if task.late or self._refuse_new_work:
-            if not self._source.answers_at_shutdown:
-                return RELEASE
-            return Failure.of(
-                SHUTDOWN_ERROR,
-                "the worker was shutting down when this task arrived; it was not started",
-            )
-        if task.input_problem is not None:
-            return invalid_input(ValueError(task.input_problem))
-        refused = await self._source.admit(task)
-        if refused is not None:
-            record.gone_answer = refused.value
-            return GONE
-        handler_span = span.handler(self._settings.source_name)
-        with handler_span.current():  # the handler's own spans are its children
-            call = record.handler = self._invoker.start(task.input, record.ctx)
-        handler_span.end_with(call.result)
-        call.result.add_done_callback(lambda _: record.settled.set())
-        call.result.add_done_callback(retrieve_exception)
-        heartbeat = self._start_heartbeat(record)
-        try:
-            async with self._source.keep(task):
-                await record.settled.wait()
-        finally:
-            if heartbeat is not None:
-                await heartbeat.stop()
 
-        if record.cancel_reason is CancelReason.SHUTDOWN and not self._source.answers_at_shutdown:
-            return RELEASE
-        answer = record.answer()
-        return GONE if answer is None else answer
-
-    def _start_heartbeat(self, record: RunningTask) -> Heartbeat | None:
-        if not self._settings.heartbeat_seconds:
-            return None
-
-        def task_gone(answer: str) -> None:
-            record.gone_answer = answer
-            record.cancel(CancelReason.TASK_GONE)
-            # A sync handler in a thread cannot be stopped: stop waiting for it.
-            record.abandon()
-
-        return Heartbeat(
-            self._client,
-            record.token,
-            self._settings.heartbeat_seconds,
-            self._metrics,
-            task_gone,
-            self._heartbeat_backoff,
-            progress=(
-                (lambda: record.progress)
-                if self._settings.heartbeat_mode is HeartbeatMode.PROGRESS
-                else None
-            ),
-        )
+_NO_CONTEXT = contextvars.Context()
 
 
 def _ended_by(answer: str) -> Ended:

@@ -9,7 +9,7 @@ worker finishes it (tasks/callback.py).
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from enum import Enum
 from typing import Protocol
 
@@ -36,8 +36,9 @@ class TaskSource(Protocol):
         """Before the handler runs: None to run it, or why the task must not run."""
         ...
 
-    def keep(self, task: Task) -> contextlib.AbstractAsyncContextManager[None]:
-        """Around the handler: whatever keeps the task's delivery alive."""
+    def keep(self, task: Task) -> asyncio.Task[None] | None:
+        """As the handler starts: a task that keeps the task's delivery alive, if one is
+        needed; the runner cancels it once the handler is done."""
         ...
 
     async def settle(self, task: Task, ended: Ended) -> None:
@@ -58,8 +59,8 @@ class ActivitySource:
     async def admit(self, task: Task) -> Ended | None:
         return None
 
-    def keep(self, task: Task) -> contextlib.AbstractAsyncContextManager[None]:
-        return contextlib.nullcontext()
+    def keep(self, task: Task) -> asyncio.Task[None] | None:
+        return None
 
     async def settle(self, task: Task, ended: Ended) -> None:
         return None

@@ -126,6 +126,8 @@ class SourceWorker:
             metrics=metrics,
             stopping=parts.stopping,
             tasks_changed=parts.tasks_changed,
+            on_task_end=self._free_slot,
+            on_crash=lambda exc: parts.on_crash(exc, f"{config.name} task"),
             source=source,
             heartbeat_backoff=parts.send_backoff,
         )
@@ -162,7 +164,7 @@ class SourceWorker:
     async def _dispatch(self, group: asyncio.TaskGroup) -> None:
         while (task := await self._queue.get()) is not None:
             self.metrics.queue_depth.set(self._queue.qsize())
-            group.create_task(self._guard(self._work_then_free_slot(task), "task"))
+            group.create_task(self._runner.work(task))
 
     async def _guard(self, work: Coroutine[Any, Any, None], part: str) -> None:
         """An exception out of this machinery goes to the process (which stops in order),
@@ -172,15 +174,11 @@ class SourceWorker:
         except Exception as exc:  # noqa: BLE001 - on_crash logs it and stops the worker
             self._parts.on_crash(exc, f"{self.name} {part}")
 
-    async def _work_then_free_slot(self, task: Task) -> None:
-        still_running: asyncio.Future[Any] | None = None
-        try:
-            still_running = await self._runner.work(task)
-        finally:
-            if still_running is None:
-                self._slots.give()
-            else:
-                self._hold_slot_until_done(still_running)
+    def _free_slot(self, still_running: asyncio.Future[Any] | None) -> None:
+        if still_running is None:
+            self._slots.give()
+        else:
+            self._hold_slot_until_done(still_running)
 
     def _hold_slot_until_done(self, handler: asyncio.Future[Any]) -> None:
         """A slot is a handler that can run: one that ignored cancellation keeps its slot

@@ -8,8 +8,6 @@ a message left behind is delivered again, and its task's state decides then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
@@ -49,17 +47,10 @@ class SqsCalls:
         self._flusher: asyncio.Task[None] | None = None
 
     # -- visibility ------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def kept_invisible(self, message: SqsMessage, seconds: int) -> AsyncIterator[None]:
-        """While the block runs, push the message's visibility out by ``seconds`` every half
-        of it, so it never becomes visible (and delivered again) under a running handler."""
-        keeper = asyncio.create_task(self._keep(message, seconds))
-        try:
-            yield
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+    def keep_invisible(self, message: SqsMessage, seconds: int) -> asyncio.Task[None]:
+        """Until cancelled, push the message's visibility out by ``seconds`` every half of
+        it, so it never becomes visible (and delivered again) under a running handler."""
+        return asyncio.create_task(self._keep(message, seconds))
 
     async def _keep(self, message: SqsMessage, seconds: int) -> None:
         while True:

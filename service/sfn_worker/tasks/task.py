@@ -16,7 +16,7 @@ class SqsMessage:
     receive_count: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     """``input`` is decoded; ``input_problem`` says why it could not be (the task then fails
     with Worker.InvalidInput). ``late``: it arrived after shutdown began."""

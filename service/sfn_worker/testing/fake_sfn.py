@@ -54,6 +54,8 @@ class Fault:
     code: str = ""
     status: int = 400
     seconds: float = 0.0
+    # delay: set when the delayed call arrives (a test can act while it is held).
+    arrived: asyncio.Event = field(default_factory=asyncio.Event, compare=False, repr=False)
 
     @classmethod
     def throttle(cls) -> Fault:
@@ -280,6 +282,7 @@ class FakeStepFunctions:
             await asyncio.sleep(self.latency_seconds)
         fault = self._next_fault(operation)
         if fault is not None and fault.kind == "delay":
+            fault.arrived.set()
             await asyncio.sleep(fault.seconds)
             fault = None
         if fault is not None and fault.kind == "error":
