@@ -24,10 +24,13 @@ from .conftest import running_worker, sample
 from .test_operations import get, worker_with_http
 from .test_process import BIN, worker_process
 
+# (handler, SFN_HANDLER_MODE): "loop" is a sync handler on the event loop, how a
+# @non_blocking handler runs, called without a task of its own.
 MODES = {
-    "async": mistakes.exit_the_interpreter_async,
-    "thread": mistakes.exit_the_interpreter,
-    "process": mistakes.exit_the_interpreter,
+    "async": (mistakes.exit_the_interpreter_async, "async"),
+    "thread": (mistakes.exit_the_interpreter, "thread"),
+    "process": (mistakes.exit_the_interpreter, "process"),
+    "loop": (mistakes.exit_the_interpreter, "async"),
 }
 
 
@@ -39,7 +42,8 @@ async def test_a_handler_that_exits_the_interpreter_fails_only_its_task(
     fake: FakeStepFunctions, mode: str, how: str, error: str
 ) -> None:
     exiting = fake.add_task({"how": how})
-    async with running_worker(fake, MODES[mode], handler_mode=mode, concurrency=2) as harness:
+    handler, handler_mode = MODES[mode]
+    async with running_worker(fake, handler, handler_mode=handler_mode, concurrency=2) as harness:
         await fake.wait_for(lambda: exiting.state != "open", timeout=30)
         assert harness.task is not None
         assert not harness.task.done()  # the worker goes on

@@ -34,12 +34,30 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (activity.pollers, activity.concurrency, activity.effective_queue_size) == (4, 16, 4)
     assert activity.heartbeat_seconds == 10
     assert settings.shutdown_grace_seconds == 25
-    assert activity.handler_mode is HandlerMode.THREAD
+    # The built-in seed handler is @non_blocking: on the loop unless told otherwise.
+    assert activity.handler_mode is HandlerMode.ASYNC
+    assert settings.handler_mode is HandlerMode.THREAD
     assert 1 <= len(settings.worker_name) <= 80
     # The reserve for failure calls leaves most of the grace for draining.
     assert failure_reserve_seconds(25, activity.concurrency) < settings.shutdown_grace_seconds / 2
     with pytest.raises(Exception, match="frozen"):
         settings.pollers = 5
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_an_explicit_handler_mode_wins_over_non_blocking(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER_MODE", mode)
+    activity = activity_from_env()
+    assert activity.handler_mode is HandlerMode(mode)
+    assert activity.sources["handler_mode"] == "environment (SFN_HANDLER_MODE)"
+
+
+def test_non_blocking_says_where_the_mode_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    assert activity_from_env().sources["handler_mode"] == "the handler is marked @non_blocking"
 
 
 def test_a_default_poller_count_is_capped_at_the_concurrency(

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed
+from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed, non_blocking
 from sfn_worker.examples import seed_handler
 from sfn_worker.metrics import Metrics
 from sfn_worker.tasks.heartbeat import Heartbeats
@@ -48,14 +48,17 @@ async def test_seed_handler_success_and_failure(fake: FakeStepFunctions) -> None
     ],
     ids=["task-failed", "exception", "set", "bytes", "nan", "oversize", "truncated"],
 )
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "non-blocking"])
 async def test_handler_results_that_become_failures(
-    fake: FakeStepFunctions, handler_result: Any, error: str, cause_part: str
+    fake: FakeStepFunctions, handler_result: Any, error: str, cause_part: str, on_loop: bool
 ) -> None:
     def handler(task_input: Any, ctx: TaskContext) -> Any:
         if isinstance(handler_result, BaseException):
             raise handler_result
         return handler_result
 
+    if on_loop:
+        handler = non_blocking(handler)
     task = fake.add_task({"n": 1})
     after = fake.add_task({"in": "SUCCESS"})
     async with running_worker(fake, handler):
@@ -179,6 +182,25 @@ async def test_heartbeat_task_timed_out_cancels_handler_and_sends_nothing(
     ]
     assert terminal == []
     assert doomed.state == "timed_out"
+
+
+async def test_a_non_blocking_handler_runs_on_the_loop_unless_told_otherwise(
+    fake: FakeStepFunctions,
+) -> None:
+    threads: list[bool] = []
+
+    @non_blocking
+    def handler(task_input: Any, ctx: TaskContext) -> Any:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return {}
+
+    first = fake.add_task({})
+    async with running_worker(fake, handler):
+        await fake.wait_for(lambda: first.state == "succeeded")
+    second = fake.add_task({})
+    async with running_worker(fake, handler, handler_mode="thread"):
+        await fake.wait_for(lambda: second.state == "succeeded")
+    assert threads == [True, False]
 
 
 async def test_a_heartbeat_on_the_wire_is_heard_before_the_answer(

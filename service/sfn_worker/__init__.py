@@ -3,7 +3,7 @@ several activities in one process with a lifespan and middleware (``App``)."""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .app import App
+from .app import App, non_blocking
 from .context import TaskContext
 from .errors import SHUTDOWN_ERROR, FatalWorkerError, TaskFailed
 from .settings import Settings, load_settings
@@ -24,4 +24,5 @@ __all__ = [
     "Worker",
     "__version__",
     "load_settings",
+    "non_blocking",
 ]

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from .app import App, Handler, Registration, is_async_handler
+from .app import App, Handler, Registration, is_async_handler, is_non_blocking_handler
 from .settings import (
     Concurrency,
     HandlerMode,
@@ -239,6 +239,8 @@ def _resolve_common(
     mode = options.handler_mode
     if is_async_handler(registration.handler):
         mode, sources["handler_mode"] = HandlerMode.ASYNC, "the handler is async def"
+    elif sources["handler_mode"] == DEFAULT and is_non_blocking_handler(registration.handler):
+        mode, sources["handler_mode"] = HandlerMode.ASYNC, "the handler is marked @non_blocking"
     fields = {
         "name": name,
         "key": key,

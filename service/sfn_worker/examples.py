@@ -10,13 +10,14 @@ from typing import Any
 
 import structlog
 
-from .app import App, CallNext
+from .app import App, CallNext, non_blocking
 from .context import TaskContext
 from .errors import TaskFailed
 
 log = structlog.get_logger("sfn_worker.examples")
 
 
+@non_blocking  # a dict lookup: runs on the event loop, no thread hand-off
 def seed_handler(task_input: Any, ctx: TaskContext) -> Any:
     """``{"in": "SUCCESS"}`` succeeds with ``{"result": <input>}``; anything else fails."""
     if isinstance(task_input, dict) and task_input.get("in") == "SUCCESS":

@@ -27,6 +27,7 @@ import aioboto3
 import botocore
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
+from botocore import handlers as botocore_handlers
 from botocore.exceptions import NoRegionError
 
 from ..aws import SFNClient, SQSClient
@@ -64,6 +65,33 @@ USER_AGENT = (
     f"Python/{platform.python_version()} {platform.system()}/{platform.release()}"
 )
 NO_REGION = "no AWS region configured: set AWS_REGION (or AWS_DEFAULT_REGION)"
+
+
+# botocore's built-in handlers that do nothing for the calls this worker makes, run on every
+# request all the same (about a tenth of a poll-and-answer cycle's CPU with the retry
+# handler below). Removed from each client through its public events API.
+UNUSED_HANDLERS = (
+    # Fills idempotency-token members: none of these operations has one.
+    ("before-parameter-build", botocore_handlers.generate_idempotent_uuid),
+    # Forwards Lambda's trace header; the worker never runs inside Lambda.
+    ("before-call", botocore_handlers.add_recursion_detection_header),
+    # Only for endpoint-discovery operations.
+    ("before-call", botocore_handlers.inject_api_version_header_if_needed),
+    # SDK retry telemetry headers: botocore does not retry for this worker (it retries
+    # itself, see _config), so they would only ever say "attempt=1".
+    ("request-created", botocore_handlers.add_retry_headers),
+)
+
+
+def unregister_unused_handlers(client: Any) -> None:
+    """Drop UNUSED_HANDLERS and botocore's retry handler from ``client``. With one attempt
+    allowed (_config) the retry handler only decides, on every response, not to retry.
+    Errors still raise as they would: retries=0 and a response the worker classifies."""
+    events = client.meta.events
+    for event, handler in UNUSED_HANDLERS:
+        events.unregister(event, handler)
+    service = client.meta.service_model.service_id.hyphenize()
+    events.unregister(f"needs-retry.{service}", unique_id=f"retry-config-{service}")
 
 
 def call_timeout_seconds(shortest_heartbeat_seconds: float) -> float:
@@ -120,7 +148,9 @@ def _config(*, read_timeout: float, connect_timeout: float, pool: int) -> AioCon
         http_session_cls=KeepaliveHTTPSession,
         # The worker retries itself: it must know whether an earlier attempt of a terminal
         # call may have been recorded, and a poll must never be retried behind its back.
-        retries={"total_max_attempts": 1, "mode": "standard"},
+        # Legacy mode: with one attempt the modes behave alike, and standard mode adds a
+        # retry-quota handler after every call that cannot be unregistered.
+        retries={"total_max_attempts": 1, "mode": "legacy"},
         # Requests are built by this package and validated by the service.
         parameter_validation=False,
         # A fixed User-Agent: botocore otherwise rebuilds it twice per request, which
@@ -206,4 +236,7 @@ async def open_clients(
                 )
         except NoRegionError:
             raise SettingsError(NO_REGION) from None
+        for client in (polls, calls, sqs_polls, sqs):
+            if client is not None:
+                unregister_unused_handlers(client)
         yield SfnClients(polls, calls, session, endpoint_url, sqs_polls, sqs)

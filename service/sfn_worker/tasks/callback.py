@@ -49,6 +49,7 @@ RELEASE_SECONDS = 10.0
 
 class CallbackSource:
     kind = "queue"
+    tracks_deliveries = True
 
     def __init__(
         self,

@@ -96,6 +96,8 @@ class HandlerInvoker:
             return HandlerCall(asyncio.wrap_future(running), finished)
         if self._processes is not None:
             return HandlerCall.of(asyncio.ensure_future(self._processes.call(task_input, ctx)))
+        if not self.is_async:
+            return HandlerCall.of(_call_now(self.handler, task_input, ctx))
         return HandlerCall.of(
             asyncio.ensure_future(_on_loop(self.handler, self.is_async, task_input, ctx))
         )
@@ -153,6 +155,22 @@ def _link(middleware: Middleware, call_next: CallNext) -> CallNext:
         return await middleware(task_input, ctx, call_next)
 
     return step
+
+
+def _call_now(function: Handler, task_input: Any, ctx: TaskContext) -> asyncio.Future[Any]:
+    """A sync handler on the loop (mode ``async``): called at once, in the task's own
+    asyncio task; no task of its own to schedule."""
+    result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    try:
+        result.set_result(function(task_input, ctx))
+    except asyncio.CancelledError:
+        result.cancel()
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # Left alone, these two leave the event loop and end the whole process.
+        result.set_exception(HandlerExited(exc))
+    except Exception as exc:  # noqa: BLE001 - the handler's failure is its task's answer
+        result.set_exception(exc)
+    return result
 
 
 async def _on_loop(

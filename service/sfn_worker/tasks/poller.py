@@ -93,7 +93,6 @@ class Poller:
                     continue
                 # The slot now belongs to the task; the task coroutine releases it.
                 await self._queue.put(task)
-                self._metrics.queue_depth.set(self._queue.qsize())
                 self._holds_task = False
 
     async def _poll(self) -> Task | None:

@@ -94,7 +94,6 @@ class Receiver:
                 self._slots.give(taken - len(tasks))  # slots of poison and duplicates
                 for task in tasks:
                     await self._queue.put(task)
-                self._metrics.queue_depth.set(self._queue.qsize())
                 self._holds_task = False
 
     async def _receive(self, count: int) -> list[dict[str, Any]]:

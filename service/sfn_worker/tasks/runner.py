@@ -224,24 +224,27 @@ class TaskRunner:
             outcome: Outcome | NotSent | None
             try:
                 outcome = self._refused(task)
-                if outcome is None:
+                if outcome is None and self._source.tracks_deliveries:
                     refused = await self._source.admit(task)
                     if refused is not None:
                         record.gone_answer = refused.value
                         outcome = GONE
                 if outcome is None:
-                    self._start_handler(task, record, span)
-                    heartbeats = self._heartbeats
-                    beat = heartbeats.start(record) if heartbeats is not None else None
-                    keeper = self._source.keep(task)
-                    try:
-                        await record.settled
-                    finally:
-                        if keeper is not None:
-                            await cancel_and_wait(keeper)
-                        if beat is not None:
-                            assert heartbeats is not None
-                            await heartbeats.stop(beat)
+                    call = self._start_handler(task, record, span)
+                    if not call.result.done():  # done already: a sync handler on the loop
+                        # settle needs no context: share one instead of a copy per task.
+                        call.result.add_done_callback(record.settle, context=_NO_CONTEXT)
+                        heartbeats = self._heartbeats
+                        beat = heartbeats.start(record) if heartbeats is not None else None
+                        keeper = self._source.keep(task)
+                        try:
+                            await record.settled
+                        finally:
+                            if keeper is not None:
+                                await cancel_and_wait(keeper)
+                            if beat is not None:
+                                assert heartbeats is not None
+                                await heartbeats.stop(beat)
                     outcome = self._after_handler(record)
             except Exception as exc:
                 log.exception("internal error while working the task")
@@ -249,10 +252,11 @@ class TaskRunner:
             duration = round(asyncio.get_running_loop().time() - record.started_at, 3)
             self._metrics.handler_duration.observe(duration)
             ended, how, error = await self._answer(record, outcome, duration)
-            try:
-                await self._source.settle(task, ended)
-            except Exception:
-                log.exception("internal error while settling the task with its source")
+            if self._source.tracks_deliveries:
+                try:
+                    await self._source.settle(task, ended)
+                except Exception:
+                    log.exception("internal error while settling the task with its source")
             span.end(how, error)
         except Exception as exc:  # noqa: BLE001 - on_crash logs it and stops the worker
             self._on_crash(exc)
@@ -277,7 +281,6 @@ class TaskRunner:
         record = RunningTask(task.token, ctx, loop.time(), loop.create_future())
         ctx._progress = record
         self._running.add(record)
-        self._metrics.tasks_in_flight.inc()
         self._tasks_changed.set()
         structlog.contextvars.bind_contextvars(token=record.token_hash)
         if task.late:
@@ -288,7 +291,6 @@ class TaskRunner:
         return record
 
     def _end(self, record: RunningTask) -> None:
-        self._metrics.tasks_in_flight.dec()
         self._running.discard(record)
         self._tasks_changed.set()
         finished = record.handler.finished if record.handler is not None else None
@@ -307,13 +309,12 @@ class TaskRunner:
             return invalid_input(ValueError(task.input_problem))
         return None
 
-    def _start_handler(self, task: Task, record: RunningTask, span: TaskSpan) -> None:
+    def _start_handler(self, task: Task, record: RunningTask, span: TaskSpan) -> HandlerCall:
         handler_span = span.handler(self._settings.source_name)
         with handler_span.current():  # the handler's own spans are its children
             call = record.handler = self._invoker.start(task.input, record.ctx)
         handler_span.end_with(call.result)
-        # settle needs no context: share one instead of a copy per task.
-        call.result.add_done_callback(record.settle, context=_NO_CONTEXT)
+        return call
 
     def _after_handler(self, record: RunningTask) -> Outcome | NotSent:
         if record.cancel_reason is CancelReason.SHUTDOWN and not self._source.answers_at_shutdown:

@@ -61,9 +61,18 @@ class ResultSender:
             give_up_at = min(give_up_at, deadline)
         retry = Retry(self._backoff)
         maybe_recorded = False
+        client = self._client
         while True:
             try:
-                await self._call(token, outcome)
+                # Inline, not a helper coroutine: one frame less on every answer.
+                if isinstance(outcome, Success):
+                    await client.send_task_success(taskToken=token, output=outcome.output)
+                elif outcome == BARE_FAILURE:
+                    await client.send_task_failure(taskToken=token)
+                else:
+                    await client.send_task_failure(
+                        taskToken=token, error=outcome.error, cause=outcome.cause
+                    )
             except API_ERRORS as exc:
                 kind = classify(exc)
                 if kind is ErrorKind.TASK_GONE:
@@ -119,13 +128,3 @@ class ResultSender:
                 await retry.wait(delay)
             else:
                 return SendReport(SendResult.SENT, outcome)
-
-    async def _call(self, token: str, outcome: Outcome) -> None:
-        if isinstance(outcome, Success):
-            await self._client.send_task_success(taskToken=token, output=outcome.output)
-        elif outcome == BARE_FAILURE:
-            await self._client.send_task_failure(taskToken=token)
-        else:
-            await self._client.send_task_failure(
-                taskToken=token, error=outcome.error, cause=outcome.cause
-            )

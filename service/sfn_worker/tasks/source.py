@@ -31,6 +31,8 @@ class TaskSource(Protocol):
     # Whether a task the worker cannot finish is answered with Worker.Shutdown (True) or
     # released for another worker (False).
     answers_at_shutdown: bool
+    # False: admit, keep and settle do nothing, and the runner skips them.
+    tracks_deliveries: bool
 
     async def admit(self, task: Task) -> Ended | None:
         """Before the handler runs: None to run it, or why the task must not run."""
@@ -55,6 +57,7 @@ class ActivitySource:
 
     kind = "activity"
     answers_at_shutdown = True
+    tracks_deliveries = False
 
     async def admit(self, task: Task) -> Ended | None:
         return None

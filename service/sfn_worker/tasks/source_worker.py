@@ -135,6 +135,9 @@ class SourceWorker:
         self._intake_tasks: list[asyncio.Task[None]] = []
         self._handlers_stuck = 0
         metrics.concurrency.set(config.concurrency)
+        # Read when scraped, not updated per task.
+        metrics.tasks_in_flight.set_function(self._runner.running_count)
+        metrics.queue_depth.set_function(self._queue.qsize)
 
     def _make_intakes(self) -> list[Intake]:
         raise NotImplementedError
@@ -163,7 +166,6 @@ class SourceWorker:
 
     async def _dispatch(self, group: asyncio.TaskGroup) -> None:
         while (task := await self._queue.get()) is not None:
-            self.metrics.queue_depth.set(self._queue.qsize())
             group.create_task(self._runner.work(task))
 
     async def _guard(self, work: Coroutine[Any, Any, None], part: str) -> None:
