@@ -2,7 +2,8 @@
 
 Between beats a token costs a heap entry, not a coroutine or a timer of its own: 10,000
 long tasks are one timer and a heap of 10,000 entries. A beat that is due runs as a short
-task that sends it (retrying while transient), then goes back on the heap.
+task that sends it (retrying while transient), then goes back on the heap. Throttled
+beats are paced (tasks/pacing.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Protocol
 import structlog
 
 from ..aws import SFNClient
-from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
+from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code, is_throttling
 from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff, Retry
+from .pacing import HeartbeatPacer
 
 log = structlog.get_logger("sfn_worker.heartbeat")
 
@@ -50,16 +52,19 @@ class Beat:
     """The heartbeat of one token. ``Heartbeats.stop`` must be awaited before the terminal
     call: no heartbeat may race the answer."""
 
-    __slots__ = ("due", "progress_seen", "sending", "sent", "stalled", "stopped", "task")
+    __slots__ = (
+        "due", "last_ok", "progress_seen", "sending", "sent", "stalled", "stopped", "task",
+    )  # fmt: skip
 
-    def __init__(self, task: Beating, due: float) -> None:
+    def __init__(self, task: Beating, now: float) -> None:
         self.task = task
-        self.due = due
+        self.due = now
+        self.last_ok = now  # the task's start counts as a beat at the service
         self.progress_seen = 0
         self.stalled = False
         self.stopped = False
         self.sending = False  # a request is on the wire
-        self.sent: asyncio.Task[bool] | None = None  # the beat being sent, with its retries
+        self.sent: asyncio.Task[bool | None] | None = None  # the beat being sent, with retries
 
     def __lt__(self, other: Beat) -> bool:
         return self.due < other.due
@@ -93,12 +98,17 @@ class Heartbeats:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._stopped_in_heap = 0
+        self._active = 0  # beats started and not stopped
+        self._pacer: HeartbeatPacer[Beat] = HeartbeatPacer(
+            self._start_send, interval, lambda: self._active
+        )
 
     def start(self, task: Beating) -> Beat:
         """The task's first beat is due one interval from now."""
         if self._context is None:
             self._context = contextvars.copy_context()
-        beat = Beat(task, 0.0)
+        beat = Beat(task, asyncio.get_running_loop().time())
+        self._active += 1
         self._schedule(beat)
         return beat
 
@@ -113,6 +123,7 @@ class Heartbeats:
         if beat.stopped:
             return
         beat.stopped = True
+        self._active -= 1
         sent = beat.sent
         if sent is None:
             self._drop_later()
@@ -162,23 +173,32 @@ class Heartbeats:
                 continue
             if not self._progressed(beat):
                 self._schedule(beat)
-                continue
-            assert self._context is not None
-            beat.sent = sent = asyncio.create_task(self._send(beat), context=self._context.copy())
-            sent.add_done_callback(functools.partial(self._sent, beat))
+            elif self._pacer.active():
+                self._pacer.queue(beat)
+            else:
+                self._start_send(beat)
         self._arm(loop)
 
-    def _sent(self, beat: Beat, sent: asyncio.Task[bool]) -> None:
+    def _start_send(self, beat: Beat) -> None:
+        assert self._context is not None
+        beat.sent = sent = asyncio.create_task(self._send(beat), context=self._context.copy())
+        sent.add_done_callback(functools.partial(self._sent, beat))
+
+    def _sent(self, beat: Beat, sent: asyncio.Task[bool | None]) -> None:
         beat.sent = None
         if sent.cancelled():
             return
         error = sent.exception()
         if error is not None:
             log.error("heartbeat failed; no more heartbeats for this task", error=describe(error))
-        elif sent.result() and not beat.stopped:
+        elif (result := sent.result()) is None:
+            return  # throttled: queued for pacing
+        elif result and not beat.stopped:
             self._schedule(beat)
             return
-        beat.stopped = True  # no more beats: not on the heap either
+        if not beat.stopped:
+            beat.stopped = True  # no more beats: not on the heap either
+            self._active -= 1
 
     # -- one beat ------------------------------------------------------------------------------
     def _progressed(self, beat: Beat) -> bool:
@@ -203,8 +223,9 @@ class Heartbeats:
             )
         return False
 
-    async def _send(self, beat: Beat) -> bool:
-        """One heartbeat, retried while transient; False when heartbeats must end."""
+    async def _send(self, beat: Beat) -> bool | None:
+        """One heartbeat, retried while transient; False when heartbeats must end, None
+        when throttled (the beat then waits in the pacer's queue)."""
         structlog.contextvars.bind_contextvars(token=beat.task.token_hash)
         loop = asyncio.get_running_loop()
         metrics = self._metrics
@@ -226,6 +247,9 @@ class Heartbeats:
                     return False
                 if beat.stopped:
                     return False  # the answer goes next: no retry may race it
+                if is_throttling(exc):
+                    self._pacer.throttled(beat)
+                    return None
                 if kind is not ErrorKind.TRANSIENT:
                     log.error(
                         "heartbeat rejected; no more heartbeats for this task", error=describe(exc)
@@ -238,6 +262,9 @@ class Heartbeats:
                 await retry.wait(delay)
             else:
                 beat.sending = False
+                now = loop.time()
+                beat.last_ok = now
+                self._pacer.accepted(now)
                 metrics.heartbeats_sent.inc()
-                metrics.observe_heartbeat_lag(max(0.0, loop.time() - beat.due))
+                metrics.observe_heartbeat_lag(max(0.0, now - beat.due))
                 return True

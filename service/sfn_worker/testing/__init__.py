@@ -3,7 +3,10 @@
 - ``run_handler(handler, input)``: what the worker would send for one call (with the app's
   middleware when ``app`` is given);
 - ``FakeStepFunctions``: an in-process fake of the activity API (and, as ``fake.sqs``, of
-  the SQS calls callback queues use) that real boto3 clients talk to;
+  the SQS calls callback queues use) that real boto3 clients talk to; with
+  ``fake.quotas = ApiQuotas()`` it throttles like the service (one token bucket per API),
+  with ``fake.heartbeat_timeout_seconds`` it times tasks out like a state's
+  HeartbeatSeconds;
 - ``run_app(app, fake)``: the whole app, in this process, against the fake:
 
       async with FakeStepFunctions() as fake, run_app(app, fake):
@@ -29,15 +32,20 @@ from ..settings import HandlerMode, Settings
 from ..tasks.handlers import HandlerInvoker
 from ..tasks.outcome import Failure, Outcome, Success, encode_output, from_exception
 from .fake_sfn import DEFAULT_ACTIVITY_ARN, REGION, Call, FakeStepFunctions, FakeTask, Fault
+from .quotas import LARGE_REGIONS, OTHER_REGIONS, ApiQuotas, Quota
 
 __all__ = [
     "DEFAULT_ACTIVITY_ARN",
+    "LARGE_REGIONS",
+    "OTHER_REGIONS",
+    "ApiQuotas",
     "Call",
     "Failure",
     "FakeStepFunctions",
     "FakeTask",
     "Fault",
     "Outcome",
+    "Quota",
     "Success",
     "fake_clients",
     "run_app",

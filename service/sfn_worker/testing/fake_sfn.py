@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from .fake_sqs import FakeSqs
+from .quotas import ApiQuotas
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -111,6 +112,8 @@ class FakeTask:
     # The worker was told the task is closed (its answer was accepted, or TaskTimedOut...).
     told_closed: bool = False
     calls_after_told_closed: int = 0  # must stay 0: a double answer or a call after "gone"
+    # Loop time of the hand-out or the last accepted heartbeat (heartbeat_timeout_seconds).
+    last_beat: float = 0.0
 
 
 @dataclass
@@ -165,6 +168,12 @@ class FakeStepFunctions:
         self.forget_closed = False
         # Heartbeat arrival times per task number (loop clock), for interval statistics.
         self.heartbeat_times: dict[int, list[float]] | None = None
+        # The service's token buckets (testing/quotas.py); None: no throttling.
+        self.quotas: ApiQuotas | None = None
+        # The state's HeartbeatSeconds: an issued task without a heartbeat for this long
+        # times out (checked when it is next called on, and by expire_overdue()).
+        self.heartbeat_timeout_seconds: float | None = None
+        self.heartbeat_timeouts = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -275,6 +284,10 @@ class FakeStepFunctions:
         operation = target.removeprefix("AWSStepFunctions.")
         token = params.get("taskToken")
         self.counts[operation] = self.counts.get(operation, 0) + 1
+        if self.quotas is not None and not self.quotas.take(operation):
+            if self.record_calls:
+                await self._record(Call(operation, token, params, "ThrottlingException"))
+            return _error("ThrottlingException", 400, "Rate exceeded")
         known = self.tasks.get(token or "")
         if known is not None and known.told_closed:
             known.calls_after_told_closed += 1
@@ -337,6 +350,7 @@ class FakeStepFunctions:
             f"{self._numbers:08d}-" + secrets.token_urlsafe(self.token_chars)[: self.token_chars]
         )
         task = FakeTask(token, json.dumps(task_input), self._numbers, CALLBACK, issued=True)
+        task.last_beat = asyncio.get_running_loop().time()
         self.stats.setdefault(CALLBACK, ActivityStats())
         self.tasks[token] = task
         self._issued_open += 1
@@ -395,6 +409,7 @@ class FakeStepFunctions:
         if task is None:
             return 200, {}
         task.issued = True
+        task.last_beat = asyncio.get_running_loop().time()
         task.worker_name = name
         self._issued_open += 1
         stats.issued_open += 1
@@ -428,8 +443,9 @@ class FakeStepFunctions:
         if task is None:
             return problem
         task.heartbeats += 1
+        now = asyncio.get_running_loop().time()
+        task.last_beat = now
         if self.heartbeat_times is not None:
-            now = asyncio.get_running_loop().time()
             self.heartbeat_times.setdefault(task.number, []).append(now)
         return 200, {}
 
@@ -487,9 +503,28 @@ class FakeStepFunctions:
         task = self.tasks.get(params.get("taskToken", ""))
         if task is None or not task.issued:
             return None, (400, _body("InvalidToken", "Invalid token"))
+        if task.state == "open" and self._overdue(task, asyncio.get_running_loop().time()):
+            self._time_out(task)
         if task.state != "open":
             return None, (400, _body("TaskTimedOut", "Task Timed Out"))
         return task, (200, {})
+
+    def _overdue(self, task: FakeTask, now: float) -> bool:
+        timeout = self.heartbeat_timeout_seconds
+        return timeout is not None and now - task.last_beat > timeout
+
+    def _time_out(self, task: FakeTask) -> None:
+        self.heartbeat_timeouts += 1
+        self._close(task, "timed_out")
+
+    def expire_overdue(self) -> int:
+        """Time out every issued task whose heartbeat is overdue now; how many were."""
+        now = asyncio.get_running_loop().time()
+        overdue = [t for t in self.tasks.values() if t.issued and t.state == "open"
+                   and self._overdue(t, now)]  # fmt: skip
+        for task in overdue:
+            self._time_out(task)
+        return len(overdue)
 
     def _close(self, task: FakeTask, state: str) -> None:
         if state in ("succeeded", "failed"):
@@ -498,6 +533,8 @@ class FakeStepFunctions:
         self._issued_open -= 1
         self.stats[task.activity_arn].issued_open -= 1
         self.closed_count += 1
+        if self.quotas is not None:
+            self.quotas.task_closed()
         if self.forget_closed:
             del self.tasks[task.token]
 
@@ -512,8 +549,10 @@ def _body(code: str, message: str = "") -> dict[str, Any]:
     return {"__type": f"com.amazonaws.swf.service.v2.model#{code}", "message": message or code}
 
 
-def _error(code: str, status: int) -> web.Response:
-    return web.json_response(_body(code), status=status, content_type="application/x-amz-json-1.0")
+def _error(code: str, status: int, message: str = "") -> web.Response:
+    return web.json_response(
+        _body(code, message), status=status, content_type="application/x-amz-json-1.0"
+    )
 
 
 def _reset(request: web.Request) -> web.Response:
