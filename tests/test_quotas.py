@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import structlog
 
-from sfn_worker import TaskContext
+from sfn_worker import TaskContext, retry
 from sfn_worker.examples import seed_handler
+from sfn_worker.retry import SEND_BACKOFF, Retry
 from sfn_worker.tasks import pacing
 from sfn_worker.testing import ApiQuotas, FakeStepFunctions, Quota
 
@@ -29,16 +30,32 @@ async def test_the_fake_throttles_beyond_a_bucket_and_refills(fake: FakeStepFunc
     assert quotas.bound_seconds({"SendTaskSuccess": 13, "GetActivityTask": 5}) == 5.0
 
 
-async def test_every_task_is_answered_once_at_the_quota(fake: FakeStepFunctions) -> None:
+async def test_every_task_is_answered_once_at_the_quota(
+    fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake.quotas = ApiQuotas(Quota(burst=20, refill_per_second=150.0))
     tasks = [fake.add_task({"in": "SUCCESS"}) for _ in range(200)]
-    async with running_worker(fake, seed_handler, concurrency=32, pollers=8):
-        await fake.wait_for(lambda: all(t.state != "open" for t in tasks), timeout=30)
+    monkeypatch.setattr(retry, "THROTTLES", retry.ThrottleNotice())
+    with structlog.testing.capture_logs() as logs:
+        async with running_worker(fake, seed_handler, concurrency=32, pollers=8):
+            await fake.wait_for(lambda: all(t.state != "open" for t in tasks), timeout=30)
     assert {t.state for t in tasks} == {"succeeded"}
     assert all(t.terminal_calls == 1 and t.calls_after_told_closed == 0 for t in tasks)
     assert fake.quotas.throttled["GetActivityTask"] > 0
     assert fake.quotas.throttled["SendTaskSuccess"] > 0
     assert not fake.rejections
+    # Hundreds of throttles, one warning per API (per minute), with the count.
+    notices = [e for e in logs if e["event"].startswith("calls throttled")]
+    assert sorted(e["api"] for e in notices) == ["GetActivityTask", "SendTaskSuccess"]
+    assert not [e for e in logs if e["event"] in ("terminal call failed; retrying",
+                                                  "poll failed; backing off")]  # fmt: skip
+
+
+def test_a_throttled_call_never_waits_long_however_often_it_was_throttled() -> None:
+    retry = Retry(SEND_BACKOFF)
+    retry.failures = 30
+    assert max(retry.next_delay(throttled=True) for _ in range(100)) <= 1.0
+    assert retry.next_delay() >= SEND_BACKOFF.cap_seconds / 2
 
 
 async def test_throttled_heartbeats_are_paced_so_no_task_times_out(

@@ -70,6 +70,7 @@ class HeartbeatPacer(Generic[P]):
         self._recent: deque[float] = deque()  # when the beats of the last window were accepted
         self._accepted = 0  # beats accepted since pacing began
         self._paced_since = 0.0
+        self._peak_in_flight = 0  # while paced: the warning's numbers outlive the tasks
         self._warned = False
 
     def active(self) -> bool:
@@ -124,6 +125,8 @@ class HeartbeatPacer(Generic[P]):
             self._queue.clear()
 
     async def _run(self) -> None:
+        # Created inside one beat's send: the pacer serves every task, so no token of its own.
+        structlog.contextvars.unbind_contextvars("token")
         loop = asyncio.get_running_loop()
         calm = max(5.0, self._interval)
         allowance = 0.0
@@ -131,6 +134,7 @@ class HeartbeatPacer(Generic[P]):
         while True:
             await asyncio.sleep(TICK_SECONDS)
             now = loop.time()
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight())
             if (
                 self._queue
                 and now - self._last_throttle >= ADJUST_SECONDS
@@ -157,7 +161,7 @@ class HeartbeatPacer(Generic[P]):
         """Once per source: what the service accepted, and the interval it would carry."""
         self._warned = True
         accepted = self._accepted / max(1e-9, now - self._paced_since)
-        tasks = self._in_flight()
+        tasks = max(self._peak_in_flight, self._in_flight())
         needed = tasks / self._interval
         suggested = math.ceil(tasks / max(accepted, MIN_RATE) * 1.2)
         log.warning(

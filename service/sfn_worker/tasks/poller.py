@@ -9,9 +9,17 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..aws import SFNClient
-from ..errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe, error_code
+from ..errors import (
+    API_ERRORS,
+    ErrorKind,
+    FatalWorkerError,
+    classify,
+    describe,
+    error_code,
+    is_throttling,
+)
 from ..metrics import SourceMetrics
-from ..retry import POLL_BACKOFF, Backoff, Retry
+from ..retry import POLL_BACKOFF, Backoff, Retry, note_throttled
 from .outcome import decode_input
 from .slots import Slots
 from .task import Task
@@ -80,10 +88,16 @@ class Poller:
                     self._slots.give()
                     if not self._keep_going_after(exc):
                         return
-                    delay = retry.next_delay()
-                    log.warning(
-                        "poll failed; backing off", error=describe(exc), retry_in=round(delay, 2)
-                    )
+                    throttled = is_throttling(exc)
+                    delay = retry.next_delay(throttled)
+                    if throttled:
+                        note_throttled("GetActivityTask")
+                    else:
+                        log.warning(
+                            "poll failed; backing off",
+                            error=describe(exc),
+                            retry_in=round(delay, 2),
+                        )
                     await retry.wait(delay)
                     continue
                 retry.reset()

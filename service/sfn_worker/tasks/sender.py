@@ -17,10 +17,11 @@ from ..errors import (
     classify,
     describe,
     error_code,
+    is_throttling,
     may_have_been_recorded,
 )
 from ..metrics import SourceMetrics
-from ..retry import SEND_BACKOFF, Backoff, Retry
+from ..retry import SEND_BACKOFF, Backoff, Retry, note_throttled
 from .outcome import BARE_FAILURE, Failure, Outcome, Success
 
 log = structlog.get_logger("sfn_worker.sender")
@@ -28,6 +29,11 @@ log = structlog.get_logger("sfn_worker.sender")
 # How long transient errors are retried before the worker gives up on a terminal call
 # (the execution then waits for its own timeout). Shutdown passes a shorter deadline.
 SEND_RETRY_SECONDS = 30 * 60.0
+
+TERMINAL_API: dict[type[Outcome], str] = {
+    Success: "SendTaskSuccess",
+    Failure: "SendTaskFailure",
+}
 
 
 class SendResult(Enum):
@@ -110,7 +116,8 @@ class ResultSender:
                     log.error("terminal call rejected; not retrying", error=describe(exc))
                     return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
                 maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
-                delay = retry.next_delay()
+                throttled = is_throttling(exc)
+                delay = retry.next_delay(throttled)
                 if loop.time() + delay > give_up_at:
                     log.error(
                         "terminal call still failing; giving up",
@@ -118,12 +125,15 @@ class ResultSender:
                         attempts=retry.failures + 1,
                     )
                     return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
-                log.warning(
-                    "terminal call failed; retrying",
-                    error=describe(exc),
-                    attempt=retry.failures + 1,
-                    retry_in=round(delay, 3),
-                )
+                if throttled:
+                    note_throttled(TERMINAL_API[type(outcome)])
+                else:
+                    log.warning(
+                        "terminal call failed; retrying",
+                        error=describe(exc),
+                        attempt=retry.failures + 1,
+                        retry_in=round(delay, 3),
+                    )
                 self._metrics.terminal_retries.inc()
                 await retry.wait(delay)
             else:
