@@ -13,6 +13,7 @@ import pytest
 from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed, non_blocking
 from sfn_worker.examples import seed_handler
 from sfn_worker.metrics import Metrics
+from sfn_worker.tasks import heartbeat
 from sfn_worker.tasks.heartbeat import Heartbeats
 from sfn_worker.testing import FakeStepFunctions, Fault
 
@@ -245,6 +246,38 @@ async def test_short_tasks_do_not_pile_up_heartbeat_entries() -> None:
     for _ in range(10_000):
         await heartbeats.stop(heartbeats.start(ShortTask()))
     assert heartbeats.scheduled() <= 128
+
+
+async def test_beats_that_fall_due_together_share_a_few_connections(
+    fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 tasks whose beats fall due together: at most MAX_SENDING requests at once (each
+    would otherwise open a connection), and every task still beats."""
+    monkeypatch.setattr(heartbeat, "MAX_SENDING", 4)
+    on_the_wire, most = 0, 0
+    beat = fake._op_SendTaskHeartbeat
+
+    async def slow_beat(params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        nonlocal on_the_wire, most
+        on_the_wire += 1
+        most = max(most, on_the_wire)
+        await asyncio.sleep(0.02)  # the service's time to answer
+        on_the_wire -= 1
+        return await beat(params)
+
+    monkeypatch.setattr(fake, "_op_SendTaskHeartbeat", slow_beat)
+    done = asyncio.Event()
+
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        await done.wait()
+        return {}
+
+    tasks = [fake.add_task({}) for _ in range(40)]
+    async with running_worker(fake, handler, concurrency=40, pollers=8, heartbeat_seconds=0.1):
+        await fake.wait_for(lambda: all(t.heartbeats >= 2 for t in tasks), timeout=20)
+        done.set()
+        await fake.wait_for(lambda: all(t.state == "succeeded" for t in tasks))
+    assert most == 4
 
 
 async def test_throttled_success_is_retried_and_recorded_once(fake: FakeStepFunctions) -> None:
