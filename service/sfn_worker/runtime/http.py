@@ -12,12 +12,13 @@ import urllib.request
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..settings import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from .runtime import Runtime
 
 
@@ -32,6 +33,9 @@ def too_many_stuck(stuck: int, concurrency: int) -> bool:
 
 
 def make_app(runtime: Runtime) -> web.Application:
+    # aiohttp's server modules (about 2.4 MiB) are loaded only when the port is on.
+    from aiohttp import web
+
     async def healthz(_: web.Request) -> web.Response:
         state = runtime.state()
         loop_lag = runtime.metrics.last_loop_lag
@@ -74,6 +78,8 @@ async def serve_http(settings: Settings, runtime: Runtime) -> AsyncIterator[int 
     if not settings.http_port:
         yield None
         return
+    from aiohttp import web
+
     runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
     await runner.setup()
     try:
