@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class FakeTask:
     calls_after_told_closed: int = 0  # must stay 0: a double answer or a call after "gone"
     # Loop time of the hand-out or the last accepted heartbeat (heartbeat_timeout_seconds).
     last_beat: float = 0.0
+    closed_at: float = 0.0  # wall-clock time (time.time()) it closed, for latency measurements
 
 
 @dataclass
@@ -235,8 +237,12 @@ class FakeStepFunctions:
     def feed(self, count: int, task_input: Any) -> None:
         """Hand out ``count`` more tasks of the first activity with this input, created only
         when polled."""
-        self._feed_remaining += count
         self._feed_input = json.dumps(task_input)
+        # Polls already waiting take theirs now; later ones create them as they arrive.
+        waiting = min(count, self.stats[self.activity_arn].open_polls)
+        for _ in range(waiting):
+            self.add_task(raw_input=self._feed_input)
+        self._feed_remaining += count - waiting
 
     def inject(self, operation: str, *faults: Fault) -> None:
         """Apply these faults, in order, to the next calls of ``operation``."""
@@ -530,6 +536,7 @@ class FakeStepFunctions:
         if state in ("succeeded", "failed"):
             task.terminal_calls += 1
         task.state = state
+        task.closed_at = time.time()
         self._issued_open -= 1
         self.stats[task.activity_arn].issued_open -= 1
         self.closed_count += 1
