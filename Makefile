@@ -15,12 +15,13 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup test check lint typecheck unit oldest-python demo bench clean
+.PHONY: help setup test check lint typecheck unit oldest-python demo bench bench-quick clean
 
 help:
 	@echo "make demo   - set up, start LocalStack, run the seed flow end to end, stop"
 	@echo "make test   - set up, lint, type-check, run every test (LocalStack included)"
-	@echo "make bench  - run the benchmark suite, write docs/benchmarks.md"
+	@echo "make bench  - run the benchmark suite, write docs/benchmarks.md (about 25 minutes)"
+	@echo "make bench-quick - the same with short windows, into .bench-quick/ (under 3 minutes)"
 
 $(UV):
 	@python="$$(scripts/find-python $(PYTHON_VERSION))"; \
@@ -70,6 +71,9 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
+
+bench-quick: setup
+	$(VENV)/bin/python bench/run.py --quick --output $(CURDIR)/.bench-quick/benchmarks.md
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -5,6 +5,10 @@
   bare      N asyncio coroutines on one aioboto3 client: get -> handle -> answer;
             no queue, heartbeats or logs
 
+The bare loop can take, one by one, the client settings the worker uses (--with), so each
+saving is measured on its own: uvloop, the pinned User-Agent, no client-side parameter
+validation, botocore's unused handlers unregistered (with legacy retry mode).
+
 Each handles {"in": "SUCCESS"} like the seed handler, after sleeping --sleep seconds.
 """
 
@@ -19,7 +23,10 @@ from typing import Any
 
 import aioboto3
 import boto3
+import uvloop
 from botocore.config import Config
+
+from sfn_worker.runtime.client import USER_AGENT, unregister_unused_handlers
 
 
 def seed(task_input: Any) -> tuple[bool, str]:
@@ -57,10 +64,21 @@ def run_sync(arn: str, threads: int, sleep: float) -> None:
         worker.join()
 
 
-async def run_bare(arn: str, coroutines: int, sleep: float) -> None:
+SAVINGS = ("uvloop", "user-agent", "no-validation", "lean-handlers")
+
+
+async def run_bare(arn: str, coroutines: int, sleep: float, savings: set[str]) -> None:
     session = aioboto3.Session()
-    config = Config(read_timeout=70, max_pool_connections=max(10, coroutines))
-    async with session.client("stepfunctions", config=config) as client:
+    options: dict[str, Any] = {"read_timeout": 70, "max_pool_connections": max(10, coroutines)}
+    if "user-agent" in savings:
+        options["user_agent"] = USER_AGENT
+    if "no-validation" in savings:
+        options["parameter_validation"] = False
+    if "lean-handlers" in savings:
+        options["retries"] = {"total_max_attempts": 1, "mode": "legacy"}
+    async with session.client("stepfunctions", config=Config(**options)) as client:
+        if "lean-handlers" in savings:
+            unregister_unused_handlers(client)
 
         async def loop() -> None:
             while True:
@@ -89,13 +107,17 @@ def main() -> None:
     parser.add_argument("--arn", required=True)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--with", dest="savings", action="append", default=[], choices=SAVINGS)
     args = parser.parse_args()
     if args.kind == "seed":
         run_sync(args.arn, 1, args.sleep)
     elif args.kind == "threaded":
         run_sync(args.arn, args.concurrency, args.sleep)
     else:
-        asyncio.run(run_bare(args.arn, args.concurrency, args.sleep))
+        savings = set(args.savings)
+        loop_factory = uvloop.new_event_loop if "uvloop" in savings else None
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run_bare(args.arn, args.concurrency, args.sleep, savings))
 
 
 if __name__ == "__main__":

@@ -28,3 +28,17 @@ def burn_cpu(task_input: Any, ctx: TaskContext) -> Any:
     while time.process_time() < deadline:
         total += sum(i * i for i in range(2_000))
     return {"burned": BURN_SECONDS, "checksum": total % 997}
+
+
+async def stamp(task_input: Any, ctx: TaskContext) -> Any:
+    """When the handler started (wall clock, for pickup latency), after BENCH_SLEEP_SECONDS."""
+    started = time.time()
+    if SLEEP_SECONDS:
+        await asyncio.sleep(SLEEP_SECONDS)
+    return {"started": started}
+
+
+async def wait_event(task_input: Any, ctx: TaskContext) -> Any:
+    """Waits for shutdown: an async handler holding nothing but its coroutine."""
+    await ctx.wait_for_shutdown()
+    return seed_handler(task_input, ctx)

@@ -1,0 +1,1 @@
+"""One module per scenario, each with ``TITLE`` and ``async def run(options, report)``."""
