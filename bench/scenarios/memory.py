@@ -188,6 +188,7 @@ async def run(options: Options, report: Report) -> None:
         + "; every heartbeat interval within 10 % (p99): "
         + verdict(stats.interval_p99_error <= 0.10, f"{stats.interval_p99_error:.1%}")
         + ". Intervals are 90-100 % of the setting by design (never late, spread by jitter)."
+        " The target is in MiB, the unit of the 186-219 figures it was set against."
     )
     report.paragraph(
         f"What each task holds: {per_task:,.0f} bytes per task in flight, by where the worker"
