@@ -36,6 +36,8 @@ async def test_every_task_is_answered_once_at_the_quota(
     fake.quotas = ApiQuotas(Quota(burst=20, refill_per_second=150.0))
     tasks = [fake.add_task({"in": "SUCCESS"}) for _ in range(200)]
     monkeypatch.setattr(retry, "THROTTLES", retry.ThrottleNotice())
+    # A fresh proxy: one another test used under configure_logging stays bound to it.
+    monkeypatch.setattr(retry, "log", structlog.get_logger("sfn_worker.retry"))
     with structlog.testing.capture_logs() as logs:
         async with running_worker(fake, seed_handler, concurrency=32, pollers=8):
             await fake.wait_for(lambda: all(t.state != "open" for t in tasks), timeout=30)
