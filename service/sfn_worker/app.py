@@ -104,13 +104,7 @@ class App:
             "handler_mode": handler_mode,
             "max_tasks_per_child": max_tasks_per_child,
         }
-        options = {name: value for name, value in given.items() if value is not None}
-
-        def register(handler: H) -> H:
-            self.activities.append(Registration("activity", arn_or_name, handler, options))
-            return handler
-
-        return register
+        return self._registering(self.activities, "activity", arn_or_name, given)
 
     def callback_queue(
         self,
@@ -143,10 +137,17 @@ class App:
             "token_field": token_field,
             "input_field": input_field,
         }
+        return self._registering(self.queues, "queue", queue_url, given)
+
+    @staticmethod
+    def _registering(
+        into: list[Registration], kind: str, ref: str, given: dict[str, Any]
+    ) -> Callable[[H], H]:
+        """The decorator that registers a handler with the options given (None: not given)."""
         options = {name: value for name, value in given.items() if value is not None}
 
         def register(handler: H) -> H:
-            self.queues.append(Registration("queue", queue_url, handler, options))
+            into.append(Registration(kind, ref, handler, options))
             return handler
 
         return register
