@@ -8,6 +8,7 @@ fake endpoint runs in the benchmark's process.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import statistics
@@ -147,6 +148,17 @@ def rss_bytes(process: psutil.Process) -> int:
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+def beat_intervals(fake: FakeStepFunctions) -> list[float]:
+    """Seconds between consecutive accepted heartbeats of each task (``fake.heartbeat_times``
+    must have been set to record them)."""
+    assert fake.heartbeat_times is not None
+    return [
+        later - earlier
+        for times in fake.heartbeat_times.values()
+        for earlier, later in itertools.pairwise(times)
+    ]
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 
 from report import Report, verdict
-from rig import Options, percentile, progress, running, worker
+from rig import Options, beat_intervals, percentile, progress, running, worker
 from sfn_worker.testing import FakeStepFunctions
 
 TITLE = "Heartbeat lag with CPU-bound sync handlers on every core"
@@ -32,11 +31,7 @@ async def lateness(mode: str, duration: float) -> tuple[int, int, float, float]:
         async with running(contender, fake):
             await fake.wait_for(lambda: fake.issued_count >= cores, timeout=60)
             await asyncio.sleep(duration)  # a measurement window
-    late = [
-        max(0.0, later - earlier - INTERVAL)
-        for times in fake.heartbeat_times.values()
-        for earlier, later in itertools.pairwise(times)
-    ]
+    late = [max(0.0, interval - INTERVAL) for interval in beat_intervals(fake)]
     return cores, len(late), percentile(late, 0.5), percentile(late, 0.99)
 
 

@@ -5,7 +5,6 @@ heartbeats."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import tempfile
 import time
@@ -16,7 +15,17 @@ from dataclasses import dataclass
 from typing import IO
 
 from report import Report, line_plot, verdict
-from rig import Contender, Options, Running, cpu_seconds, progress, running, sleeping_worker, worker
+from rig import (
+    Contender,
+    Options,
+    Running,
+    beat_intervals,
+    cpu_seconds,
+    progress,
+    running,
+    sleeping_worker,
+    worker,
+)
 from sfn_worker.testing import LARGE_REGIONS, OTHER_REGIONS, ApiQuotas, FakeStepFunctions, Quota
 
 TITLE = "A fleet at the account's API quota"
@@ -214,11 +223,7 @@ async def heartbeat_quota(
             if str(line.get("event", "")).startswith("heartbeats throttled")
         ]  # fmt: skip
     issued = fake.issued
-    gaps = [
-        later - earlier
-        for times in fake.heartbeat_times.values()
-        for earlier, later in itertools.pairwise(times)
-    ]
+    gaps = beat_intervals(fake)
     return HeartbeatResult(
         processes=processes,
         slots=slots,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import linecache
 import logging
 import math
@@ -20,7 +19,16 @@ from typing import Any
 import structlog
 
 from report import Report, verdict
-from rig import REPO, Options, percentile, progress, rss_bytes, running, sleeping_worker
+from rig import (
+    REPO,
+    Options,
+    beat_intervals,
+    percentile,
+    progress,
+    rss_bytes,
+    running,
+    sleeping_worker,
+)
 from sfn_worker import App, TaskContext
 from sfn_worker.testing import FakeStepFunctions, run_app
 
@@ -46,11 +54,7 @@ class HeartbeatStats:
 
 def heartbeat_stats(fake: FakeStepFunctions, interval: float) -> tuple[int, float, float, float]:
     assert fake.heartbeat_times is not None
-    intervals = [
-        later - earlier
-        for times in fake.heartbeat_times.values()
-        for earlier, later in itertools.pairwise(times)
-    ]
+    intervals = beat_intervals(fake)
     per_second = Counter(int(t) for times in fake.heartbeat_times.values() for t in times)
     full = [per_second[s] for s in sorted(per_second)][1:-1]
     error = percentile([abs(i - interval) / interval for i in intervals], 0.99)
@@ -148,7 +152,7 @@ def _code(site: str) -> str:
 
 
 async def run(options: Options, report: Report) -> None:
-    count, interval, duration = (1000, 5.0, 7.0) if options.quick else (10_000, 60.0, 135.0)
+    count, interval, duration = (1000, 5.0, 11.0) if options.quick else (10_000, 60.0, 135.0)
     progress(f"memory: {count} in flight, heartbeat every {interval:g} s")
     stats = await in_flight(count, interval, duration)
     progress("memory: census of what each task holds")
