@@ -15,7 +15,9 @@ from aiohttp import web
 
 from sfn_worker import TaskContext
 from sfn_worker.app import Handler
+from sfn_worker.bulkhead import Accessories
 from sfn_worker.examples import seed_handler
+from sfn_worker.metrics import Metrics
 from sfn_worker.runtime import ecs_protection, http
 from sfn_worker.runtime.ecs_protection import task_protection
 from sfn_worker.runtime.http import healthcheck, serve_http
@@ -182,7 +184,9 @@ async def test_task_protection_follows_in_flight_work(
     settings = make_settings(fake, ecs_task_protection=True, ecs_protection_minutes=1)
     worker = Worker(settings, handler)
     harness = WorkerHarness(worker, fake)
-    async with task_protection(settings, worker.in_flight, worker.tasks_changed) as protection:
+    async with task_protection(
+        settings, worker.in_flight, worker.tasks_changed, worker.accessories
+    ) as protection:
         assert protection is not None
         harness.start()
         await fake.wait_for(lambda: fake.open_polls == settings.pollers)
@@ -205,7 +209,8 @@ async def test_task_protection_without_agent_is_off(
 ) -> None:
     monkeypatch.delenv("ECS_AGENT_URI", raising=False)
     settings = make_settings(fake, ecs_task_protection=True)
-    async with task_protection(settings, lambda: 0, asyncio.Event()) as protection:
+    accessories = Accessories(Metrics())
+    async with task_protection(settings, lambda: 0, asyncio.Event(), accessories) as protection:
         assert protection is None
 
 
@@ -216,13 +221,18 @@ async def test_unreachable_agent_is_never_fatal(
     settings = make_settings(fake, ecs_task_protection=True)
     worker = Worker(settings, seed_handler)
     harness = WorkerHarness(worker, fake)
-    async with task_protection(settings, worker.in_flight, worker.tasks_changed) as protection:
+    async with task_protection(
+        settings, worker.in_flight, worker.tasks_changed, worker.accessories
+    ) as protection:
         assert protection is not None
         harness.start()
         task = fake.add_task({"in": "SUCCESS"})
         await fake.wait_for(lambda: task.state == "succeeded")
         await harness.stop()
     assert protection.protected is False
+    # Counted and shown, not fatal.
+    snapshot = worker.accessories.snapshot()["ecs_protection"]
+    assert (snapshot.state, snapshot.failures >= 1) == ("failing", True)
 
 
 async def test_healthz_is_unhealthy_when_the_loop_was_blocked(

@@ -114,7 +114,9 @@ async def serve(runtime: Runtime) -> int:
     try:
         async with (
             serve_http(settings, runtime),
-            task_protection(settings, runtime.in_flight, runtime.tasks_changed),
+            task_protection(
+                settings, runtime.in_flight, runtime.tasks_changed, runtime.accessories
+            ),
         ):
             await runtime.run(stop, force_stop)
     except (FatalWorkerError, WorkerCrashed, LifespanFailed) as exc:

@@ -116,6 +116,19 @@ class Metrics:
             A,
             registry=r,
         )
+        self.accessory_failures = Counter(
+            "sfn_worker_accessory_failures",
+            "Failures of parts beside the task path (metrics output, tracing, task "
+            "protection, ...); they never stop the worker",
+            ["accessory"],
+            registry=r,
+        )
+        self.accessory_dropped = Counter(
+            "sfn_worker_accessory_dropped",
+            "Records an accessory dropped so as not to block the event loop (a full output)",
+            ["accessory"],
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "sfn_worker_event_loop_lag_seconds", "How late the last loop timer fired", registry=r
         )

@@ -2,8 +2,9 @@
 
 Uses the container agent endpoint ``$ECS_AGENT_URI/task-protection/v1/state``. Protection
 is set when the first task starts, renewed before it expires while work goes on, and
-cleared when the worker goes idle, so service autoscaling never stops a busy worker. Agent
-errors are logged and retried later, never fatal.
+cleared when the worker goes idle, so service autoscaling never stops a busy worker. An
+accessory (bulkhead.py): agent errors are logged once, counted, shown in /healthz and
+retried later, never fatal.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import aiohttp
 import structlog
 
 from ..aio import cancel_and_wait
+from ..bulkhead import Accessories, Accessory
 from ..settings import Settings
 
 log = structlog.get_logger("sfn_worker.ecs_protection")
@@ -34,7 +36,9 @@ class TaskProtection:
         minutes: int,
         busy_count: Callable[[], int],
         changed: asyncio.Event,
+        accessory: Accessory,
     ) -> None:
+        self._accessory = accessory
         self._url = agent_uri.rstrip("/") + "/task-protection/v1/state"
         self._minutes = minutes
         self._busy_count = busy_count
@@ -79,18 +83,15 @@ class TaskProtection:
             async with session.put(self._url, json=body) as response:
                 text = await response.text()
                 if response.status >= 300:
-                    log.warning(
-                        "ECS task protection request refused",
-                        status=response.status,
-                        answer=text[:300],
+                    self._accessory.failed(
+                        f"the ECS agent refused it: {response.status} {text[:300]}",
                         enabled=enabled,
                     )
                     return False
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning(
-                "ECS agent unreachable for task protection", error=str(exc), enabled=enabled
-            )
+            self._accessory.failed(exc, enabled=enabled)
             return False
+        self._accessory.recovered()
         self.protected = enabled
         log.info(
             "ECS task protection " + ("set" if enabled else "cleared"),
@@ -101,7 +102,10 @@ class TaskProtection:
 
 @contextlib.asynccontextmanager
 async def task_protection(
-    settings: Settings, busy_count: Callable[[], int], changed: asyncio.Event
+    settings: Settings,
+    busy_count: Callable[[], int],
+    changed: asyncio.Event,
+    accessories: Accessories,
 ) -> AsyncIterator[TaskProtection | None]:
     agent_uri = os.environ.get("ECS_AGENT_URI", "")
     if not settings.ecs_task_protection:
@@ -111,7 +115,13 @@ async def task_protection(
         log.warning("SFN_ECS_TASK_PROTECTION is on but ECS_AGENT_URI is not set; protection is off")
         yield None
         return
-    protection = TaskProtection(agent_uri, settings.ecs_protection_minutes, busy_count, changed)
+    protection = TaskProtection(
+        agent_uri,
+        settings.ecs_protection_minutes,
+        busy_count,
+        changed,
+        accessories.get("ecs_protection"),
+    )
     runner = asyncio.create_task(protection.run())
     try:
         yield protection

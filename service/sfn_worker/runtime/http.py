@@ -59,6 +59,12 @@ def make_app(runtime: Runtime) -> web.Application:
             "running": sum(s.running for s in state.sources),
             **{name: group for name, group in groups.items() if group},
         }
+        if state.accessories:
+            # Shown, never a reason to be unhealthy: tasks run without them.
+            body["accessories"] = {
+                name: {k: v for k, v in dataclasses.asdict(a).items() if v is not None}
+                for name, a in state.accessories.items()
+            }
         return web.json_response(body, status=200 if healthy else 503)
 
     async def metrics(_: web.Request) -> web.Response:

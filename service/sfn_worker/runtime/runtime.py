@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +20,7 @@ import structlog
 
 from ..aio import cancel_and_wait
 from ..app import App, import_path
+from ..bulkhead import Accessories, Accessory, AccessorySnapshot
 from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig, resolve
 from ..errors import FatalWorkerError, WorkerCrashed
 from ..metrics import Metrics
@@ -48,6 +49,7 @@ class RuntimeState:
     polling: bool
     stopping: bool
     sources: tuple[SourceState, ...]
+    accessories: Mapping[str, AccessorySnapshot]
 
 
 class Runtime:
@@ -67,6 +69,8 @@ class Runtime:
         # Configuration errors surface here, before any client or poll.
         self.configs = resolve(app, settings, os.environ if environ is None else environ)
         self.metrics = metrics or Metrics()
+        # What runs beside the task path, each behind a bulkhead (bulkhead.py).
+        self.accessories = Accessories(self.metrics)
         # Set whenever a task starts or ends (for ECS task protection).
         self.tasks_changed = asyncio.Event()
         self._client_factory = client_factory
@@ -90,6 +94,7 @@ class Runtime:
             polling=self._started and not stopping,
             stopping=stopping,
             sources=tuple(s.state() for s in self._sources),
+            accessories=self.accessories.snapshot(),
         )
 
     # -- running -----------------------------------------------------------------------------
@@ -143,8 +148,13 @@ class Runtime:
         self._sources = [self._worker(config, parts) for config in configs]
         async with asyncio.TaskGroup() as group:
             runs = [group.create_task(source.run()) for source in self._sources]
-            monitor = group.create_task(self._guard(watch_loop_lag(self.metrics), "loop monitor"))
-            emf = group.create_task(self._guard(self._publish_emf(), "EMF metrics"))
+            accessories = self.accessories
+            monitor = group.create_task(
+                accessories.supervise("loop_monitor", lambda _: watch_loop_lag(self.metrics))
+            )
+            emf = None
+            if self.settings.metrics is MetricsOutput.EMF:
+                emf = group.create_task(accessories.supervise("emf", self._publish_emf))
             self._started = True
             log_started(self._sources, self.settings)
             await _wait_any(stop, self._fatal_event, self._crashed)
@@ -152,7 +162,8 @@ class Runtime:
             grace = self.settings.shutdown_grace_seconds
             await Shutdown(self._sources, runs, grace, force_stop).run()
             await cancel_and_wait(monitor)
-            await cancel_and_wait(emf)  # its last record covers the shutdown
+            if emf is not None:
+                await cancel_and_wait(emf)  # its last record covers the shutdown
 
     def _worker(self, config: SourceConfig, parts: SourceParts) -> SourceWorker:
         if isinstance(config, ActivityConfig):
@@ -160,10 +171,8 @@ class Runtime:
         assert isinstance(config, CallbackQueueConfig)
         return CallbackQueueWorker(config, parts, self.metrics.for_queue(config.name))
 
-    async def _publish_emf(self) -> None:
+    async def _publish_emf(self, accessory: Accessory) -> None:
         settings = self.settings
-        if settings.metrics is not MetricsOutput.EMF:
-            return
         publisher = EmfPublisher(
             self.metrics,
             lambda: self._sources,
@@ -186,12 +195,6 @@ class Runtime:
             self._crash = error
         self._crashed.set()
         self._force_stop.set()
-
-    async def _guard(self, work: Coroutine[Any, Any, None], part: str) -> None:
-        try:
-            await work
-        except Exception as exc:  # noqa: BLE001 - _on_crash logs it and stops the worker
-            self._on_crash(exc, part)
 
 
 def log_started(sources: Sequence[SourceWorker], settings: Settings) -> None:

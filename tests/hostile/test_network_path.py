@@ -24,10 +24,10 @@ from sfn_worker.runtime.client import (
 )
 from sfn_worker.testing import FakeStepFunctions
 
-from . import netns
-from .conftest import running_worker
-from .netfaults import FaultyPath
-from .test_process import BIN, worker_process
+from .. import netns
+from ..conftest import running_worker
+from ..netfaults import FaultyPath
+from ..test_process import BIN, worker_process
 
 OUTAGE_STARTS_AFTER = 3.0
 OUTAGE_SECONDS = 10.0

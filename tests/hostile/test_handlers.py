@@ -16,13 +16,15 @@ import pytest
 
 from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed
 from sfn_worker.errors import PROCESS_DIED_ERROR, WorkerCrashed
+from sfn_worker.tasks.poller import Poller
 from sfn_worker.tasks.procpool import CANCEL_GRACE_SECONDS
+from sfn_worker.tasks.task import Task
 from sfn_worker.testing import FakeStepFunctions
 
-from . import handler_mistakes as mistakes
-from .conftest import running_worker, sample
-from .test_operations import get, worker_with_http
-from .test_process import BIN, worker_process
+from .. import handler_mistakes as mistakes
+from ..conftest import running_worker, sample
+from ..test_operations import get, worker_with_http
+from ..test_process import BIN, worker_process
 
 # (handler, SFN_HANDLER_MODE): "loop" is a sync handler on the event loop, how a
 # @non_blocking handler runs, called without a task of its own.
@@ -303,11 +305,15 @@ async def test_a_defect_in_the_machinery_stops_the_worker_after_answering_what_r
     started = asyncio.Event()
     defect = asyncio.Event()
 
-    async def broken_monitor(metrics: Any) -> None:
-        await defect.wait()
-        raise RuntimeError("a bug in the worker")
+    fetch = Poller._fetch
 
-    monkeypatch.setattr("sfn_worker.runtime.runtime.watch_loop_lag", broken_monitor)
+    async def broken_poller(self: Poller, count: int) -> list[Task]:
+        if defect.is_set():
+            raise RuntimeError("a bug in the worker")
+        return await fetch(self, count)
+
+    # The task machinery itself (a poller), not an accessory beside it.
+    monkeypatch.setattr(Poller, "_fetch", broken_poller)
 
     async def handler(task_input: Any, ctx: TaskContext) -> Any:
         started.set()

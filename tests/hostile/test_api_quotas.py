@@ -14,7 +14,7 @@ from sfn_worker.retry import SEND_BACKOFF, Retry
 from sfn_worker.tasks import pacing
 from sfn_worker.testing import ApiQuotas, FakeStepFunctions, Quota
 
-from .conftest import running_worker
+from ..conftest import running_worker
 
 
 async def test_the_fake_throttles_beyond_a_bucket_and_refills(fake: FakeStepFunctions) -> None:

@@ -22,7 +22,7 @@ from sfn_worker.retry import Backoff
 from sfn_worker.settings import LogFormat, LogLevel
 from sfn_worker.testing import FakeStepFunctions, FakeTask, Fault
 
-from .conftest import running_worker
+from ..conftest import running_worker
 
 
 def test_backoff_is_capped_and_jittered() -> None:
