@@ -78,3 +78,17 @@ no_process_state = App()
 @no_process_state.activity("render", handler_mode="process")
 def reads_state(task_input: Any, ctx: TaskContext) -> Any:
     return ctx.state
+
+
+# -- two callback queues (for configuration checks) ----------------------------------------
+two_queues = App()
+
+
+@two_queues.callback_queue("https://sqs.us-east-1.amazonaws.com/123456789012/first")
+async def first(task_input: Any, ctx: TaskContext) -> Any:  # pragma: no cover
+    return task_input
+
+
+@two_queues.callback_queue("https://sqs.us-east-1.amazonaws.com/123456789012/second")
+async def second(task_input: Any, ctx: TaskContext) -> Any:  # pragma: no cover
+    return task_input

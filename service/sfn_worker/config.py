@@ -7,8 +7,11 @@ For every per-source setting the first of these wins:
 2. the value given in code (``@app.activity(..., concurrency=4)``);
 3. the process-wide default: ``SFN_<SETTING>`` (``SFN_SQS_<SETTING>`` for queue-only ones);
 4. the built-in default.
-The single-source form (SFN_ACTIVITY_ARN / SFN_SQS_QUEUE_URL + SFN_HANDLER) reads only 3
-and 4, as before.
+The single-source form (SFN_ACTIVITY_ARN / SFN_SQS_QUEUE_URL + SFN_HANDLER) has no values in
+code; its SFN_<KEY>_* variables are read and checked as an app's are.
+
+Two sources that resolve to the same activity ARN or queue URL would share its tasks and
+answer each other's with the wrong handler: a configuration error.
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         if not single:
             _check_key(label, key, keys)
         keys[key] = (label, ACTIVITY_SUFFIXES)
-        env = {} if single else _environment(key, ACTIVITY_SUFFIXES, environ)
+        env = _environment(key, ACTIVITY_SUFFIXES, environ)
         base = _resolve_common(registration, name, key, settings, env)
         arn = env.get(f"SFN_{key}_{ARN_SUFFIX}") or (
             registration.ref if registration.ref.startswith("arn:") else None
@@ -182,15 +185,35 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         if not single:
             _check_key(label, key, keys)
         keys[key] = (label, QUEUE_SUFFIXES)
-        env = {} if single else _environment(key, QUEUE_SUFFIXES, environ)
+        env = _environment(key, QUEUE_SUFFIXES, environ)
         base = _resolve_common(registration, name, key, settings, env)
         url = env.get(f"SFN_{key}_{URL_SUFFIX}") or registration.ref
         _check_url(url, f"SFN_{key}_{URL_SUFFIX}={url!r}")
         base.sources["queue_url"] = _source_of(env, f"SFN_{key}_{URL_SUFFIX}", CODE)
         configs.append(CallbackQueueConfig(**base.fields, sources=base.sources, queue_url=url))
-    if not single:
-        _check_unknown_variables(environ, keys)
+    _check_unknown_variables(environ, keys)
+    check_distinct(configs)
     return configs
+
+
+def check_distinct(configs: Sequence[SourceConfig]) -> None:
+    """No two sources on one activity ARN or queue URL (also once names are resolved)."""
+    seen: dict[str, str] = {}
+    for config in configs:
+        if isinstance(config, ActivityConfig):
+            where, field = config.arn, "arn"
+        else:
+            assert isinstance(config, CallbackQueueConfig)
+            where, field = config.queue_url, "queue_url"
+        if where is None:
+            continue
+        label = f"{config.kind} {config.name!r} ({config.sources[field]})"
+        if where in seen:
+            raise SettingsError(
+                f"{seen[where]} and {label} are both {where}: they would take each other's "
+                "tasks and answer them with the wrong handler; give each its own"
+            )
+        seen[where] = label
 
 
 @dataclass

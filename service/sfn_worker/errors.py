@@ -138,56 +138,141 @@ class ErrorKind(Enum):
     REJECTED = "rejected"  # this request is wrong; retrying it will not help
 
 
+# Every error code the services the worker calls can answer has a deliberate class below
+# (tests/hostile/test_api_faults.py walks botocore's models of Step Functions and SQS).
+# SQS speaks JSON with query-compatible codes: botocore reports the query code (the
+# `x-amzn-query-error` header, e.g. "AWS.SimpleQueueService.NonExistentQueue") as the error
+# code, so both names are listed. Its throttles are HTTP 403.
+SQS_QUERY_CODES = {  # SQS's model name -> the code botocore reports (AWS SDKs' SQS models)
+    "BatchEntryIdsNotDistinct": "AWS.SimpleQueueService.BatchEntryIdsNotDistinct",
+    "BatchRequestTooLong": "AWS.SimpleQueueService.BatchRequestTooLong",
+    "EmptyBatchRequest": "AWS.SimpleQueueService.EmptyBatchRequest",
+    "InvalidBatchEntryId": "AWS.SimpleQueueService.InvalidBatchEntryId",
+    "KmsAccessDenied": "KMS.AccessDeniedException",
+    "KmsDisabled": "KMS.DisabledException",
+    "KmsInvalidKeyUsage": "KMS.InvalidKeyUsageException",
+    "KmsInvalidState": "KMS.InvalidStateException",
+    "KmsNotFound": "KMS.NotFoundException",
+    "KmsOptInRequired": "KMS.OptInRequired",
+    "KmsThrottled": "KMS.ThrottlingException",
+    "MessageNotInflight": "AWS.SimpleQueueService.MessageNotInflight",
+    "PurgeQueueInProgress": "AWS.SimpleQueueService.PurgeQueueInProgress",
+    "QueueDeletedRecently": "AWS.SimpleQueueService.QueueDeletedRecently",
+    "QueueDoesNotExist": "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueNameExists": "QueueAlreadyExists",
+    "TooManyEntriesInBatchRequest": "AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
+    "UnsupportedOperation": "AWS.SimpleQueueService.UnsupportedOperation",
+}
+
+
+def _with_query_codes(*codes: str) -> frozenset[str]:
+    return frozenset({*codes, *(SQS_QUERY_CODES[c] for c in codes if c in SQS_QUERY_CODES)})
+
+
 TASK_GONE_CODES = frozenset({"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"})
 # KMS refused to encrypt an answer (the activity has a customer-managed key); final.
 KMS_REFUSED_CODES = frozenset({"KmsAccessDeniedException", "KmsInvalidStateException"})
-FATAL_CODES = frozenset(
-    {
-        "ActivityDoesNotExist",
-        "InvalidArn",
-        "AccessDeniedException",
-        "AccessDenied",
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
-        "InvalidSignatureException",
-        "SignatureDoesNotMatch",
-        "MissingAuthenticationToken",
-        "KmsAccessDeniedException",
-        "KmsInvalidStateException",
-    }
+# The service's "too many calls": a token bucket (the account's, or SQS's or KMS's behind
+# it) is empty. Retried within a second: the bucket refills continuously.
+THROTTLING_CODES = _with_query_codes(
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "KmsThrottlingException",  # Step Functions: KMS throttled its encryption of the answer
+    "RequestThrottled",  # SQS (HTTP 403)
+    "KmsThrottled",  # SQS: KMS throttled the queue's decryption
+    "OverLimit",  # SQS: too many messages in flight (HTTP 403); ends as messages are deleted
 )
-TRANSIENT_CODES = frozenset(
+TRANSIENT_CODES = THROTTLING_CODES | frozenset(
     {
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ProvisionedThroughputExceededException",
-        "ActivityWorkerLimitExceeded",
-        "KmsThrottlingException",
+        "ActivityWorkerLimitExceeded",  # 1,000 open polls on the ARN: others will return
         "ServiceUnavailable",
         "ServiceUnavailableException",
         "InternalFailure",
         "InternalServerError",
         "InternalError",
+        "AWS.SimpleQueueService.InternalError",
         "RequestTimeout",
         "RequestTimeoutException",
+        "ExpiredToken",
         "ExpiredTokenException",  # credentials refresh on the next attempt
     }
 )
-
-
-# The service's "too many calls": its token bucket for this API is empty (for the account
-# and region, shared by every worker).
-THROTTLING_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-    }
+FATAL_CODES = _with_query_codes(
+    "ActivityDoesNotExist",
+    "InvalidArn",
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "MissingAuthenticationToken",
+    "KmsAccessDeniedException",
+    "KmsInvalidStateException",
+    "QueueDoesNotExist",
+    "QueueDeletedRecently",
+    "InvalidAddress",  # the queue URL's host is not an SQS endpoint
+    "InvalidSecurity",  # SQS refuses the request's transport or signature
+    "KmsAccessDenied",  # a queue the worker's role cannot decrypt
+    "KmsDisabled",
+    "KmsInvalidKeyUsage",
+    "KmsInvalidState",
+    "KmsNotFound",
+    "KmsOptInRequired",
+)
+# An SQS receipt handle that no longer works: the message was deleted, or delivered again
+# with a newer handle. Final for that handle.
+STALE_RECEIPT_CODES = _with_query_codes(
+    "ReceiptHandleIsInvalid",
+    "InvalidIdFormat",  # folded into ReceiptHandleIsInvalid, still in the model
+    "InvalidParameterValue",  # "Value ... for parameter ReceiptHandle is invalid"
+    "MessageNotInflight",
+)
+# Known, and final for that request: retrying cannot help. The ones the worker's own calls
+# can meet (InvalidOutput, stale receipts...) are handled where they are made; the rest
+# belong to APIs the worker does not call.
+REJECTED_CODES = STALE_RECEIPT_CODES | _with_query_codes(
+    # Step Functions
+    "InvalidOutput",
+    "ValidationException",
+    "MissingRequiredParameter",
+    "ActivityAlreadyExists",
+    "ActivityLimitExceeded",
+    "ConflictException",
+    "ExecutionAlreadyExists",
+    "ExecutionDoesNotExist",
+    "ExecutionLimitExceeded",
+    "ExecutionNotRedrivable",
+    "InvalidDefinition",
+    "InvalidEncryptionConfiguration",
+    "InvalidExecutionInput",
+    "InvalidLoggingConfiguration",
+    "InvalidName",
+    "InvalidTracingConfiguration",
+    "ResourceNotFound",
+    "ServiceQuotaExceededException",
+    "StateMachineAlreadyExists",
+    "StateMachineDeleting",
+    "StateMachineDoesNotExist",
+    "StateMachineLimitExceeded",
+    "StateMachineTypeNotSupported",
+    "TooManyTags",
+    # SQS
+    "BatchEntryIdsNotDistinct",
+    "BatchRequestTooLong",
+    "EmptyBatchRequest",
+    "InvalidAttributeName",
+    "InvalidAttributeValue",
+    "InvalidBatchEntryId",
+    "InvalidMessageContents",
+    "PurgeQueueInProgress",
+    "QueueNameExists",
+    "ResourceNotFoundException",
+    "TooManyEntriesInBatchRequest",
+    "UnsupportedOperation",
 )
 
 
@@ -220,8 +305,11 @@ def classify(exc: BaseException) -> ErrorKind:
             return ErrorKind.TASK_GONE
         if code in FATAL_CODES:
             return ErrorKind.FATAL
+        if code in TRANSIENT_CODES:
+            return ErrorKind.TRANSIENT
+        # An unknown code: the HTTP status decides.
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in TRANSIENT_CODES or status >= 500 or status == 429:
+        if code not in REJECTED_CODES and (status >= 500 or status == 429):
             return ErrorKind.TRANSIENT
         return ErrorKind.REJECTED
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):

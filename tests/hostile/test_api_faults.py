@@ -15,7 +15,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfn_worker import SHUTDOWN_ERROR, FatalWorkerError, TaskContext, TaskFailed
+from sfn_worker import SHUTDOWN_ERROR, FatalWorkerError, TaskContext, TaskFailed, errors
 from sfn_worker.examples import seed_handler
 from sfn_worker.logs import configure_logging, reset_logging
 from sfn_worker.retry import Backoff
@@ -337,3 +337,30 @@ def test_error_descriptions_never_echo_a_token() -> None:
     assert token[:64] not in text
     assert "<redacted>" in text
     assert len(describe(ValueError("y " * 1000))) <= 300
+
+
+def _model_error_codes(service: str) -> set[str]:
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model(service)
+    return {name for name in model.shape_names if model.shape_for(name).metadata.get("exception")}
+
+
+@pytest.mark.parametrize("service", ["stepfunctions", "sqs"])
+def test_every_error_code_of_the_services_has_a_deliberate_class(service: str) -> None:
+    """Each error botocore's model of the service knows (and, for SQS, its query-compatible
+    code, which botocore reports) is in exactly one class; a new one fails here first."""
+    codes = _model_error_codes(service)
+    if service == "sqs":
+        codes |= {errors.SQS_QUERY_CODES.get(code, code) for code in codes}
+    classes = {
+        "task gone": errors.TASK_GONE_CODES,
+        "fatal": errors.FATAL_CODES,
+        "transient": errors.TRANSIENT_CODES,
+        "rejected": errors.REJECTED_CODES,
+    }
+    for code in sorted(codes):
+        homes = [name for name, members in classes.items() if code in members]
+        assert len(homes) == 1, f"{service} error {code!r} is in {homes or 'no class'}"
+    assert errors.THROTTLING_CODES <= errors.TRANSIENT_CODES
+    assert set(errors.SQS_QUERY_CODES) <= _model_error_codes("sqs")

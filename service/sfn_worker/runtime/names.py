@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import aioboto3
 import structlog
 
-from ..config import ActivityConfig, SourceConfig
+from ..config import ActivityConfig, SourceConfig, check_distinct
 from ..errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe
 from ..retry import SEND_BACKOFF, Retry
 from .client import CALL_TIMEOUT_MAX_SECONDS, call_config
@@ -39,6 +39,7 @@ async def resolve_names(
             )
             log.info("activity name resolved", activity=source.name, arn=source.arn)
         resolved.append(source)
+    check_distinct(resolved)  # a name may resolve to an ARN another activity names
     return resolved
 
 

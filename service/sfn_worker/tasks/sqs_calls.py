@@ -13,20 +13,12 @@ from dataclasses import dataclass
 import structlog
 
 from ..aws import SQSClient
-from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
+from ..errors import API_ERRORS, STALE_RECEIPT_CODES, ErrorKind, classify, describe, error_code
 from ..retry import SEND_BACKOFF, Backoff, Retry
 from .task import SqsMessage
 
 log = structlog.get_logger("sfn_worker.sqs")
 
-STALE_RECEIPT_CODES = frozenset(
-    {
-        "ReceiptHandleIsInvalid",
-        "InvalidParameterValue",  # SQS: "Value ... for parameter ReceiptHandle is invalid"
-        "MessageNotInflight",
-        "AWS.SimpleQueueService.MessageNotInflight",
-    }
-)
 DELETE_RETRY_SECONDS = 300.0
 BATCH_WAIT_SECONDS = 0.02  # deletes that arrive within this share one DeleteMessageBatch
 BATCH_SIZE = 10

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .fake_sqs import FakeSqs
+from .fake_sqs import SQS_STATUS, FakeSqs, sqs_error
 from .quotas import ApiQuotas
 
 ACCOUNT = "123456789012"
@@ -334,10 +334,9 @@ class FakeStepFunctions:
             fault = None
         if fault is not None and fault.kind == "error":
             await self._record(Call(operation, None, params, fault.code))
-            body = {"__type": f"com.amazonaws.sqs#{fault.code}", "message": fault.code}
-            return web.json_response(
-                body, status=fault.status, content_type="application/x-amz-json-1.0"
-            )
+            # SQS's own codes with SQS's own status; others (5xx, throttling) as given.
+            status = None if fault.code in SQS_STATUS else fault.status
+            return sqs_error(fault.code, fault.code, status)
         if fault is not None and fault.kind == "reset_before":
             await self._record(Call(operation, None, params, "reset"))
             return _reset(request)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..errors import SQS_QUERY_CODES
+
 if TYPE_CHECKING:
     from .fake_sfn import FakeStepFunctions, FakeTask
 
@@ -94,17 +96,17 @@ class FakeSqs:
     async def handle(self, operation: str, params: dict[str, Any]) -> web.Response:
         queue = self.queues.get(str(params.get("QueueUrl", "")))
         if queue is None:
-            return _error("QueueDoesNotExist", "The specified queue does not exist.")
+            return sqs_error("QueueDoesNotExist", "The specified queue does not exist.")
         handler = getattr(self, f"_op_{operation}", None)
         if handler is None:
-            return _error("UnsupportedOperation", operation)
+            return sqs_error("UnsupportedOperation", operation)
         response: web.Response = await handler(queue, params)
         return response
 
     async def _op_ReceiveMessage(self, queue: FakeQueue, params: dict[str, Any]) -> web.Response:
         wanted = int(params.get("MaxNumberOfMessages", 1))
         if not 1 <= wanted <= 10:
-            return _error("InvalidParameterValue", "MaxNumberOfMessages must be 1-10")
+            return sqs_error("InvalidParameterValue", "MaxNumberOfMessages must be 1-10")
         queue.requested.append(wanted)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(20.0, float(params.get("WaitTimeSeconds", 0)))
@@ -163,7 +165,7 @@ class FakeSqs:
     ) -> web.Response:
         message = self._by_receipt(queue, str(params.get("ReceiptHandle", "")))
         if message is None or message.receipt_handle != params.get("ReceiptHandle"):
-            return _error("ReceiptHandleIsInvalid", "The receipt handle is not valid.")
+            return sqs_error("ReceiptHandleIsInvalid", "The receipt handle is not valid.")
         seconds = float(params.get("VisibilityTimeout", 0))
         message.visible_at = asyncio.get_running_loop().time() + seconds
         if seconds == 0:
@@ -181,7 +183,7 @@ class FakeSqs:
     ) -> web.Response:
         entries = params.get("Entries", [])
         if not 1 <= len(entries) <= 10:
-            return _error("TooManyEntriesInBatchRequest", "1-10 entries")
+            return sqs_error("TooManyEntriesInBatchRequest", "1-10 entries")
         for entry in entries:
             self._delete(queue, str(entry["ReceiptHandle"]))
         await self._sfn.notify()
@@ -216,9 +218,32 @@ def _ok(body: dict[str, Any]) -> web.Response:
     return web.json_response(body, content_type="application/x-amz-json-1.0")
 
 
-def _error(code: str, message: str) -> web.Response:
+# SQS answers its errors with these HTTP statuses (400 otherwise) and, but for the four
+# without one, the query-compatible code in x-amzn-query-error, which botocore then reports
+# as the error's code (from the AWS SDKs' SQS models).
+SQS_STATUS = {
+    "InvalidAddress": 404,
+    "InvalidSecurity": 403,
+    "KmsOptInRequired": 403,
+    "OverLimit": 403,
+    "PurgeQueueInProgress": 403,
+    "ReceiptHandleIsInvalid": 404,
+    "RequestThrottled": 403,
+    "ResourceNotFoundException": 404,
+}
+NO_QUERY_CODE = frozenset(
+    {"InvalidAttributeName", "InvalidAttributeValue", "InvalidIdFormat", "InvalidMessageContents"}
+)
+
+
+def sqs_error(code: str, message: str, status: int | None = None) -> web.Response:
+    """An error as SQS sends it; ``code`` is the name in SQS's model (or a common code)."""
+    headers = {}
+    if code not in NO_QUERY_CODE:
+        headers["x-amzn-query-error"] = f"{SQS_QUERY_CODES.get(code, code)};Sender"
     return web.json_response(
         {"__type": f"com.amazonaws.sqs#{code}", "message": message},
-        status=400,
+        status=status or SQS_STATUS.get(code, 400),
         content_type="application/x-amz-json-1.0",
+        headers=headers,
     )
