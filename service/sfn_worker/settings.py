@@ -95,7 +95,7 @@ Concurrency = Annotated[int, Field(ge=1, le=100_000)]
 QueueSize = Annotated[int, Field(ge=0, le=100_000)]
 HeartbeatSeconds = Annotated[float, Field(ge=0, le=86_400)]
 MaxTasksPerChild = Annotated[int, Field(ge=0, le=1_000_000)]
-# SQS allows 0-43,200 s. It is pushed out every half of it, so seconds are enough; a minute
+# SQS allows 0-43,200 s. It is pushed out every third of it, so seconds are enough; a minute
 # or more keeps the ChangeMessageVisibility calls rare.
 VisibilitySeconds = Annotated[int, Field(ge=2, le=43_200)]
 DEFAULT_POLLERS = 4

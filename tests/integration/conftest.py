@@ -149,12 +149,13 @@ def make_callback_flow(localstack: LocalStack, aws_for_localstack: dict[str, str
     sfn = boto3.client("stepfunctions", **options)
     sqs = boto3.client("sqs", **options)
 
-    def make(**queue_attributes: str) -> Flow:
+    def make(*, state: dict[str, Any] | None = None, **queue_attributes: str) -> Flow:
         suffix = uuid.uuid4().hex[:10]
         queue_url = sqs.create_queue(QueueName=f"callbacks-{suffix}", Attributes=queue_attributes)[
             "QueueUrl"
         ]
-        definition = {"StartAt": "Wait", "States": {"Wait": callback_state(queue_url)}}
+        waiting = {**callback_state(queue_url), **(state or {})}
+        definition = {"StartAt": "Wait", "States": {"Wait": waiting}}
         machine_arn = sfn.create_state_machine(
             name=f"callback-machine-{suffix}", definition=json.dumps(definition), roleArn=ROLE_ARN
         )["stateMachineArn"]

@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sfn_worker import SHUTDOWN_ERROR, App, TaskContext, TaskFailed
 from sfn_worker.app import Handler
 from sfn_worker.examples import seed_handler
@@ -389,3 +391,82 @@ def _read_some(process: subprocess.Popen[str]) -> str:
     """A line of the worker's log (blocking until one comes)."""
     assert process.stderr is not None
     return process.stderr.readline()
+
+
+@pytest.mark.timeout(240)
+def test_a_callback_task_survives_three_rolling_stops_under_a_redrive_policy(
+    make_callback_flow: Any, aws_for_localstack: dict[str, str]
+) -> None:
+    """maxReceiveCount 4: three workers stopped in turn while running the task, the fourth
+    finishes it. Each stop may add no receive of its own, or the fifth receive moves the
+    live task to the dead-letter queue and the execution waits for its timeout."""
+    sqs = boto3_sqs(aws_for_localstack)
+    dead_letters = sqs.create_queue(QueueName=f"dead-letters-{uuid.uuid4().hex[:10]}")["QueueUrl"]
+    dead_letter_arn = sqs.get_queue_attributes(QueueUrl=dead_letters, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    policy = json.dumps({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": 4})
+    # LocalStack times a Task state without TimeoutSeconds out after 60 s (AWS: never).
+    flow: Flow = make_callback_flow(state={"TimeoutSeconds": 600}, RedrivePolicy=policy)
+    settings = {
+        "SFN_HANDLER": "sfn_worker.examples:sleep_handler",
+        # Each worker heartbeats while it holds the task: the state's HeartbeatSeconds (60)
+        # must not run out over a hand-over (up to 21 s while the stopped worker's receives
+        # are still open at SQS).
+        "SFN_HEARTBEAT_SECONDS": "1",
+        "SFN_SHUTDOWN_GRACE_SECONDS": "2",
+        "SFN_POLLERS": "3",  # receives open at each stop: the ones that used to take it back
+    }
+    execution = flow.start({"seconds": 12})
+    for _ in range(3):
+        with queue_worker_process(flow, aws_for_localstack, **settings) as worker:
+            deadline = time.monotonic() + 60
+            while "task started" not in _read_some(worker):
+                assert time.monotonic() < deadline, "the task never reached this worker"
+            time.sleep(3)  # a few heartbeats; the handler is still far from done
+            code, log = stop(worker)
+        assert code == 0, log
+        assert '"outcome":"released"' in log
+    with queue_worker_process(flow, aws_for_localstack, **settings) as last:
+        result = flow.wait(execution, timeout=90)
+        _, last_log = stop(last)
+    assert result["status"] == "SUCCEEDED", last_log
+    assert sqs.receive_message(QueueUrl=dead_letters).get("Messages", []) == []
+
+
+async def test_a_callback_task_rides_out_a_10_s_sqs_outage_with_one_handler_run(
+    make_callback_flow: Any, aws_for_localstack: dict[str, str]
+) -> None:
+    """The SQS path of the worker running the task goes dark for 10 s of its 20 s
+    visibility; a second worker watches the queue directly. The visibility is kept, so the
+    second worker never gets the message: the handler runs once."""
+    from ..netfaults import FaultyPath
+
+    flow: Flow = make_callback_flow()
+    endpoint = aws_for_localstack["AWS_ENDPOINT_URL_SQS"]
+    host, port = endpoint.removeprefix("http://").split(":")
+    settings = {
+        "SFN_HANDLER": "sfn_worker.examples:sleep_handler",
+        "SFN_HEARTBEAT_SECONDS": "4",  # the state's HeartbeatSeconds is 60; calls time out in 2 s
+        "SFN_SQS_VISIBILITY_SECONDS": "20",
+        "SFN_SHUTDOWN_GRACE_SECONDS": "3",
+    }
+    async with FaultyPath(host, int(port)) as path:
+        through_path = {**aws_for_localstack, "AWS_ENDPOINT_URL_SQS": path.url}
+        with queue_worker_process(flow, through_path, **settings) as first:
+            execution = flow.start({"seconds": 30})
+            deadline = time.monotonic() + 60
+            while "task started" not in await asyncio.to_thread(_read_some, first):
+                assert time.monotonic() < deadline, "the first worker never started the task"
+            with queue_worker_process(flow, aws_for_localstack, **settings) as second:
+                # Dark from just before the old cadence's first extension (at half: 10 s).
+                await asyncio.sleep(8.5)
+                path.black_hole()
+                await asyncio.sleep(10)
+                path.heal()
+                result = await flow.wait_async(execution, timeout=60)
+                _, second_log = await asyncio.to_thread(stop, second)
+            _, first_log = await asyncio.to_thread(stop, first)
+    assert result["status"] == "SUCCEEDED", first_log
+    assert second_log.count("task started") == 0, second_log
+    assert json.loads(result["output"])["slept"] == 30

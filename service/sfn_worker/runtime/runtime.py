@@ -141,6 +141,7 @@ class Runtime:
             process_init=self.app.process_initializer,
             on_fatal=self._on_fatal,
             on_crash=self._on_crash,
+            accessories=self.accessories,
             tracing=setup_tracing(self.settings.trace_context_key),
             poll_backoff=poll_backoff,
             send_backoff=send_backoff,

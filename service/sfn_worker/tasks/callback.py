@@ -4,7 +4,7 @@ The message contract: a JSON object with the token at ``token_field`` ("TaskToke
 task input at ``input_field`` ("Input"). Around each task, the SQS side of the guarantees:
 
 - received only with a free slot (receiver.py); kept invisible while its handler runs
-  (visibility pushed out every half of SFN_<KEY>_VISIBILITY_SECONDS);
+  (visibility pushed out every third of SFN_<KEY>_VISIBILITY_SECONDS, through outages);
 - a redelivered message (ApproximateReceiveCount > 1) is checked first with a heartbeat:
   if the service says its task is closed, the message is deleted without running the
   handler or sending a second answer; a second delivery while the task still runs here
@@ -13,27 +13,31 @@ task input at ``input_field`` ("Input"). Around each task, the SQS side of the g
   delete never re-runs the handler: the next delivery is checked as above);
 - poison (not JSON, no token, a token the service calls malformed): logged without the
   token, counted, and left for the queue's redrive policy (dead-letter queue);
-- at shutdown, released (visible again at once) so another worker finishes the task,
-  unless SFN_SQS_ON_SHUTDOWN=fail asks for Worker.Shutdown, as for activities.
+- at shutdown, released so another worker finishes the task, unless SFN_SQS_ON_SHUTDOWN=fail
+  asks for Worker.Shutdown, as for activities: visible again at once, or, while receives of
+  this worker are still open, as soon as they are over (receiver.OpenReceives), so that a
+  stop adds no receive of its own to the message's count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import OrderedDict
 from typing import Any
 
 import structlog
 
 from ..aws import SFNClient, SQSClient
+from ..bulkhead import Accessory
 from ..config import CallbackQueueConfig
 from ..context import token_hash
 from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
 from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff, Retry
 from ..settings import OnShutdown
-from .receiver import Receiver
+from .receiver import OpenReceives, Receiver
 from .source import Ended
 from .source_worker import Intake, SourceParts, SourceWorker
 from .sqs_calls import SqsCalls
@@ -58,6 +62,7 @@ class CallbackSource:
         sqs: SQSClient,
         sfn: SFNClient,
         metrics: SourceMetrics,
+        accessory: Accessory,
         backoff: Backoff = SEND_BACKOFF,
     ) -> None:
         self.answers_at_shutdown = config.on_shutdown is OnShutdown.FAIL
@@ -65,7 +70,8 @@ class CallbackSource:
         self._sfn = sfn
         self._metrics = metrics
         self._backoff = backoff
-        self._calls = SqsCalls(sqs, config.queue_url, backoff)
+        self._calls = SqsCalls(sqs, config.queue_url, accessory, backoff)
+        self.receives = OpenReceives()
         self._running: dict[str, Task] = {}  # by message id
         self._settled: OrderedDict[str, None] = OrderedDict()
 
@@ -160,7 +166,8 @@ class CallbackSource:
         if ended in (Ended.ANSWERED, Ended.GONE):
             await self._forget(message)
         elif ended is Ended.RELEASED:
-            await self._calls.release(message, RELEASE_SECONDS)
+            visible_in = math.ceil(self.receives.over_in())
+            await self._calls.release(message, visible_in, RELEASE_SECONDS)
         elif ended is Ended.MALFORMED:
             self._poison("malformed_token", "Step Functions calls the message's token invalid")
         # UNANSWERED: left as it is; its next delivery is checked before it runs again.
@@ -179,7 +186,12 @@ class CallbackQueueWorker(SourceWorker):
     def __init__(self, config: CallbackQueueConfig, parts: SourceParts, metrics: SourceMetrics):
         assert parts.sqs is not None, "a callback queue needs the process's SQS clients"
         self._callback = CallbackSource(
-            config, sqs=parts.sqs, sfn=parts.calls, metrics=metrics, backoff=parts.send_backoff
+            config,
+            sqs=parts.sqs,
+            sfn=parts.calls,
+            metrics=metrics,
+            accessory=parts.accessories.get("sqs_housekeeping"),
+            backoff=parts.send_backoff,
         )
         self._queue_config = config
         super().__init__(config, parts, metrics, self._callback, queue_url=config.queue_url)
@@ -194,6 +206,7 @@ class CallbackQueueWorker(SourceWorker):
                 queue_url=self._queue_config.queue_url,
                 visibility_seconds=self._queue_config.visibility_seconds,
                 accept=self._callback.accept,
+                receives=self._callback.receives,
                 slots=self._slots,
                 ready=self._invoker.wait_ready,
                 queue=self._queue,

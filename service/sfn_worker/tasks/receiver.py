@@ -17,11 +17,44 @@ from .task import Task
 
 MAX_MESSAGES = 10  # SQS's most per ReceiveMessage
 WAIT_SECONDS = 20  # SQS's longest long poll
+# A receive ends at SQS WAIT_SECONDS after it arrived there: allow for the trip and clocks.
+RECEIVE_END_MARGIN_SECONDS = 1.0
+
+
+class OpenReceives:
+    """When the source's open receives will have ended at SQS at the latest.
+
+    A message released (visible again) while one of this worker's receives is open would be
+    taken by that receive, released again, and so on: each round a receive more on the
+    message's count, and a redrive policy moves a live task to the dead-letter queue after a
+    few deploys. Cancelling the receive does not help: SQS keeps the abandoned long poll and
+    delivers into it (aws-sdk-java-v2#1395, aws-sdk-net#1680). So a message is released to
+    become visible only once the last open receive is over.
+    """
+
+    def __init__(self) -> None:
+        self._ends: dict[int, float] = {}
+        self._ids = 0
+
+    def opened(self) -> int:
+        self._ids += 1
+        end = asyncio.get_running_loop().time() + WAIT_SECONDS + RECEIVE_END_MARGIN_SECONDS
+        self._ends[self._ids] = end
+        return self._ids
+
+    def closed(self, receive: int) -> None:
+        self._ends.pop(receive, None)
+
+    def over_in(self) -> float:
+        """Seconds until no receive of this source can take a message any more."""
+        if not self._ends:
+            return 0.0
+        return max(0.0, max(self._ends.values()) - asyncio.get_running_loop().time())
 
 
 class Receiver(IntakeLoop):
-    """One receive loop (see IntakeLoop). A receive is never cancelled: its messages would
-    stay invisible for their visibility timeout."""
+    """One receive loop (see IntakeLoop). A receive is never cancelled: SQS would still
+    deliver into it, and those messages stay invisible for their visibility timeout."""
 
     API = "ReceiveMessage"
     NAME = "receiver"
@@ -36,6 +69,7 @@ class Receiver(IntakeLoop):
         queue_url: str,
         visibility_seconds: int,
         accept: Callable[[dict[str, Any], bool], Task | None],
+        receives: OpenReceives,
         slots: Slots,
         ready: Callable[[], Awaitable[None]],
         queue: asyncio.Queue[Task | None],
@@ -58,6 +92,7 @@ class Receiver(IntakeLoop):
         self._queue_url = queue_url
         self._visibility = visibility_seconds
         self._accept = accept
+        self._receives = receives
 
     async def _fetch(self, count: int) -> list[Task]:
         messages = await self._receive(count)
@@ -66,6 +101,7 @@ class Receiver(IntakeLoop):
 
     async def _receive(self, count: int) -> list[dict[str, Any]]:
         self._metrics.polls_open.inc()
+        receive = self._receives.opened()
         try:
             response = await self._client.receive_message(
                 QueueUrl=self._queue_url,
@@ -75,6 +111,7 @@ class Receiver(IntakeLoop):
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
         finally:
+            self._receives.closed(receive)
             self._metrics.polls_open.dec()
         messages = [dict(message) for message in response.get("Messages", [])]
         if not messages:

@@ -18,6 +18,7 @@ import structlog
 
 from ..app import Middleware
 from ..aws import SFNClient, SQSClient
+from ..bulkhead import Accessories
 from ..config import SourceConfig
 from ..errors import FatalWorkerError
 from ..metrics import SourceMetrics
@@ -77,6 +78,7 @@ class SourceParts:
     process_init: Callable[[], Any] | None
     on_fatal: Callable[[FatalWorkerError], None]
     on_crash: OnCrash
+    accessories: Accessories  # housekeeping beside the task path reports here
     tracing: Tracing = NO_TRACING
     poll_backoff: Backoff = POLL_BACKOFF
     send_backoff: Backoff = SEND_BACKOFF

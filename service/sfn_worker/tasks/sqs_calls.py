@@ -1,8 +1,17 @@
 """The SQS calls around a callback task's message: keep it invisible, delete it, release it.
 
-Each is retried with jittered backoff while transient. A receipt handle SQS no longer
-accepts (the message was deleted, or delivered again with a newer handle) ends the attempt:
-a message left behind is delivered again, and its task's state decides then.
+SQS housekeeping is an accessory (bulkhead.py): its failures are logged once, then at most
+once a minute, counted and shown in /healthz, and never stop the worker.
+
+- Visibility is pushed out every third of the visibility timeout for as long as the task
+  runs; a failed extension is retried with backoff, at least every sixth of it (never
+  given up while the task runs), so an outage of up to half the visibility costs nothing
+  wherever it falls (measured: tests/hostile/test_callback_queue.py). If the
+  visibility really lapsed (SQS refuses the receipt handle), that is said once: another
+  worker may now run the task too; a later delivery of it to this worker hands over a newer
+  handle and the extension resumes with it.
+- A receipt handle SQS no longer accepts ends a delete or a release: a message left behind
+  is delivered again, and its task's state decides then.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from dataclasses import dataclass
 import structlog
 
 from ..aws import SQSClient
+from ..bulkhead import Accessory
 from ..errors import API_ERRORS, STALE_RECEIPT_CODES, ErrorKind, classify, describe, error_code
 from ..retry import SEND_BACKOFF, Backoff, Retry
 from .task import SqsMessage
@@ -22,6 +32,13 @@ log = structlog.get_logger("sfn_worker.sqs")
 DELETE_RETRY_SECONDS = 300.0
 BATCH_WAIT_SECONDS = 0.02  # deletes that arrive within this share one DeleteMessageBatch
 BATCH_SIZE = 10
+# A failed visibility extension is retried at least this often (and at least six times
+# per visibility timeout), however long the outage.
+EXTEND_RETRY_CAP_SECONDS = 5.0
+
+
+class _Stale(Exception):
+    """SQS no longer accepts the receipt handle."""
 
 
 @dataclass(eq=False)
@@ -31,64 +48,86 @@ class _Delete:
 
 
 class SqsCalls:
-    def __init__(self, client: SQSClient, queue_url: str, backoff: Backoff = SEND_BACKOFF) -> None:
+    def __init__(
+        self,
+        client: SQSClient,
+        queue_url: str,
+        accessory: Accessory,
+        backoff: Backoff = SEND_BACKOFF,
+    ) -> None:
         self._client = client
         self._url = queue_url
+        self._accessory = accessory
         self._backoff = backoff
         self._pending: list[_Delete] = []
         self._flusher: asyncio.Task[None] | None = None
 
     # -- visibility ------------------------------------------------------------------------
     def keep_invisible(self, message: SqsMessage, seconds: int) -> asyncio.Task[None]:
-        """Until cancelled, push the message's visibility out by ``seconds`` every half of
+        """Until cancelled, push the message's visibility out by ``seconds`` every third of
         it, so it never becomes visible (and delivered again) under a running handler."""
         return asyncio.create_task(self._keep(message, seconds))
 
     async def _keep(self, message: SqsMessage, seconds: int) -> None:
+        lapsed: str | None = None  # the receipt handle SQS refused
+        retry_cap = min(EXTEND_RETRY_CAP_SECONDS, seconds / 6)
         while True:
-            await asyncio.sleep(seconds / 2)
-            if not await self._change_visibility(message, seconds, give_up_after=seconds / 4):
+            await asyncio.sleep(seconds / 3)
+            if message.receipt_handle == lapsed:
+                continue  # nothing to extend until a newer delivery hands over its handle
+            try:
+                await self._until_done(message, seconds, retry_cap)
+            except _Stale as exc:
+                lapsed = message.receipt_handle
+                log.warning(
+                    "the message's visibility lapsed while its task runs: another worker "
+                    "may run the task too",
+                    message_id=message.message_id,
+                    error=str(exc),
+                    hint="a longer SFN_<KEY>_VISIBILITY_SECONDS rides out longer outages",
+                )
+
+    async def _until_done(self, message: SqsMessage, seconds: int, retry_cap: float) -> None:
+        """One extension, retried until it works (or the handle is stale)."""
+        retry = Retry(self._backoff, cap_seconds=retry_cap)
+        while True:
+            try:
+                await self._visibility(message, seconds)
+                self._accessory.recovered()
                 return
+            except API_ERRORS as exc:
+                if error_code(exc) in STALE_RECEIPT_CODES:
+                    raise _Stale(describe(exc)) from None
+                delay = retry.next_delay()
+                self._accessory.failed(
+                    exc, call="ChangeMessageVisibility", retry_in=round(delay, 2)
+                )
+            await retry.wait(delay)
 
-    async def release(self, message: SqsMessage, give_up_after: float) -> bool:
-        """Visible again at once: another worker takes the task (its token is still valid)."""
-        return await self._change_visibility(message, 0, give_up_after)
-
-    async def _change_visibility(
-        self, message: SqsMessage, seconds: int, give_up_after: float
-    ) -> bool:
+    async def release(self, message: SqsMessage, visible_in: int, give_up_after: float) -> bool:
+        """Visible again in ``visible_in`` seconds (0: at once): another worker takes the task
+        (its token is still valid)."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + give_up_after
         retry = Retry(self._backoff)
         while True:
             try:
-                await self._client.change_message_visibility(
-                    QueueUrl=self._url,
-                    ReceiptHandle=message.receipt_handle,
-                    VisibilityTimeout=seconds,
-                )
+                await self._visibility(message, visible_in)
                 return True
             except API_ERRORS as exc:
-                if (
-                    error_code(exc) in STALE_RECEIPT_CODES
-                    or classify(exc) is not ErrorKind.TRANSIENT
-                ):
-                    log.warning(
-                        "SQS refused a visibility change",
-                        message_id=message.message_id,
-                        error=describe(exc),
-                        visibility_seconds=seconds,
-                    )
-                    return False
+                stale = error_code(exc) in STALE_RECEIPT_CODES
                 delay = retry.next_delay()
-                if loop.time() + delay > give_up_at:
-                    log.warning(
-                        "visibility change kept failing; giving up on it",
-                        message_id=message.message_id,
-                        error=describe(exc),
-                    )
+                final = stale or classify(exc) is not ErrorKind.TRANSIENT
+                if final or loop.time() + delay > give_up_at:
+                    # Not fatal: the message becomes visible when its timeout runs out.
+                    self._accessory.failed(exc, call="ChangeMessageVisibility (release)")
                     return False
-                await retry.wait(delay)
+            await retry.wait(delay)
+
+    async def _visibility(self, message: SqsMessage, seconds: int) -> None:
+        await self._client.change_message_visibility(
+            QueueUrl=self._url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=seconds
+        )
 
     # -- deletes, batched ------------------------------------------------------------------
     def delete_soon(self, message: SqsMessage) -> asyncio.Future[bool]:
@@ -131,6 +170,7 @@ class SqsCalls:
                     self._finish(waiting, False, describe(exc))
                     return
             else:
+                self._accessory.recovered()
                 for ok in answer.get("Successful", []):
                     waiting.pop(ok["Id"]).done.set_result(True)
                 for bad in answer.get("Failed", []):
@@ -144,7 +184,11 @@ class SqsCalls:
             if loop.time() + delay > give_up_at:
                 self._finish(waiting, False, "still failing after retries")
                 return
-            log.warning("message delete failed; retrying", count=len(waiting), retry_in=delay)
+            self._accessory.failed(
+                f"{len(waiting)} deletes failed",
+                call="DeleteMessageBatch",
+                retry_in=round(delay, 2),
+            )
             await retry.wait(delay)
 
     @staticmethod
