@@ -92,3 +92,70 @@ async def first(task_input: Any, ctx: TaskContext) -> Any:  # pragma: no cover
 @two_queues.callback_queue("https://sqs.us-east-1.amazonaws.com/123456789012/second")
 async def second(task_input: Any, ctx: TaskContext) -> Any:  # pragma: no cover
     return task_input
+
+
+# -- lifespans that hang (hostile: hooks) --------------------------------------------------
+def _say(event: str) -> None:
+    import structlog
+
+    structlog.get_logger("tests.apps").info(event)
+
+
+never_yields = App()
+
+
+@never_yields.lifespan
+async def waits_for_ever(app: App) -> AsyncIterator[None]:
+    _say("lifespan entering")
+    await asyncio.Event().wait()
+    yield  # pragma: no cover
+
+
+@never_yields.activity("render")
+async def never_polled(task_input: Any, ctx: TaskContext) -> Any:  # pragma: no cover
+    raise AssertionError("no task may run when the lifespan never started")
+
+
+stubborn_entry = App()
+
+
+@stubborn_entry.lifespan
+async def ignores_cancellation(app: App) -> AsyncIterator[None]:
+    _say("lifespan entering")
+    while True:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            continue  # a broken library: it swallows cancellation
+    yield  # pragma: no cover
+
+
+stubborn_entry.activity("render")(never_polled)
+
+
+slow_start = App()
+
+
+@slow_start.lifespan
+async def starts_slowly(app: App) -> AsyncIterator[None]:
+    _say("lifespan entering")
+    await asyncio.sleep(3)
+    yield
+
+
+slow_start.activity("render")(never_polled)
+
+
+hangs_on_exit = App()
+
+
+@hangs_on_exit.lifespan
+async def never_closes(app: App) -> AsyncIterator[None]:
+    yield
+    _say("lifespan exiting")
+    await asyncio.Event().wait()
+
+
+@hangs_on_exit.activity("render")
+async def answers(task_input: Any, ctx: TaskContext) -> Any:
+    return {"ok": True}

@@ -104,3 +104,12 @@ def leak(task_input: Any, ctx: TaskContext) -> Any:
 
     _leaked.append(b"x" * LEAK_BYTES)
     return {"pid": os.getpid(), "rss": psutil.Process().memory_info().rss}
+
+
+def leave_an_orphan(task_input: Any, ctx: TaskContext) -> Any:
+    """Starts a program in the background and returns: the program outlives its parent (a
+    shell), so it is re-parented to PID 1 and must be reaped there when it exits."""
+    import subprocess
+
+    subprocess.run(["sh", "-c", "sleep 0.05 &"], check=True)
+    return {"ok": True}

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import structlog
@@ -21,7 +21,9 @@ from .logs import configure_logging
 from .runtime.check import check
 from .runtime.ecs_protection import task_protection
 from .runtime.http import healthcheck, serve_http
+from .runtime.reaper import reaping_orphans
 from .runtime.runtime import Runtime
+from .runtime.signals import Signals
 from .settings import Settings, SettingsError, env_name, load_settings
 from .worker import Worker
 
@@ -93,38 +95,23 @@ def build_runtime(settings: Settings, app_path: str | None) -> Runtime:
     return Runtime(load_app(app_path, what), settings)
 
 
-async def serve(runtime: Runtime) -> int:
-    """Run the worker until SIGTERM/SIGINT; the signal handlers only set events."""
-    loop = asyncio.get_running_loop()
+async def serve(runtime: Runtime, early_signals: Sequence[int] = ()) -> int:
+    """Run the worker until a signal stops it (runtime/signals.py: the handlers only ask
+    the runtime to stop)."""
     settings = runtime.settings
-    stop, force_stop = asyncio.Event(), asyncio.Event()
-
-    def on_signal(signum: int) -> None:
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            log.warning("second signal: exiting now", signal=name)
-            force_stop.set()
-        else:
-            log.info("signal received: shutting down", signal=name)
-            stop.set()
-
-    # Installed explicitly: as PID 1 in a container the kernel gives us no default handlers.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
     try:
-        async with (
-            serve_http(settings, runtime),
-            task_protection(
-                settings, runtime.in_flight, runtime.tasks_changed, runtime.accessories
-            ),
-        ):
-            await runtime.run(stop, force_stop)
+        with Signals(runtime).installed(early_signals):
+            async with (
+                reaping_orphans(runtime.accessories),
+                serve_http(settings, runtime),
+                task_protection(
+                    settings, runtime.in_flight, runtime.tasks_changed, runtime.accessories
+                ),
+            ):
+                await runtime.run()
     except (FatalWorkerError, WorkerCrashed, LifespanFailed) as exc:
         log.error("worker stopped", error=str(exc))
         return EXIT_FAILURE
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
     log.info("worker stopped")
     return EXIT_OK
 
@@ -144,7 +131,18 @@ def _exit_now_if_threads_linger(code: int) -> int:
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
+def _default_signal_handling(early_signals: Sequence[int]) -> None:
+    """Commands other than ``run`` stop on a signal as any program does: the handlers
+    entry.py installed are undone, and a signal that came meanwhile acts now."""
+    defaults: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
+    for signum in defaults:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in early_signals:
+        signal.raise_signal(signum)
+
+
+def main(argv: list[str] | None = None, early_signals: Sequence[int] = ()) -> int:
     parser = argparse.ArgumentParser(
         prog="sfn-worker", description="AWS Step Functions activity worker"
     )
@@ -161,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--timeout", type=float, default=3.0)
     args = parser.parse_args(argv)
 
+    if args.command != "run":
+        _default_signal_handling(early_signals)
     if args.command == "healthcheck":
         return healthcheck(args.timeout)
     try:
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = build_runtime(settings, args.app)
         if args.command == "check":
             return run_async(check(settings, runtime.configs))
-        return _exit_now_if_threads_linger(run_async(serve(runtime)))
+        return _exit_now_if_threads_linger(run_async(serve(runtime, early_signals)))
     except (SettingsError, LoadError) as exc:
         return _fail_config(str(exc))
     except KeyboardInterrupt:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,12 +32,13 @@ from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
 from ..tracing import setup_tracing
 from .client import SfnClients, open_clients
 from .emf import EmfPublisher
-from .lifespan import lifespan
+from .lifespan import Lifespan
 from .loop_monitor import watch_loop_lag
 from .names import resolve_names
 from .shutdown import POLL_RETURN_SECONDS, Shutdown
 
 log = structlog.get_logger("sfn_worker.runtime")
+T = TypeVar("T")
 
 ClientFactory = Callable[[Sequence[SourceConfig]], AbstractAsyncContextManager[SfnClients]]
 
@@ -77,12 +78,15 @@ class Runtime:
         self._backoffs = (poll_backoff, send_backoff)
         self._sources: list[SourceWorker] = []
         self._stopping = asyncio.Event()
-        self._started = False
+        # Set once every source polls (tests and embedders wait for it).
+        self.started = asyncio.Event()
         self._fatal: FatalWorkerError | None = None
         self._fatal_event = asyncio.Event()
         self._crash: BaseException | None = None
         self._crashed = asyncio.Event()
+        self._stop = asyncio.Event()
         self._force_stop = asyncio.Event()
+        self._stop_requested_at: float | None = None
 
     # -- what operations ask -----------------------------------------------------------------
     def in_flight(self) -> int:
@@ -91,41 +95,111 @@ class Runtime:
     def state(self) -> RuntimeState:
         stopping = self._stopping.is_set()
         return RuntimeState(
-            polling=self._started and not stopping,
+            polling=self.started.is_set() and not stopping,
             stopping=stopping,
             sources=tuple(s.state() for s in self._sources),
             accessories=self.accessories.snapshot(),
         )
 
+    def report(self) -> dict[str, object]:
+        """What the worker holds, for a log line (SIGUSR1)."""
+        state = self.state()
+        return {
+            "polling": state.polling,
+            "stopping": state.stopping,
+            "running": sum(s.running for s in state.sources),
+            "sources": {
+                s.name: {
+                    "running": s.running,
+                    "queued": s.queued,
+                    "concurrency": s.concurrency,
+                    "handlers_stuck": s.handlers_stuck,
+                }
+                for s in state.sources
+            },
+            "accessories": {name: a.state for name, a in state.accessories.items()},
+        }
+
+    # -- stopping ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop in order (a signal). From now on no poll starts; the grace period runs and
+        the ordered shutdown follows at once."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = asyncio.get_running_loop().time()
+        self._stop.set()
+
+    def request_forced_stop(self) -> None:
+        """Stop now (a second signal): what runs is answered within seconds."""
+        self.request_stop()
+        self._force_stop.set()
+
+    def _grace_left(self) -> float:
+        loop = asyncio.get_running_loop()
+        started = self._stop_requested_at if self._stop_requested_at is not None else loop.time()
+        return started + self.settings.shutdown_grace_seconds - loop.time()
+
     # -- running -----------------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event, force_stop: asyncio.Event | None = None) -> None:
-        """Work tasks until ``stop`` is set, then shut down in order.
+    async def run(
+        self, stop: asyncio.Event | None = None, force_stop: asyncio.Event | None = None
+    ) -> None:
+        """Work tasks until asked to stop (``request_stop``, or ``stop`` set), then shut down
+        in order. A stop before polling began ends the start-up instead: nothing is polled.
 
         Raises FatalWorkerError (after the same orderly shutdown) when the worker cannot go
-        on, LifespanFailed when the lifespan fails on entry (before any poll), WorkerCrashed
-        after a defect in the worker itself.
+        on, LifespanFailed when the lifespan fails (or is stopped) on entry, before any
+        poll, WorkerCrashed after a defect in the worker itself.
         """
-        self._force_stop = force_stop = force_stop or asyncio.Event()
-        async with self._client_factory(self.configs) as clients:
-            configs = await resolve_names(self.configs, clients.session, clients.endpoint_url)
-            async with lifespan(self.app) as state:
-                try:
-                    await self._serve(configs, clients, state, stop, force_stop)
-                finally:
-                    for source in self._sources:
-                        await source.aclose()
+        followers = [
+            asyncio.create_task(_follow(event, action))
+            for event, action in ((stop, self.request_stop), (force_stop, self.request_forced_stop))
+            if event is not None
+        ]
+        await asyncio.sleep(0)  # an event set already is followed before anything starts
+        try:
+            await self._run()
+        finally:
+            for follower in followers:
+                follower.cancel()
         if self._crash is not None:
             raise WorkerCrashed(f"internal error: {self._crash!r}") from self._crash
         if self._fatal is not None:
             raise self._fatal
 
+    async def _run(self) -> None:
+        if self._stop.is_set():
+            log.info("stopped before polling began")
+            return
+        async with self._client_factory(self.configs) as clients:
+            naming = resolve_names(self.configs, clients.session, clients.endpoint_url)
+            configs = await self._unless_stopped(naming)
+            if configs is None:
+                log.info("stopped while resolving activity names; nothing was polled")
+                return
+            lifespan = Lifespan(self.app)
+            try:
+                state = await lifespan.enter(self._stop.wait)
+                if not self._stop.is_set():
+                    await self._serve(configs, clients, state)
+            finally:
+                for source in self._sources:
+                    await source.aclose()
+                await lifespan.exit(self._grace_left())
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
+        """``work``'s result, or None when a stop comes first (``work`` is cancelled)."""
+        running = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if running.done():
+            return running.result()
+        await cancel_and_wait(running)
+        return None
+
     async def _serve(
-        self,
-        configs: Sequence[SourceConfig],
-        clients: SfnClients,
-        state: Any,
-        stop: asyncio.Event,
-        force_stop: asyncio.Event,
+        self, configs: Sequence[SourceConfig], clients: SfnClients, state: Any
     ) -> None:
         poll_backoff, send_backoff = self._backoffs
         parts = SourceParts(
@@ -135,6 +209,7 @@ class Runtime:
             sqs=clients.sqs,
             worker_name=self.settings.worker_name,
             stopping=self._stopping,
+            stop_requested=self._stop,
             tasks_changed=self.tasks_changed,
             state=state,
             middlewares=self.app.middlewares,
@@ -156,12 +231,13 @@ class Runtime:
             emf = None
             if self.settings.metrics is MetricsOutput.EMF:
                 emf = group.create_task(accessories.supervise("emf", self._publish_emf))
-            self._started = True
+            self.started.set()
             log_started(self._sources, self.settings)
-            await _wait_any(stop, self._fatal_event, self._crashed)
+            await _wait_any(self._stop, self._fatal_event, self._crashed)
+            if self._stop_requested_at is None:  # a fatal error or a defect: stop now
+                self._stop_requested_at = asyncio.get_running_loop().time()
             self._stopping.set()
-            grace = self.settings.shutdown_grace_seconds
-            await Shutdown(self._sources, runs, grace, force_stop).run()
+            await Shutdown(self._sources, runs, self._grace_left(), self._force_stop).run()
             await cancel_and_wait(monitor)
             if emf is not None:
                 await cancel_and_wait(emf)  # its last record covers the shutdown
@@ -228,6 +304,11 @@ def log_started(sources: Sequence[SourceWorker], settings: Settings) -> None:
             hint="SFN_SHUTDOWN_GRACE_SECONDS >= 65 (and ECS stopTimeout above it) lets "
             "every open poll return before exit",
         )
+
+
+async def _follow(event: asyncio.Event, action: Callable[[], None]) -> None:
+    await event.wait()
+    action()
 
 
 async def _wait_any(*events: asyncio.Event) -> None:

@@ -28,6 +28,7 @@ class ActivityWorker(SourceWorker):
                 untraced=parts.tracing.untraced,
                 queue=self._queue,
                 stopping=parts.stopping,
+                stop_requested=parts.stop_requested,
                 on_fatal=parts.on_fatal,
                 metrics=self.metrics,
                 backoff=parts.poll_backoff,

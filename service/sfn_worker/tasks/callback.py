@@ -211,6 +211,7 @@ class CallbackQueueWorker(SourceWorker):
                 ready=self._invoker.wait_ready,
                 queue=self._queue,
                 stopping=parts.stopping,
+                stop_requested=parts.stop_requested,
                 on_fatal=parts.on_fatal,
                 metrics=self.metrics,
                 backoff=parts.poll_backoff,

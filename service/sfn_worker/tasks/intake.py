@@ -44,6 +44,7 @@ class IntakeLoop:
         ready: Callable[[], Awaitable[None]],
         queue: asyncio.Queue[Task | None],
         stopping: asyncio.Event,
+        stop_requested: asyncio.Event,
         on_fatal: Callable[[FatalWorkerError], None],
         metrics: SourceMetrics,
         backoff: Backoff = POLL_BACKOFF,
@@ -53,6 +54,7 @@ class IntakeLoop:
         self._ready = ready
         self._queue = queue
         self._stopping = stopping
+        self._stop_requested = stop_requested
         self._on_fatal = on_fatal
         self._metrics = metrics
         self._backoff = backoff
@@ -61,6 +63,10 @@ class IntakeLoop:
     def holds_task(self) -> bool:
         return self._holds_task
 
+    def _no_more_requests(self) -> bool:
+        # A stop request (a signal) ends polling at once, before the shutdown begins.
+        return self._stop_requested.is_set() or self._stopping.is_set()
+
     async def _fetch(self, count: int) -> list[Task]:
         """One long request for at most ``count`` tasks."""
         raise NotImplementedError
@@ -68,7 +74,7 @@ class IntakeLoop:
     async def run(self) -> None:
         with structlog.contextvars.bound_contextvars(**{self.NAME: self.number}):
             retry = Retry(self._backoff)
-            while not self._stopping.is_set():
+            while not self._no_more_requests():
                 taken = await self._slots.take(self.MOST)
                 # A slot is not enough: the handler must be able to start (process mode
                 # backs off after handler processes die).
@@ -77,7 +83,7 @@ class IntakeLoop:
                 except BaseException:
                     self._slots.give(taken)
                     raise
-                if self._stopping.is_set():
+                if self._no_more_requests():
                     self._slots.give(taken)
                     break
                 self._holds_task = True

@@ -71,7 +71,8 @@ class SourceParts:
     sqs_polls: SQSClient | None  # ReceiveMessage only (20 s long polls)
     sqs: SQSClient | None  # the other SQS calls (quick)
     worker_name: str
-    stopping: asyncio.Event
+    stopping: asyncio.Event  # the shutdown began
+    stop_requested: asyncio.Event  # a stop was asked for: no request may start from now on
     tasks_changed: asyncio.Event
     state: Any
     middlewares: Sequence[Middleware]

@@ -105,8 +105,9 @@ def fake_clients(fake: FakeStepFunctions) -> ClientFactory:
 
 @contextlib.asynccontextmanager
 async def run_app(app: App, fake: FakeStepFunctions, **settings: Any) -> AsyncIterator[Runtime]:
-    """Run ``app`` in this process against ``fake`` (which learns its activities) until the
-    block ends, then shut it down in order. ``settings`` are Settings fields."""
+    """Run ``app`` in this process against ``fake`` (which learns its activities) from the
+    moment it polls until the block ends, then shut it down in order. ``settings`` are
+    Settings fields."""
     for registration in app.activities:
         ref = registration.ref
         fake.add_activity(ref if ref.startswith("arn:") else activity_name(ref))
@@ -117,6 +118,12 @@ async def run_app(app: App, fake: FakeStepFunctions, **settings: Any) -> AsyncIt
     runtime = Runtime(app, Settings(**values), client_factory=fake_clients(fake), environ={})
     stop = asyncio.Event()
     running = asyncio.create_task(runtime.run(stop))
+    # The block starts once the app polls; a failure to start (the lifespan) raises here.
+    started = asyncio.create_task(runtime.started.wait())
+    await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+    if running.done():
+        running.result()
     try:
         yield runtime
     finally:
