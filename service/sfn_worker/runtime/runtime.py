@@ -24,6 +24,7 @@ from ..bulkhead import Accessories, Accessory, AccessorySnapshot
 from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig, resolve
 from ..errors import FatalWorkerError, WorkerCrashed
 from ..metrics import Metrics
+from ..otel_config import check_otel_environment
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
 from ..tasks.activity import ActivityWorker
@@ -67,7 +68,9 @@ class Runtime:
         self.app = app
         self.settings = settings
         # Configuration errors surface here, before any client or poll.
-        self.configs = resolve(app, settings, os.environ if environ is None else environ)
+        environ = os.environ if environ is None else environ
+        self.configs = resolve(app, settings, environ)
+        check_otel_environment(environ, emf=settings.metrics is MetricsOutput.EMF)
         self.metrics = metrics or Metrics()
         # What runs beside the task path, each behind a bulkhead (bulkhead.py).
         self.accessories = Accessories(self.metrics)
