@@ -5,7 +5,7 @@ environment asks for traces: OTEL_TRACES_EXPORTER set to an exporter, or an OTLP
 (OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) given, and
 OTEL_SDK_DISABLED not true. Otherwise, and without the extra, nothing is imported and every
 call below is a no-op. A configuration the SDK cannot run is refused at start
-(otel_config.py).
+(otel_config.py); ``close`` ends export within the time the shutdown leaves it.
 """
 
 from __future__ import annotations
@@ -57,6 +57,11 @@ class Tracing(Protocol):
     def carrier(self) -> dict[str, str] | None: ...
     def untraced(self) -> contextlib.AbstractContextManager[None]: ...
 
+    async def close(self, timeout_seconds: float) -> bool:
+        """Export what is left and stop, within ``timeout_seconds``; False if that was not
+        enough (the rest is dropped: the process exits without waiting for it)."""
+        ...
+
 
 _NO_CONTEXT = contextlib.nullcontext()
 
@@ -96,6 +101,9 @@ class NoTracing:
 
     def untraced(self) -> contextlib.AbstractContextManager[None]:
         return _NO_CONTEXT
+
+    async def close(self, timeout_seconds: float) -> bool:
+        return True
 
 
 NO_TRACING = NoTracing()

@@ -2,9 +2,10 @@
 monitor and the ordered shutdown across all of them.
 
 In order: activity settings are resolved (configuration errors before anything else),
-clients open, activity names become ARNs, the lifespan is entered, every activity starts
-polling; on ``stop`` the shutdown runs (runtime/shutdown.py); handler pools close; the
-lifespan exits after the last answer; the clients close.
+tracing starts, clients open, activity names become ARNs, the lifespan is entered, every
+activity starts polling; on ``stop`` the shutdown runs (runtime/shutdown.py); handler pools
+close; the lifespan exits after the last answer; the clients close; tracing exports what is
+left within the rest of the grace.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Setting
 from ..tasks.activity import ActivityWorker
 from ..tasks.callback import CallbackQueueWorker
 from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
-from ..tracing import setup_tracing
+from ..tracing import NO_TRACING, Tracing, setup_tracing
 from .client import SfnClients, open_clients
 from .emf import EmfPublisher
 from .lifespan import lifespan
@@ -41,6 +42,15 @@ from .shutdown import POLL_RETURN_SECONDS, Shutdown
 log = structlog.get_logger("sfn_worker.runtime")
 
 ClientFactory = Callable[[Sequence[SourceConfig]], AbstractAsyncContextManager[SfnClients]]
+
+# With tracing on, the end of the grace is kept for exporting the last spans (and handler
+# processes' spans): at most this long, and at most this share of the grace.
+TRACING_RESERVE_SECONDS = 1.0
+TRACING_RESERVE_FRACTION = 0.1
+
+
+def tracing_reserve_seconds(grace_seconds: float) -> float:
+    return min(TRACING_RESERVE_SECONDS, grace_seconds * TRACING_RESERVE_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,9 @@ class Runtime:
         self._crash: BaseException | None = None
         self._crashed = asyncio.Event()
         self._force_stop = asyncio.Event()
+        self._tracing: Tracing = NO_TRACING
+        # Loop time by which the process must be done: set when the shutdown starts.
+        self._exit_by: float | None = None
 
     # -- what operations ask -----------------------------------------------------------------
     def in_flight(self) -> int:
@@ -109,14 +122,17 @@ class Runtime:
         after a defect in the worker itself.
         """
         self._force_stop = force_stop = force_stop or asyncio.Event()
-        async with self._client_factory(self.configs) as clients:
-            configs = await resolve_names(self.configs, clients.session, clients.endpoint_url)
-            async with lifespan(self.app) as state:
-                try:
-                    await self._serve(configs, clients, state, stop, force_stop)
-                finally:
-                    for source in self._sources:
-                        await source.aclose()
+        self._tracing = setup_tracing(self.settings.trace_context_key)
+        try:
+            async with self._client_factory(self.configs) as clients:
+                configs = await resolve_names(self.configs, clients.session, clients.endpoint_url)
+                async with lifespan(self.app) as state:
+                    try:
+                        await self._serve(configs, clients, state, stop, force_stop)
+                    finally:
+                        await self._close_sources()
+        finally:
+            await self._close_tracing()
         if self._crash is not None:
             raise WorkerCrashed(f"internal error: {self._crash!r}") from self._crash
         if self._fatal is not None:
@@ -144,7 +160,7 @@ class Runtime:
             process_init=self.app.process_initializer,
             on_fatal=self._on_fatal,
             on_crash=self._on_crash,
-            tracing=setup_tracing(self.settings.trace_context_key),
+            tracing=self._tracing,
             poll_backoff=poll_backoff,
             send_backoff=send_backoff,
         )
@@ -163,10 +179,38 @@ class Runtime:
             await _wait_any(stop, self._fatal_event, self._crashed)
             self._stopping.set()
             grace = self.settings.shutdown_grace_seconds
+            self._exit_by = asyncio.get_running_loop().time() + grace
+            if self._tracing.enabled:
+                grace -= tracing_reserve_seconds(grace)
             await Shutdown(self._sources, runs, grace, force_stop).run()
             await cancel_and_wait(monitor)
             if emf is not None:
                 await cancel_and_wait(emf)  # its last record covers the shutdown
+
+    def _time_left(self) -> float:
+        """Seconds left of the grace (the tracing reserve if the shutdown never started, or
+        a second signal cut it short)."""
+        reserve = tracing_reserve_seconds(self.settings.shutdown_grace_seconds)
+        if self._exit_by is None:
+            return reserve
+        left = max(0.0, self._exit_by - asyncio.get_running_loop().time())
+        return min(left, reserve) if self._force_stop.is_set() else left
+
+    async def _close_sources(self) -> None:
+        """Handler pools end their processes; those export their last spans in the first
+        half of what is left, so the worker's own spans have the second."""
+        deadline = asyncio.get_running_loop().time() + self._time_left() / 2
+        for source in self._sources:
+            await source.aclose(deadline)
+
+    async def _close_tracing(self) -> None:
+        timeout = self._time_left()
+        if not await self._tracing.close(timeout):
+            self.accessories.get("tracing").failed(
+                f"spans not exported within the {timeout:.1f} s left of the grace "
+                "(collector unreachable or slow); dropped at exit",
+                stopped=True,
+            )
 
     def _worker(self, config: SourceConfig, parts: SourceParts) -> SourceWorker:
         if isinstance(config, ActivityConfig):

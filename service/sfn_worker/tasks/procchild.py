@@ -2,12 +2,14 @@
 
 Messages on the pipe, as tuples:
   worker -> child   ("call", id, input, ctx fields, trace carrier) | ("cancel", id)
-                    | ("shutdown",) | ("exit",)
+                    | ("shutdown",) | ("exit", seconds to export the last spans)
   child -> worker   ("ready",) | ("init_failed", text) | ("result", id, ok, value or error)
                     | ("progress", id): ctx.heartbeat() was called (at most every 0.05 s)
 
 The main thread runs handlers; a reader thread takes messages, so a cancel or shutdown
-reaches ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs.
+reaches ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs. Spans leave
+in batches from the SDK's thread, never between a handler and its reply, and what is left
+is exported within the time the worker gives when it asks the process to exit.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+import structlog
+
 from ..app import import_object
 from ..context import STATE_UNAVAILABLE, TaskContext
-from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, truncate
+from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, describe, truncate
 from ..tracing import tracing_requested
+
+log = structlog.get_logger("sfn_worker.handler_process")
 
 MAX_MESSAGE_CHARS = 4096
 # ctx.heartbeat() in a handler process: at most one message this often reaches the worker
@@ -66,6 +72,7 @@ class _Child:
         self.calls: queue.Queue[tuple[int, Any, dict[str, Any], Any] | None] = queue.Queue()
         self.cancels: dict[int, threading.Event] = {}
         self.shutdown = threading.Event()
+        self.exit_flush_seconds = 0.0  # how long the worker lets it export when it leaves
         self._send_lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -87,6 +94,7 @@ class _Child:
                 elif kind == "shutdown":
                     self.shutdown.set()
                 elif kind == "exit":
+                    self.exit_flush_seconds = message[1]
                     self.calls.put(None)
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: no one is left to read a result
@@ -111,8 +119,6 @@ class _Child:
                         reply = ("result", call_id, True, handler(task_input, ctx))
                 except BaseException as exc:  # noqa: BLE001 - SystemExit too: ends the call only
                     reply = ("result", call_id, False, remote_error(exc))
-                if tracing:
-                    tracing.flush()  # this process may be ended at any time from now on
             del self.cancels[call_id]
             try:
                 self.send(reply)
@@ -142,7 +148,8 @@ class _Progress:
 
 def child_main(conn: Connection, handler_path: str, init_path: str | None) -> None:
     """Entry point of a spawned handler process: load the handler, run the app's
-    ``process_init`` (its result is ``ctx.state`` here), then serve calls."""
+    ``process_init`` (its result is ``ctx.state`` here), then serve calls until asked to
+    exit."""
     die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -155,17 +162,48 @@ def child_main(conn: Connection, handler_path: str, init_path: str | None) -> No
         child.send(("init_failed", truncate(f"{type(exc).__name__}: {exc}", MAX_MESSAGE_CHARS)))
         sys.exit(1)
     threading.Thread(target=child.read, name="sfn-handler-pipe", daemon=True).start()
+    tracing = _tracing()
     child.send(("ready",))
-    child.serve(handler, _tracing())
+    child.serve(handler, tracing)
+    if tracing is not None:
+        tracing.close(child.exit_flush_seconds)
 
 
-def _tracing() -> Any:
-    """The otel module, configured, when the environment asks for traces; else None."""
+class _ChildTracing:
+    """OpenTelemetry in a handler process: the SDK configured from the same OTEL_*."""
+
+    def __init__(self, otel: Any, owned: bool) -> None:
+        self._otel = otel
+        self._owned = owned
+
+    def attached(self, carrier: dict[str, str] | None) -> contextlib.AbstractContextManager[None]:
+        return self._otel.attached(carrier)  # type: ignore[no-any-return]
+
+    def close(self, timeout_seconds: float) -> None:
+        """Export what is left, for at most ``timeout_seconds``; then the process exits
+        without waiting for the rest."""
+        if not self._otel.close_sdk(self._owned).wait(max(0.0, timeout_seconds)):
+            log.warning(
+                "tracing: spans not exported before this handler process ended; dropped",
+                accessory="tracing",
+                timeout_seconds=round(timeout_seconds, 2),
+            )
+
+
+def _tracing() -> _ChildTracing | None:
+    """Tracing, configured, when the environment asks for it; else None. A failure here
+    costs this process its spans, never its tasks (the worker checked the configuration at
+    start)."""
     if not tracing_requested(os.environ):
         return None
     try:
         from .. import otel
+
+        return _ChildTracing(otel, otel.configure_sdk())
     except ImportError:
         return None
-    otel.configure_sdk()
-    return otel
+    except Exception as exc:  # noqa: BLE001 - tracing is an accessory
+        log.warning(
+            "tracing: off in this handler process", accessory="tracing", error=describe(exc)
+        )
+        return None

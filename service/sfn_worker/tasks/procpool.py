@@ -48,6 +48,9 @@ REAP_SECONDS = 2.0
 CLOSE_TIMEOUT_SECONDS = 5.0
 # A recycled process is asked to exit; it is killed if still there this long after.
 RETIRE_SECONDS = 10.0
+# A process asked to exit may export its last spans for this long (at the worker's exit,
+# no longer than the grace leaves).
+EXIT_FLUSH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class _Process:
         self.conn = conn
         self.call: _Call | None = None
         self.calls_done = 0
+        self.ready = False  # its handler is imported: a call sent now starts at once
         self.init_failure = ""
         self.stopping = False  # the worker ended it: its death is not the handler's fault
 
@@ -91,11 +95,14 @@ class _Process:
             self.process.terminate()
             asyncio.get_running_loop().call_later(KILL_AFTER_TERMINATE_SECONDS, self._kill)
 
-    def retire(self) -> None:
-        """Idle and done (max tasks reached): ask it to exit, kill it if it lingers."""
+    def retire(
+        self, flush_seconds: float = EXIT_FLUSH_SECONDS, kill_after: float = RETIRE_SECONDS
+    ) -> None:
+        """Idle and done: ask it to exit (exporting its last spans for at most
+        ``flush_seconds``), kill it if it lingers."""
         self.stopping = True
-        self.send(("exit",))
-        asyncio.get_running_loop().call_later(RETIRE_SECONDS, self._kill)
+        self.send(("exit", flush_seconds))
+        asyncio.get_running_loop().call_later(kill_after, self._kill)
 
     def _kill(self) -> None:
         if self.process.exitcode is None:
@@ -261,11 +268,19 @@ class HandlerProcessPool:
         for process in self._processes:
             process.send(("shutdown",))
 
-    async def close(self) -> None:
-        """End every process (running calls included); returns when all are gone."""
+    async def close(self, deadline: float | None = None) -> None:
+        """End every process (running calls included); returns when all are gone. With a
+        ``deadline`` (loop time), idle processes leave on their own, exporting their last
+        spans until then; the others are terminated at once."""
         self._closed = True
+        flush = 0.0
+        if deadline is not None:
+            flush = min(EXIT_FLUSH_SECONDS, deadline - asyncio.get_running_loop().time())
         for process in list(self._processes):
-            process.stop()
+            if flush > 0 and process.ready and process.call is None and not process.stopping:
+                process.retire(flush, kill_after=flush + KILL_AFTER_TERMINATE_SECONDS)
+            else:
+                process.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_gone.wait(), CLOSE_TIMEOUT_SECONDS)
 
@@ -303,6 +318,9 @@ class HandlerProcessPool:
         return handle
 
     def _on_message(self, process: _Process, message: tuple[Any, ...]) -> None:
+        if message[0] == "ready":
+            process.ready = True
+            return
         if message[0] == "progress" and process.call is not None:
             if message[1] == process.call.id:
                 process.call.ctx.heartbeat()
