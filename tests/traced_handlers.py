@@ -21,3 +21,15 @@ def traced(task_input: Any, ctx: TaskContext) -> Any:
 
 async def traced_async(task_input: Any, ctx: TaskContext) -> Any:
     return traced(task_input, ctx)
+
+
+def noisy(task_input: Any, ctx: TaskContext) -> Any:
+    """A span, a Python warning and a standard-library log line: output from wherever the
+    handler runs (the worker's process or a handler process)."""
+    import logging
+    import warnings
+
+    with tracer.start_as_current_span("noisy work"):
+        warnings.warn("a warning from the handler", UserWarning, stacklevel=1)
+        logging.getLogger("user.handler").warning("a log line from the handler")
+    return {"pid": __import__("os").getpid()}

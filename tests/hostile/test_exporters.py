@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -142,3 +144,36 @@ async def test_an_exporter_that_cannot_run_is_refused_at_start(
     assert worker.raw[0].startswith("sfn-worker: configuration error:")
     assert variable in worker.raw[0]
     assert fake.counts.get("GetActivityTask", 0) == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["thread", "process"])
+async def test_in_json_mode_every_line_of_every_process_is_one_json_object(
+    fake: FakeStepFunctions, mode: str
+) -> None:
+    task = fake.add_task({"in": "x"})
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"],
+        fake,
+        SFN_HANDLER="tests.traced_handlers:noisy",
+        SFN_HANDLER_MODE=mode,
+        SFN_HEARTBEAT_SECONDS="0",
+        SFN_SHUTDOWN_GRACE_SECONDS=str(GRACE),
+        # Nothing listens there: the exporters (the handler process's too) log their failures.
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    ) as worker:
+        await fake.wait_for(lambda: task.state != "open", timeout=60)
+        await _wait_for_event(worker, lambda e: e["event"] == "a log line from the handler")
+        await _wait_for_event(worker, lambda e: "a warning from the handler" in e["event"])
+        await _wait_for_event(worker, lambda e: e.get("logger", "").startswith("opentelemetry."))
+        code, _ = await _stop(worker, fake)
+    assert code == 0
+    assert task.state == "succeeded"
+    for line in worker.raw:
+        assert isinstance(json.loads(line), dict), line
+
+
+async def _wait_for_event(worker: WorkerProcess, found: Callable[[dict[str, Any]], bool]) -> None:
+    async with asyncio.timeout(30), worker._changed:
+        await worker._changed.wait_for(lambda: any(found(e) for e in worker.events))

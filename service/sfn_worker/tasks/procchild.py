@@ -7,7 +7,8 @@ Messages on the pipe, as tuples:
                     | ("progress", id): ctx.heartbeat() was called (at most every 0.05 s)
 
 The main thread runs handlers; a reader thread takes messages, so a cancel or shutdown
-reaches ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs. Spans leave
+reaches ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs. Logging
+is configured as in the worker (the same format on stderr, warnings included); spans leave
 in batches from the SDK's thread, never between a handler and its reply, and what is left
 is exported within the time the worker gives when it asks the process to exit.
 """
@@ -31,6 +32,7 @@ import structlog
 from ..app import import_object
 from ..context import STATE_UNAVAILABLE, TaskContext
 from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, describe, truncate
+from ..logs import LogConfig, configure_logging
 from ..tracing import tracing_requested
 
 log = structlog.get_logger("sfn_worker.handler_process")
@@ -146,10 +148,14 @@ class _Progress:
             self._child.send(("progress", self._call_id))
 
 
-def child_main(conn: Connection, handler_path: str, init_path: str | None) -> None:
-    """Entry point of a spawned handler process: load the handler, run the app's
-    ``process_init`` (its result is ``ctx.state`` here), then serve calls until asked to
-    exit."""
+def child_main(
+    conn: Connection, handler_path: str, init_path: str | None, log_config: LogConfig | None
+) -> None:
+    """Entry point of a spawned handler process: log as the worker does, load the handler,
+    run the app's ``process_init`` (its result is ``ctx.state`` here), then serve calls
+    until asked to exit."""
+    if log_config is not None:
+        configure_logging(log_config.level, log_config.fmt, log_config.worker_name)
     die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -34,6 +34,7 @@ import structlog
 from ..aio import retrieve_exception
 from ..context import TaskContext
 from ..errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, TaskFailed, describe_exit
+from ..logs import current_log_config
 from ..retry import Backoff
 from .procchild import child_main, local_error
 
@@ -305,7 +306,7 @@ class HandlerProcessPool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=child_main,
-            args=(child_end, self._handler_path, self._init_path),
+            args=(child_end, self._handler_path, self._init_path, current_log_config()),
             name="sfn-handler",
         )
         process.daemon = True  # multiprocessing ends daemonic children at interpreter exit
