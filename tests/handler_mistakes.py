@@ -104,3 +104,27 @@ def leak(task_input: Any, ctx: TaskContext) -> Any:
 
     _leaked.append(b"x" * LEAK_BYTES)
     return {"pid": os.getpid(), "rss": psutil.Process().memory_info().rss}
+
+
+class _PicklingRaises:
+    """An object whose pickling raises, with a huge message that carries the task token (as
+    a careless library's might)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __reduce__(self) -> Any:
+        raise ValueError(self.message)
+
+
+def unpicklable_result(task_input: Any, ctx: TaskContext) -> Any:
+    """Returns what cannot leave a handler process, or (``ok``) its pid."""
+    kind = task_input.get("kind")
+    if kind == "value_error":
+        return {"result": _PicklingRaises(f"cannot pickle this for {ctx.task_token}. " * 100)}
+    if kind == "recursion":
+        nested: Any = []
+        for _ in range(100_000):
+            nested = [nested]
+        return nested
+    return {"pid": os.getpid()}

@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import pickle
 import queue
 import signal
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import structlog
@@ -60,6 +60,21 @@ def remote_error(exc: BaseException) -> tuple[bool, str, str]:
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task
         message = "<the exception's message could not be read>"
     return (False, type(exc).__name__, truncate(message, MAX_MESSAGE_CHARS))
+
+
+def unpicklable_cause(value: Any, exc: BaseException, task_token: str) -> str:
+    """Why a result could not leave its process: bounded, and never with the task token
+    (an exception's message may quote anything, the token included)."""
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task
+        message = "<the exception's message could not be read>"
+    message = message.replace(task_token, "<task token>") if task_token else message
+    return truncate(
+        f"the handler's result ({type(value).__name__}) cannot leave its process: pickling "
+        f"it raised {type(exc).__name__}: {message}",
+        MAX_MESSAGE_CHARS,
+    )
 
 
 def local_error(sent: tuple[bool, str, str]) -> Exception:
@@ -122,15 +137,19 @@ class _Child:
                 except BaseException as exc:  # noqa: BLE001 - SystemExit too: ends the call only
                     reply = ("result", call_id, False, remote_error(exc))
             del self.cancels[call_id]
-            try:
-                self.send(reply)
-            except (pickle.PicklingError, TypeError, AttributeError) as exc:
-                failure = TaskFailed(
-                    INVALID_OUTPUT_ERROR,
-                    f"handler returned a value that cannot leave its process "
-                    f"({type(reply[3]).__name__}): {remote_error(exc)[-1]}",
-                )
-                self.send(("result", call_id, False, remote_error(failure)))
+            self.send_reply(reply, ctx.task_token)
+
+    def send_reply(self, reply: tuple[Any, ...], task_token: str) -> None:
+        """Send a call's result. Pickling runs the result's own code (``__reduce__``, a
+        nesting too deep): whatever it raises fails that task with Worker.InvalidOutput,
+        never this process."""
+        try:
+            data = ForkingPickler.dumps(reply)
+        except BaseException as exc:  # noqa: BLE001 - the user's object, its failure is the task's
+            failure = TaskFailed(INVALID_OUTPUT_ERROR, unpicklable_cause(reply[3], exc, task_token))
+            data = ForkingPickler.dumps((*reply[:2], False, remote_error(failure)))
+        with self._send_lock:
+            self.conn.send_bytes(data)
 
 
 class _Progress:

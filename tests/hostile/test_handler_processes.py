@@ -1,0 +1,54 @@
+"""Process mode at its edges: what crosses the pipe back, when a handler's progress counts,
+and what recycling costs. The real ``sfn-worker`` against the fake; the fault comes from
+the handler module (its results, its import time)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from sfn_worker.errors import INVALID_OUTPUT_ERROR
+from sfn_worker.testing import FakeStepFunctions
+
+from ..test_process import BIN, worker_process
+
+# A log line about one task is a few hundred characters; a 100 KB line is a payload.
+MAX_LINE_CHARS = 4096
+
+
+@pytest.mark.timeout(90)
+async def test_a_result_whose_pickling_raises_is_invalid_output_and_the_process_lives(
+    fake: FakeStepFunctions,
+) -> None:
+    first = fake.add_task({"kind": "ok"})
+    broken = {kind: fake.add_task({"kind": kind}) for kind in ("value_error", "recursion")}
+    last = fake.add_task({"kind": "ok"})
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"],
+        fake,
+        SFN_HANDLER="tests.handler_mistakes:unpicklable_result",
+        SFN_HANDLER_MODE="process",
+        SFN_CONCURRENCY="1",
+        SFN_POLLERS="1",
+        SFN_HEARTBEAT_SECONDS="0",
+        SFN_SHUTDOWN_GRACE_SECONDS="3",
+    ) as worker:
+        await fake.wait_for(lambda: all(t.state != "open" for t in fake.tasks.values()), 60)
+        await worker.wait_for_log("task ended")
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    for kind, task in broken.items():
+        assert (task.state, task.error) == ("failed", INVALID_OUTPUT_ERROR), kind
+        assert task.token not in (task.cause or ""), kind
+        assert len(task.cause or "") <= MAX_LINE_CHARS, kind
+    assert "ValueError" in (broken["value_error"].cause or "")
+    assert "RecursionError" in (broken["recursion"].cause or "")
+    # The same process served the task after them: no death, no restart.
+    assert json.loads(first.output or "")["pid"] == json.loads(last.output or "")["pid"]
+    assert not any(e.get("event") == "handler process died" for e in worker.events)
+    for line in worker.raw:
+        assert len(line) <= MAX_LINE_CHARS, line[:200]
+        assert all(t.token[:40] not in line for t in fake.tasks.values())
