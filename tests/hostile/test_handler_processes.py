@@ -52,3 +52,33 @@ async def test_a_result_whose_pickling_raises_is_invalid_output_and_the_process_
     for line in worker.raw:
         assert len(line) <= MAX_LINE_CHARS, line[:200]
         assert all(t.token[:40] not in line for t in fake.tasks.values())
+
+
+@pytest.mark.timeout(90)
+async def test_in_progress_mode_the_clock_starts_when_the_handler_starts(
+    fake: FakeStepFunctions,
+) -> None:
+    interval = 0.5
+    fake.heartbeat_timeout_seconds = 4 * interval  # the state's HeartbeatSeconds
+    # Reports progress all the time it runs; its process takes seconds to start.
+    task = fake.add_task({"progress_seconds": 2 * interval, "stall_seconds": 0})
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"],
+        fake,
+        SFN_HANDLER="tests.handler_mistakes:progress_then_stall",
+        SFN_HANDLER_MODE="process",
+        SFN_HEARTBEAT_MODE="progress",
+        SFN_HEARTBEAT_SECONDS=str(interval),
+        SFN_CONCURRENCY="1",
+        SFN_POLLERS="1",
+        SFN_SHUTDOWN_GRACE_SECONDS="3",
+        SLOW_HANDLER_IMPORT_SECONDS="3",
+    ) as worker:
+        await fake.wait_for(lambda: task.state != "open", timeout=60)
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    # The seconds its process took to start were not the handler's: heartbeated, not stalled.
+    assert task.state == "succeeded", task.state
+    assert fake.heartbeat_timeouts == 0
+    assert not any(e.get("event", "").startswith("task stalled") for e in worker.events)

@@ -4,6 +4,7 @@ Messages on the pipe, as tuples:
   worker -> child   ("call", id, input, ctx fields, trace carrier) | ("cancel", id)
                     | ("shutdown",) | ("exit", seconds to export the last spans)
   child -> worker   ("ready",) | ("init_failed", text) | ("result", id, ok, value or error)
+                    | ("started", id): the handler starts now
                     | ("progress", id): ctx.heartbeat() was called (at most every 0.05 s)
 
 The main thread runs handlers; a reader thread takes messages, so a cancel or shutdown
@@ -120,17 +121,19 @@ class _Child:
         while (call := self.calls.get()) is not None:
             call_id, task_input, fields, carrier = call
             cancel = self.cancels[call_id]
+            progress = _Progress(self, call_id)
             ctx = TaskContext(
                 **fields,
                 cancel_requested=cancel,
                 shutdown_requested=self.shutdown,
                 _state=self.state,
-                _progress=_Progress(self, call_id),
+                _progress=progress,
             )
             reply: tuple[Any, ...]
             if cancel.is_set():  # cancelled while this process was still starting: skip it
                 reply = ("result", call_id, False, (True, "Worker.Cancelled", "not started"))
             else:
+                progress.handler_started()
                 try:
                     with tracing.attached(carrier) if tracing else contextlib.nullcontext():
                         reply = ("result", call_id, True, handler(task_input, ctx))
@@ -159,6 +162,10 @@ class _Progress:
         self._child = child
         self._call_id = call_id
         self._sent_at = float("-inf")
+
+    def handler_started(self) -> None:
+        """The worker's progress clock for this call starts now."""
+        self._child.send(("started", self._call_id))
 
     def report_progress(self) -> None:
         now = time.monotonic()

@@ -322,9 +322,13 @@ class HandlerProcessPool:
         if message[0] == "ready":
             process.ready = True
             return
-        if message[0] == "progress" and process.call is not None:
-            if message[1] == process.call.id:
-                process.call.ctx.heartbeat()
+        if message[0] in ("progress", "started") and process.call is not None:
+            progress = process.call.ctx._progress
+            if message[1] == process.call.id and progress is not None:
+                if message[0] == "started":
+                    progress.handler_started()
+                else:
+                    progress.report_progress()
             return
         finished = process.finished_call(message)
         if finished is None:
