@@ -128,3 +128,10 @@ def unpicklable_result(task_input: Any, ctx: TaskContext) -> Any:
             nested = [nested]
         return nested
     return {"pid": os.getpid()}
+
+
+def stamped_sleep(task_input: Any, ctx: TaskContext) -> Any:
+    """Says when it started (wall clock) and in which process, after blocking ``seconds``."""
+    started = time.time()
+    time.sleep(task_input.get("seconds", 0))
+    return {"pid": os.getpid(), "started": started}

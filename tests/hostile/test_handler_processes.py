@@ -82,3 +82,34 @@ async def test_in_progress_mode_the_clock_starts_when_the_handler_starts(
     assert task.state == "succeeded", task.state
     assert fake.heartbeat_timeouts == 0
     assert not any(e.get("event", "").startswith("task stalled") for e in worker.events)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_recycling_after_every_task_keeps_a_replacement_ready(
+    fake: FakeStepFunctions,
+) -> None:
+    # A process takes 2 s and more to start (a slow import); each task runs 4 s.
+    tasks = [fake.add_task({"seconds": 4}) for _ in range(3)]
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"],
+        fake,
+        SFN_HANDLER="tests.handler_mistakes:stamped_sleep",
+        SFN_HANDLER_MODE="process",
+        SFN_MAX_TASKS_PER_CHILD="1",
+        SFN_CONCURRENCY="1",
+        SFN_POLLERS="1",
+        SFN_HEARTBEAT_SECONDS="0",
+        SFN_SHUTDOWN_GRACE_SECONDS="3",
+        SLOW_HANDLER_IMPORT_SECONDS="2",
+    ) as worker:
+        await fake.wait_for(lambda: all(t.state != "open" for t in tasks), timeout=90)
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    outputs = [json.loads(t.output or "{}") for t in tasks]
+    assert len({o["pid"] for o in outputs}) == 3  # a process per task
+    # From one answer to the next handler's start: the replacement started while the
+    # previous task ran, so no task waits the seconds a start takes.
+    waits = [o["started"] - t.closed_at for t, o in zip(tasks, outputs[1:], strict=False)]
+    assert max(waits) < 1.0, waits

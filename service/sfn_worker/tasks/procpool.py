@@ -12,8 +12,11 @@ that its task was cancelled. Here each process has its own pipe, so:
 - repeated deaths back off the start of new processes (``wait_ready``), so a handler that
   always dies cannot burn through tasks at full speed;
 - with ``max_tasks_per_child`` a process is replaced after that many calls (a leaking
-  handler), its replacement started at once.
-Processes start on demand (spawn), at most one per slot, and are reused.
+  handler); its replacement starts when its last call starts, so it starts up while that
+  call runs and the next call does not wait for it (if the call outlasts a start).
+Processes start on demand (spawn), at most one per slot (and, with recycling, one
+replacement beside a process on its last call), and are reused: a call takes a process
+that is up if there is one, else the one that has been starting longest.
 """
 
 from __future__ import annotations
@@ -240,7 +243,7 @@ class HandlerProcessPool:
     async def call(self, task_input: Any, ctx: TaskContext) -> Any:
         """Run the handler in a process; its exception, or HandlerProcessDied."""
         await self.wait_ready()
-        process = self._idle.pop() if self._idle else self._start()
+        process = self._take()
         call = _Call(next(self._ids), asyncio.get_running_loop().create_future(), ctx)
         call.future.add_done_callback(retrieve_exception)  # a result may arrive after nobody waits
         process.call = call
@@ -302,6 +305,25 @@ class HandlerProcessPool:
         except Exception:  # noqa: BLE001, S110 - the call's late result is discarded
             pass
 
+    def _take(self) -> _Process:
+        """A process for a call: an idle one that is up (the last one freed: its caches are
+        warm), else the idle one starting longest, else a new one."""
+        chosen = next((p for p in reversed(self._idle) if p.ready), None)
+        if chosen is None and self._idle:
+            chosen = self._idle[0]
+        if chosen is None:
+            return self._start()
+        self._idle.remove(chosen)
+        return chosen
+
+    def _start_replacement(self) -> None:
+        """With recycling: the successor of a process whose last call started (then, not
+        when the call is handed over: a process still starting would start another, and
+        quick calls would pile up starts competing for the cores). Not while stopping (no
+        call needs it) or backing off after deaths (a call will start one)."""
+        if not (self._closed or self._shutdown) and self._restarts.may_start.is_set():
+            self._idle.append(self._start())
+
     def _start(self) -> _Process:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
@@ -322,13 +344,19 @@ class HandlerProcessPool:
         if message[0] == "ready":
             process.ready = True
             return
-        if message[0] in ("progress", "started") and process.call is not None:
-            progress = process.call.ctx._progress
-            if message[1] == process.call.id and progress is not None:
-                if message[0] == "started":
-                    progress.handler_started()
-                else:
+        if message[0] in ("progress", "started"):
+            call = process.call
+            if call is None or message[1] != call.id:
+                return  # a late message of a call that ended
+            progress = call.ctx._progress
+            if message[0] == "progress":
+                if progress is not None:
                     progress.report_progress()
+                return
+            if progress is not None:
+                progress.handler_started()
+            if self._max_tasks and process.calls_done + 1 >= self._max_tasks:
+                self._start_replacement()  # it starts up while this last call runs
             return
         finished = process.finished_call(message)
         if finished is None:
@@ -345,10 +373,7 @@ class HandlerProcessPool:
         if self._closed:
             process.stop()
         elif self._max_tasks and process.calls_done >= self._max_tasks:
-            # Recycled: it leaves on its own, and its replacement starts now, so the next
-            # task does not wait for a process to spawn.
-            process.retire()
-            self._idle.append(self._start())
+            process.retire()  # recycled: its replacement started with its last call
         else:
             self._idle.append(process)
 
