@@ -2,7 +2,7 @@
 
 Messages on the pipe, as tuples:
   worker -> child   ("call", id, input, ctx fields, trace carrier) | ("cancel", id)
-                    | ("shutdown",) | ("exit", seconds to export the last spans)
+                    | ("shutdown",) | ("exit", seconds to export the last spans, run exit hooks)
   child -> worker   ("ready",) | ("init_failed", text) | ("result", id, ok, value or error)
                     | ("started", id): the handler starts now
                     | ("progress", id): ctx.heartbeat() was called (at most every 0.05 s)
@@ -91,6 +91,7 @@ class _Child:
         self.cancels: dict[int, threading.Event] = {}
         self.shutdown = threading.Event()
         self.exit_flush_seconds = 0.0  # how long the worker lets it export when it leaves
+        self.exit_hooks = True  # False: the worker is exiting, leave at once after export
         self._send_lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -112,7 +113,7 @@ class _Child:
                 elif kind == "shutdown":
                     self.shutdown.set()
                 elif kind == "exit":
-                    self.exit_flush_seconds = message[1]
+                    self.exit_flush_seconds, self.exit_hooks = message[1], message[2]
                     self.calls.put(None)
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: no one is left to read a result
@@ -199,6 +200,10 @@ def child_main(
     child.serve(handler, tracing)
     if tracing is not None:
         tracing.close(child.exit_flush_seconds)
+    if not child.exit_hooks:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 class _ChildTracing:

@@ -99,14 +99,20 @@ class _Process:
             self.process.terminate()
             asyncio.get_running_loop().call_later(KILL_AFTER_TERMINATE_SECONDS, self._kill)
 
-    def retire(
-        self, flush_seconds: float = EXIT_FLUSH_SECONDS, kill_after: float = RETIRE_SECONDS
-    ) -> None:
-        """Idle and done: ask it to exit (exporting its last spans for at most
-        ``flush_seconds``), kill it if it lingers."""
+    def retire(self) -> None:
+        """Idle and done (recycled): ask it to exit, exporting its last spans and running
+        its exit hooks; kill it if it lingers."""
         self.stopping = True
-        self.send(("exit", flush_seconds))
-        asyncio.get_running_loop().call_later(kill_after, self._kill)
+        self.send(("exit", EXIT_FLUSH_SECONDS, True))
+        asyncio.get_running_loop().call_later(RETIRE_SECONDS, self._kill)
+
+    def leave(self, flush_seconds: float) -> None:
+        """The worker is exiting: export the last spans for at most ``flush_seconds``, then
+        end at once (a terminated process runs no exit hooks either)."""
+        self.stopping = True
+        self.send(("exit", flush_seconds, False))
+        loop = asyncio.get_running_loop()
+        loop.call_later(flush_seconds + KILL_AFTER_TERMINATE_SECONDS, self._kill)
 
     def _kill(self) -> None:
         if self.process.exitcode is None:
@@ -282,7 +288,7 @@ class HandlerProcessPool:
             flush = min(EXIT_FLUSH_SECONDS, deadline - asyncio.get_running_loop().time())
         for process in list(self._processes):
             if flush > 0 and process.ready and process.call is None and not process.stopping:
-                process.retire(flush, kill_after=flush + KILL_AFTER_TERMINATE_SECONDS)
+                process.leave(flush)
             else:
                 process.stop()
         with contextlib.suppress(TimeoutError):
