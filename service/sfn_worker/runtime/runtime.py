@@ -180,9 +180,8 @@ class Runtime:
             self._stopping.set()
             grace = self.settings.shutdown_grace_seconds
             self._exit_by = asyncio.get_running_loop().time() + grace
-            if self._tracing.enabled:
-                grace -= tracing_reserve_seconds(grace)
-            await Shutdown(self._sources, runs, grace, force_stop).run()
+            kept = tracing_reserve_seconds(grace) if self._tracing.enabled else 0.0
+            await Shutdown(self._sources, runs, grace, force_stop, kept_seconds=kept).run()
             await cancel_and_wait(monitor)
             if emf is not None:
                 await cancel_and_wait(emf)  # its last record covers the shutdown
