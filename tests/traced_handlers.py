@@ -24,12 +24,20 @@ async def traced_async(task_input: Any, ctx: TaskContext) -> Any:
 
 
 def noisy(task_input: Any, ctx: TaskContext) -> Any:
-    """A span, a Python warning and a standard-library log line: output from wherever the
-    handler runs (the worker's process or a handler process)."""
+    """A span, a Python warning, a standard-library log line and a thread that dies of an
+    exception: output from wherever the handler runs (the worker or a handler process)."""
     import logging
+    import os
+    import threading
     import warnings
+
+    def fail() -> None:
+        raise RuntimeError("a thread of the handler failed")
 
     with tracer.start_as_current_span("noisy work"):
         warnings.warn("a warning from the handler", UserWarning, stacklevel=1)
         logging.getLogger("user.handler").warning("a log line from the handler")
-    return {"pid": __import__("os").getpid()}
+        thread = threading.Thread(target=fail, name="handler-thread")
+        thread.start()
+        thread.join()
+    return {"pid": os.getpid()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ class LogConfig:
     fmt: LogFormat
     worker_name: str
 
+
+# threading.excepthook as it was before configure_logging replaced it.
+_hooks_replaced: list[Callable[[threading.ExceptHookArgs], object]] = []
 
 # The process's configuration on its standard error (None: not configured, or a test's
 # stream).
@@ -160,6 +164,19 @@ def configure_logging(
     root.setLevel(max(logging.WARNING, logging.getLevelName(level.value)))
     _stdlib_handler = handler
     logging.captureWarnings(True)  # warnings.warn() becomes a log line, not raw text
+    if threading.excepthook is not _log_uncaught_in_thread:
+        _hooks_replaced.append(threading.excepthook)
+        threading.excepthook = _log_uncaught_in_thread  # not a raw traceback either
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # as the default hook: a thread that exits is not an error
+    structlog.get_logger("sfn_worker").error(
+        "uncaught exception in a thread",
+        thread=args.thread.name if args.thread is not None else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def reset_logging() -> None:
@@ -167,6 +184,8 @@ def reset_logging() -> None:
     global _stdlib_handler, _current
     _current = None
     logging.captureWarnings(False)
+    if _hooks_replaced:
+        threading.excepthook = _hooks_replaced.pop()
     if _stdlib_handler is not None:
         logging.getLogger().removeHandler(_stdlib_handler)
         _stdlib_handler = None

@@ -166,6 +166,9 @@ async def test_in_json_mode_every_line_of_every_process_is_one_json_object(
         await fake.wait_for(lambda: task.state != "open", timeout=60)
         await _wait_for_event(worker, lambda e: e["event"] == "a log line from the handler")
         await _wait_for_event(worker, lambda e: "a warning from the handler" in e["event"])
+        await _wait_for_event(
+            worker, lambda e: "a thread of the handler failed" in e.get("exception", "")
+        )
         await _wait_for_event(worker, lambda e: e.get("logger", "").startswith("opentelemetry."))
         code, _ = await _stop(worker, fake)
     assert code == 0

@@ -183,6 +183,17 @@ def child_main(
     until asked to exit."""
     if log_config is not None:
         configure_logging(log_config.level, log_config.fmt, log_config.worker_name)
+    try:
+        _serve(conn, handler_path, init_path)
+    except Exception:
+        # A defect here, not the handler's (that is its task's answer): logged as the
+        # worker logs, not printed raw by multiprocessing; the worker sees the death.
+        log.exception("handler process failed")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _serve(conn: Connection, handler_path: str, init_path: str | None) -> None:
     die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
