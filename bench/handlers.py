@@ -42,3 +42,14 @@ async def wait_event(task_input: Any, ctx: TaskContext) -> Any:
     """Waits for shutdown: an async handler holding nothing but its coroutine."""
     await ctx.wait_for_shutdown()
     return seed_handler(task_input, ctx)
+
+
+def sleep_sync(task_input: Any, ctx: TaskContext) -> Any:
+    """A sync handler blocked for BENCH_SLEEP_SECONDS inside a span of its own (a no-op
+    unless tracing is on): process mode's quick task."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("bench").start_as_current_span("work"):
+        if SLEEP_SECONDS:
+            time.sleep(SLEEP_SECONDS)
+    return seed_handler(task_input, ctx)

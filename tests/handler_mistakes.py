@@ -113,3 +113,34 @@ def leave_an_orphan(task_input: Any, ctx: TaskContext) -> Any:
 
     subprocess.run(["sh", "-c", "sleep 0.05 &"], check=True)
     return {"ok": True}
+
+
+class _PicklingRaises:
+    """An object whose pickling raises, with a huge message that carries the task token (as
+    a careless library's might)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __reduce__(self) -> Any:
+        raise ValueError(self.message)
+
+
+def unpicklable_result(task_input: Any, ctx: TaskContext) -> Any:
+    """Returns what cannot leave a handler process, or (``ok``) its pid."""
+    kind = task_input.get("kind")
+    if kind == "value_error":
+        return {"result": _PicklingRaises(f"cannot pickle this for {ctx.task_token}. " * 100)}
+    if kind == "recursion":
+        nested: Any = []
+        for _ in range(100_000):
+            nested = [nested]
+        return nested
+    return {"pid": os.getpid()}
+
+
+def stamped_sleep(task_input: Any, ctx: TaskContext) -> Any:
+    """Says when it started (wall clock) and in which process, after blocking ``seconds``."""
+    started = time.time()
+    time.sleep(task_input.get("seconds", 0))
+    return {"pid": os.getpid(), "started": started}

@@ -21,6 +21,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from sfn_worker.otel_config import check_otel_environment
+from sfn_worker.settings import SettingsError
 from sfn_worker.testing import FakeStepFunctions
 
 from . import traced_handlers
@@ -214,3 +216,50 @@ def test_otel_asked_for_but_not_installed_is_a_warning_not_a_failure() -> None:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert "the otel extra is not installed" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"},
+        {"OTEL_TRACES_EXPORTER": "console"},
+        {"OTEL_TRACES_EXPORTER": "otlp_proto_http,console", "OTEL_METRICS_EXPORTER": "none"},
+        {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},  # tracing not asked for: nothing to check
+        {"OTEL_TRACES_EXPORTER": "zipkin", "OTEL_SDK_DISABLED": "true"},
+    ],
+)
+def test_otel_configurations_the_worker_can_run(environ: dict[str, str]) -> None:
+    check_otel_environment(environ, emf=False)
+
+
+@pytest.mark.parametrize(
+    ("environ", "emf", "variable"),
+    [
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            False,
+            "OTEL_EXPORTER_OTLP_PROTOCOL=",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "otlp_proto_grpc"}, False, "OTEL_TRACES_EXPORTER="),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "prometheus"},
+            False,
+            "OTEL_METRICS_EXPORTER=",
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_LOGS_EXPORTER": "console"},
+            True,
+            "OTEL_LOGS_EXPORTER=console",
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_PYTHON_ID_GENERATOR": "xray"},
+            False,
+            "OTEL_PYTHON_ID_GENERATOR=",
+        ),
+    ],
+)
+def test_otel_configurations_the_sdk_cannot_run_name_their_variable(
+    environ: dict[str, str], emf: bool, variable: str
+) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        check_otel_environment(environ, emf=emf)

@@ -238,6 +238,7 @@ async def test_short_tasks_do_not_pile_up_heartbeat_entries() -> None:
         token: str = "t"
         token_hash: str = "h"
         progress: int = 0
+        handler_started_at: float | None = 0.0
 
         def task_gone(self, answer: str) -> None:
             raise AssertionError("no beat is ever due")

@@ -21,3 +21,23 @@ def traced(task_input: Any, ctx: TaskContext) -> Any:
 
 async def traced_async(task_input: Any, ctx: TaskContext) -> Any:
     return traced(task_input, ctx)
+
+
+def noisy(task_input: Any, ctx: TaskContext) -> Any:
+    """A span, a Python warning, a standard-library log line and a thread that dies of an
+    exception: output from wherever the handler runs (the worker or a handler process)."""
+    import logging
+    import os
+    import threading
+    import warnings
+
+    def fail() -> None:
+        raise RuntimeError("a thread of the handler failed")
+
+    with tracer.start_as_current_span("noisy work"):
+        warnings.warn("a warning from the handler", UserWarning, stacklevel=1)
+        logging.getLogger("user.handler").warning("a log line from the handler")
+        thread = threading.Thread(target=fail, name="handler-thread")
+        thread.start()
+        thread.join()
+    return {"pid": os.getpid()}

@@ -73,6 +73,11 @@ class ProgressSink(Protocol):
 
     def report_progress(self) -> None: ...
 
+    def handler_started(self) -> None:
+        """The handler itself starts now (in process mode, once its process is up): the
+        progress clock of SFN_HEARTBEAT_MODE=progress starts here."""
+        ...
+
 
 class StateUnavailable(RuntimeError):
     """``ctx.state`` used where there is none (process mode without @app.process_init)."""

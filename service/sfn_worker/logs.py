@@ -1,8 +1,10 @@
 """structlog setup: JSON (default) or console lines, with per-task context from contextvars.
 
-Records from the standard library (asyncio, aiohttp, botocore) go through the same
-renderer, so every line on stderr has one format; those libraries log WARNING and above
-only, since botocore logs request bodies, task payloads included, at DEBUG.
+Records from the standard library (asyncio, aiohttp, botocore, OpenTelemetry's exporters)
+and Python warnings go through the same renderer, so every line on stderr has one format;
+those libraries log WARNING and above only, since botocore logs request bodies, task
+payloads included, at DEBUG. Handler processes (process mode) are configured the same way
+(``current_log_config``).
 
 A busy worker logs two lines per task, so the JSON path is kept cheap (measured in
 bench/, about a third of the cost of structlog's defaults): orjson renders straight to
@@ -15,8 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO, TextIO, cast
 
 import orjson
@@ -27,6 +31,28 @@ from .settings import LogFormat, LogLevel
 
 # Installed by configure_logging; replaced (not duplicated) when it runs again.
 _stdlib_handler: logging.Handler | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """What configure_logging was given, for a handler process to do the same."""
+
+    level: LogLevel
+    fmt: LogFormat
+    worker_name: str
+
+
+# threading.excepthook as it was before configure_logging replaced it.
+_hooks_replaced: list[Callable[[threading.ExceptHookArgs], object]] = []
+
+# The process's configuration on its standard error (None: not configured, or a test's
+# stream).
+_current: LogConfig | None = None
+
+
+def current_log_config() -> LogConfig | None:
+    return _current
+
 
 ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
@@ -93,7 +119,8 @@ def _binary(stream: TextIO) -> BinaryIO:
 def configure_logging(
     level: LogLevel, fmt: LogFormat, worker_name: str, stream: TextIO | None = None
 ) -> None:
-    global _stdlib_handler
+    global _stdlib_handler, _current
+    _current = LogConfig(level, fmt, worker_name) if stream is None else None
     output = stream or sys.stderr
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -136,11 +163,29 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(max(logging.WARNING, logging.getLevelName(level.value)))
     _stdlib_handler = handler
+    logging.captureWarnings(True)  # warnings.warn() becomes a log line, not raw text
+    if threading.excepthook is not _log_uncaught_in_thread:
+        _hooks_replaced.append(threading.excepthook)
+        threading.excepthook = _log_uncaught_in_thread  # not a raw traceback either
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # as the default hook: a thread that exits is not an error
+    structlog.get_logger("sfn_worker").error(
+        "uncaught exception in a thread",
+        thread=args.thread.name if args.thread is not None else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def reset_logging() -> None:
     """Undo configure_logging (for tests and embedders)."""
-    global _stdlib_handler
+    global _stdlib_handler, _current
+    _current = None
+    logging.captureWarnings(False)
+    if _hooks_replaced:
+        threading.excepthook = _hooks_replaced.pop()
     if _stdlib_handler is not None:
         logging.getLogger().removeHandler(_stdlib_handler)
         _stdlib_handler = None

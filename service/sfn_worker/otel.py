@@ -14,48 +14,85 @@ Spans, following the messaging conventions for consumers:
   span, from opentelemetry-instrumentation-botocore's aiobotocore instrumentor. Long polls
   are not traced.
 Never the task token, the input, the output or a cause.
+
+Export is an accessory: spans leave in batches from the SDK's own thread, never on a task's
+way to its answer, and the SDK is shut down within a bound the worker sets (``close_sdk``),
+never by its exit hook, which waits for a collector that does not answer for 10-30 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry._logs import get_logger_provider
 from opentelemetry.instrumentation.botocore import AiobotocoreInstrumentor
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.metrics import get_meter_provider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .errors import error_name
+from .errors import describe, error_name
+
+log = structlog.get_logger("sfn_worker.tracing")
 
 TRACER_NAME = "sfn_worker"
 _W3C = TraceContextTextMapPropagator()
 
 
-def configure_sdk() -> None:
-    """The SDK's own configuration from OTEL_*, unless a provider is set already (say, under
-    ``opentelemetry-instrument``). The extra ships the OTLP/HTTP exporter, so OTLP means
-    http/protobuf unless OTEL_EXPORTER_OTLP_PROTOCOL says otherwise."""
+def configure_sdk() -> bool:
+    """The SDK's own configuration from OTEL_* (otel_config.py checked it at start), unless a
+    provider is set already (say, under ``opentelemetry-instrument``). The extra ships the
+    OTLP/HTTP exporter, so OTLP means http/protobuf unless OTEL_EXPORTER_OTLP_PROTOCOL says
+    otherwise. True when this call configured it: the worker then owns the providers."""
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        return
+        return False
     os.environ.setdefault("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     if not os.environ.get("OTEL_TRACES_EXPORTER"):
         os.environ["OTEL_TRACES_EXPORTER"] = "otlp"  # asked for by an OTLP endpoint
     from opentelemetry.distro import OpenTelemetryConfigurator
 
     OpenTelemetryConfigurator().configure()  # type: ignore[no-untyped-call]
+    return True
 
 
-def flush(timeout_millis: int = 5_000) -> None:
-    provider = trace.get_tracer_provider()
-    force_flush = getattr(provider, "force_flush", None)
-    if force_flush is not None:
-        force_flush(timeout_millis)
+def close_sdk(owned: bool) -> threading.Event:
+    """Export what the SDK still holds, in a daemon thread; the event is set when done. The
+    providers the worker owns are shut down, and their exit hooks dropped first: those wait
+    for the exporter without a bound. Others (an embedder's, opentelemetry-instrument's) are
+    only flushed. Whoever waits on the event bounds the wait; nothing else waits."""
+    providers: list[Any] = [
+        provider
+        for provider in (trace.get_tracer_provider(), get_meter_provider(), get_logger_provider())
+        if hasattr(provider, "shutdown")
+    ]
+    if owned:
+        for provider in providers:
+            atexit.unregister(provider.shutdown)
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            for provider in providers:
+                if owned:
+                    provider.shutdown()
+                else:
+                    provider.force_flush()
+        except Exception as exc:  # noqa: BLE001 - tracing is an accessory: said, never raised
+            log.warning("tracing: closing the exporter failed", error=describe(exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="sfn-otel-close", daemon=True).start()
+    return done
 
 
 @contextlib.contextmanager
@@ -116,19 +153,24 @@ class _TaskSpan:
 class OtelTracing:
     enabled = True
 
-    def __init__(self, trace_context_key: str) -> None:
+    def __init__(self, trace_context_key: str, *, owned: bool = False) -> None:
         self._key = trace_context_key
+        self._owned = owned
         from . import __version__
 
         self._tracer = trace.get_tracer(TRACER_NAME, __version__)
 
     @classmethod
     def configure(cls, trace_context_key: str) -> OtelTracing:
-        configure_sdk()
+        owned = configure_sdk()
         instrumentor = AiobotocoreInstrumentor()  # type: ignore[no-untyped-call]
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument()
-        return cls(trace_context_key)
+        return cls(trace_context_key, owned=owned)
+
+    async def close(self, timeout_seconds: float) -> bool:
+        done = close_sdk(self._owned)
+        return await asyncio.to_thread(done.wait, max(0.0, timeout_seconds))
 
     def task(
         self, *, source: str, destination: str, attributes: dict[str, str], task_input: Any

@@ -4,7 +4,8 @@ OpenTelemetry (the ``otel`` extra, implemented in otel.py) is on when the standa
 environment asks for traces: OTEL_TRACES_EXPORTER set to an exporter, or an OTLP endpoint
 (OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) given, and
 OTEL_SDK_DISABLED not true. Otherwise, and without the extra, nothing is imported and every
-call below is a no-op.
+call below is a no-op. A configuration the SDK cannot run is refused at start
+(otel_config.py); ``close`` ends export within the time the shutdown leaves it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
+
+from .errors import describe
+from .settings import SettingsError
 
 log = structlog.get_logger("sfn_worker.tracing")
 
@@ -52,6 +56,11 @@ class Tracing(Protocol):
              task_input: Any) -> TaskSpan: ...  # fmt: skip
     def carrier(self) -> dict[str, str] | None: ...
     def untraced(self) -> contextlib.AbstractContextManager[None]: ...
+
+    async def close(self, timeout_seconds: float) -> bool:
+        """Export what is left and stop, within ``timeout_seconds``; False if that was not
+        enough (the rest is dropped: the process exits without waiting for it)."""
+        ...
 
 
 _NO_CONTEXT = contextlib.nullcontext()
@@ -93,6 +102,9 @@ class NoTracing:
     def untraced(self) -> contextlib.AbstractContextManager[None]:
         return _NO_CONTEXT
 
+    async def close(self, timeout_seconds: float) -> bool:
+        return True
+
 
 NO_TRACING = NoTracing()
 
@@ -111,4 +123,9 @@ def setup_tracing(trace_context_key: str, environ: Mapping[str, str] | None = No
             error=str(exc),
         )
         return NO_TRACING
-    return otel.OtelTracing.configure(trace_context_key)
+    try:
+        return otel.OtelTracing.configure(trace_context_key)
+    except Exception as exc:  # what otel_config.py cannot see: an exporter's own checks
+        raise SettingsError(
+            f"OpenTelemetry cannot start from the OTEL_* variables: {describe(exc)}"
+        ) from exc

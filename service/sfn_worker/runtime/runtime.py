@@ -2,9 +2,10 @@
 monitor and the ordered shutdown across all of them.
 
 In order: activity settings are resolved (configuration errors before anything else),
-clients open, activity names become ARNs, the lifespan is entered, every activity starts
-polling; on ``stop`` the shutdown runs (runtime/shutdown.py); handler pools close; the
-lifespan exits after the last answer; the clients close.
+tracing starts, clients open, activity names become ARNs, the lifespan is entered, every
+activity starts polling; on ``stop`` the shutdown runs (runtime/shutdown.py); handler pools
+close; the lifespan exits after the last answer; the clients close; tracing exports what is
+left within the rest of the grace.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from ..bulkhead import Accessories, Accessory, AccessorySnapshot
 from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig, resolve
 from ..errors import FatalWorkerError, WorkerCrashed
 from ..metrics import Metrics
+from ..otel_config import check_otel_environment
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
 from ..tasks.activity import ActivityWorker
 from ..tasks.callback import CallbackQueueWorker
 from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
-from ..tracing import setup_tracing
+from ..tracing import NO_TRACING, Tracing, setup_tracing
 from .client import SfnClients, open_clients
 from .emf import EmfPublisher
 from .lifespan import Lifespan
@@ -41,6 +43,15 @@ log = structlog.get_logger("sfn_worker.runtime")
 T = TypeVar("T")
 
 ClientFactory = Callable[[Sequence[SourceConfig]], AbstractAsyncContextManager[SfnClients]]
+
+# With tracing on, the end of the grace is kept for exporting the last spans (and handler
+# processes' spans): at most this long, and at most this share of the grace.
+TRACING_RESERVE_SECONDS = 1.0
+TRACING_RESERVE_FRACTION = 0.1
+
+
+def tracing_reserve_seconds(grace_seconds: float) -> float:
+    return min(TRACING_RESERVE_SECONDS, grace_seconds * TRACING_RESERVE_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,9 @@ class Runtime:
         self.app = app
         self.settings = settings
         # Configuration errors surface here, before any client or poll.
-        self.configs = resolve(app, settings, os.environ if environ is None else environ)
+        environ = os.environ if environ is None else environ
+        self.configs = resolve(app, settings, environ)
+        check_otel_environment(environ, emf=settings.metrics is MetricsOutput.EMF)
         self.metrics = metrics or Metrics()
         # What runs beside the task path, each behind a bulkhead (bulkhead.py).
         self.accessories = Accessories(self.metrics)
@@ -86,6 +99,8 @@ class Runtime:
         self._crashed = asyncio.Event()
         self._stop = asyncio.Event()
         self._force_stop = asyncio.Event()
+        self._tracing: Tracing = NO_TRACING
+        # Loop time of the first stop request (a signal, or a fatal error or a defect).
         self._stop_requested_at: float | None = None
 
     # -- what operations ask -----------------------------------------------------------------
@@ -133,10 +148,22 @@ class Runtime:
         self.request_stop()
         self._force_stop.set()
 
-    def _grace_left(self) -> float:
-        loop = asyncio.get_running_loop()
-        started = self._stop_requested_at if self._stop_requested_at is not None else loop.time()
-        return started + self.settings.shutdown_grace_seconds - loop.time()
+    def _time_left(self) -> float:
+        """Seconds left of the grace period, which starts at the first stop request (a
+        signal, a fatal error, a defect); before any, the tracing reserve. A second signal
+        cuts it to that reserve."""
+        grace = self.settings.shutdown_grace_seconds
+        reserve = tracing_reserve_seconds(grace)
+        if self._stop_requested_at is None:
+            return reserve
+        left = max(0.0, self._stop_requested_at + grace - asyncio.get_running_loop().time())
+        return min(left, reserve) if self._force_stop.is_set() else left
+
+    def _tracing_reserve(self) -> float:
+        """The end of the grace kept for exporting the last spans, when tracing is on."""
+        if not self._tracing.enabled:
+            return 0.0
+        return tracing_reserve_seconds(self.settings.shutdown_grace_seconds)
 
     # -- running -----------------------------------------------------------------------------
     async def run(
@@ -149,6 +176,7 @@ class Runtime:
         on, LifespanFailed when the lifespan fails (or is stopped) on entry, before any
         poll, WorkerCrashed after a defect in the worker itself.
         """
+        self._tracing = setup_tracing(self.settings.trace_context_key)
         followers = [
             asyncio.create_task(_follow(event, action))
             for event, action in ((stop, self.request_stop), (force_stop, self.request_forced_stop))
@@ -160,6 +188,7 @@ class Runtime:
         finally:
             for follower in followers:
                 follower.cancel()
+            await self._close_tracing()
         if self._crash is not None:
             raise WorkerCrashed(f"internal error: {self._crash!r}") from self._crash
         if self._fatal is not None:
@@ -181,9 +210,8 @@ class Runtime:
                 if not self._stop.is_set():
                     await self._serve(configs, clients, state)
             finally:
-                for source in self._sources:
-                    await source.aclose()
-                await lifespan.exit(self._grace_left())
+                await self._close_sources()
+                await lifespan.exit(self._time_left() - self._tracing_reserve())
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
         """``work``'s result, or None when a stop comes first (``work`` is cancelled)."""
@@ -217,7 +245,7 @@ class Runtime:
             on_fatal=self._on_fatal,
             on_crash=self._on_crash,
             accessories=self.accessories,
-            tracing=setup_tracing(self.settings.trace_context_key),
+            tracing=self._tracing,
             poll_backoff=poll_backoff,
             send_backoff=send_backoff,
         )
@@ -237,10 +265,27 @@ class Runtime:
             if self._stop_requested_at is None:  # a fatal error or a defect: stop now
                 self._stop_requested_at = asyncio.get_running_loop().time()
             self._stopping.set()
-            await Shutdown(self._sources, runs, self._grace_left(), self._force_stop).run()
+            grace, kept = self._time_left(), self._tracing_reserve()
+            await Shutdown(self._sources, runs, grace, self._force_stop, kept_seconds=kept).run()
             await cancel_and_wait(monitor)
             if emf is not None:
                 await cancel_and_wait(emf)  # its last record covers the shutdown
+
+    async def _close_sources(self) -> None:
+        """Handler pools end their processes; those export their last spans in the first
+        half of what is left, so the worker's own spans have the second."""
+        deadline = asyncio.get_running_loop().time() + self._time_left() / 2
+        for source in self._sources:
+            await source.aclose(deadline)
+
+    async def _close_tracing(self) -> None:
+        timeout = self._time_left()
+        if not await self._tracing.close(timeout):
+            self.accessories.get("tracing").failed(
+                f"spans not exported within the {timeout:.1f} s left of the grace "
+                "(collector unreachable or slow); dropped at exit",
+                stopped=True,
+            )
 
     def _worker(self, config: SourceConfig, parts: SourceParts) -> SourceWorker:
         if isinstance(config, ActivityConfig):

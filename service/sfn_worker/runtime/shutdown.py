@@ -43,17 +43,22 @@ class Shutdown:
         runs: Sequence[asyncio.Task[None]],
         grace_seconds: float,
         force_stop: asyncio.Event,
+        *,
+        kept_seconds: float = 0.0,
     ) -> None:
         self._sources = sources
         self._runs = runs
         self._grace = grace_seconds
+        # The end of the grace kept for what comes after the sources (tracing's export).
+        self._kept = kept_seconds
         self._force_stop = force_stop
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         total_concurrency = sum(a.config.concurrency for a in self._sources)
-        grace_deadline = loop.time() + self._grace
-        drain_deadline = grace_deadline - failure_reserve_seconds(self._grace, total_concurrency)
+        grace = self._grace - self._kept
+        grace_deadline = loop.time() + grace
+        drain_deadline = grace_deadline - failure_reserve_seconds(grace, total_concurrency)
 
         # Phase 1: stop polling. Only pollers without an open request may be cancelled.
         for source in self._sources:
@@ -63,6 +68,7 @@ class Shutdown:
             open_polls=sum(a.open_polls() for a in self._sources),
             running=sum(a.in_flight() for a in self._sources),
             grace_seconds=self._grace,
+            **({"kept_for_tracing_seconds": round(self._kept, 2)} if self._kept else {}),
         )
 
         # Phase 2: drain until the grace period (minus the reserve) is over.

@@ -141,13 +141,14 @@ class HandlerInvoker:
         if self._processes is not None:
             self._processes.notify_shutdown()
 
-    async def aclose(self) -> None:
-        """Stop accepting calls; end handler processes. Threads that still run are left to
-        the interpreter's exit (their tokens are answered: see cli)."""
+    async def aclose(self, deadline: float | None = None) -> None:
+        """Stop accepting calls; end handler processes (idle ones may export their last
+        spans until ``deadline``, loop time). Threads that still run are left to the
+        interpreter's exit (their tokens are answered: see cli)."""
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
         if self._processes is not None:
-            await self._processes.close()
+            await self._processes.close(deadline)
 
 
 def _link(middleware: Middleware, call_next: CallNext) -> CallNext:

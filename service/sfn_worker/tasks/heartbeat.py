@@ -46,6 +46,7 @@ class Beating(Protocol):
 
     token: str
     progress: int  # ctx.heartbeat() calls so far
+    handler_started_at: float | None  # loop time; None while a handler process starts
 
     @property
     def token_hash(self) -> str: ...
@@ -60,13 +61,15 @@ class Beat:
     call: no heartbeat may race the answer."""
 
     __slots__ = (
-        "due", "last_ok", "progress_seen", "sending", "sent", "stalled", "stopped", "task",
+        "checked_at", "due", "last_ok", "progress_seen", "sending", "sent", "stalled",
+        "stopped", "task",
     )  # fmt: skip
 
     def __init__(self, task: Beating, now: float) -> None:
         self.task = task
         self.due = now
         self.last_ok = now  # the task's start counts as a beat at the service
+        self.checked_at = now  # when progress was last looked at (progress mode)
         self.progress_seen = 0
         self.stalled = False
         self.stopped = False
@@ -180,7 +183,7 @@ class Heartbeats:
             if beat.stopped:
                 self._stopped_in_heap -= 1
                 continue
-            if not self._progressed(beat):
+            if not self._progressed(beat, now):
                 self._schedule(beat)
             elif self._pacer.active():
                 self._pacer.queue(beat)
@@ -219,12 +222,19 @@ class Heartbeats:
             self._active -= 1
 
     # -- one beat ------------------------------------------------------------------------------
-    def _progressed(self, beat: Beat) -> bool:
+    def _progressed(self, beat: Beat, now: float) -> bool:
         """Timer mode: always. Progress mode: whether the handler reported progress since
-        the last beat; the first interval without it marks the task stalled (logged once)."""
+        the last beat; the first interval without it marks the task stalled (logged once).
+        The clock starts when the handler does: until it has run a whole interval (its
+        process may take seconds to spawn, import or back off), the worker vouches for it."""
         if not self._progress_mode:
             return True
+        started, checked_at = beat.task.handler_started_at, beat.checked_at
+        beat.checked_at = now
         current = beat.task.progress
+        if started is None or started > checked_at:
+            beat.progress_seen = current
+            return True
         if current != beat.progress_seen:
             beat.progress_seen = current
             if beat.stalled:

@@ -2,12 +2,16 @@
 
 Messages on the pipe, as tuples:
   worker -> child   ("call", id, input, ctx fields, trace carrier) | ("cancel", id)
-                    | ("shutdown",) | ("exit",)
+                    | ("shutdown",) | ("exit", seconds to export the last spans, run exit hooks)
   child -> worker   ("ready",) | ("init_failed", text) | ("result", id, ok, value or error)
+                    | ("started", id): the handler starts now
                     | ("progress", id): ctx.heartbeat() was called (at most every 0.05 s)
 
 The main thread runs handlers; a reader thread takes messages, so a cancel or shutdown
-reaches ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs.
+reaches ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs. Logging
+is configured as in the worker (the same format on stderr, warnings included); spans leave
+in batches from the SDK's thread, never between a handler and its reply, and what is left
+is exported within the time the worker gives when it asks the process to exit.
 """
 
 from __future__ import annotations
@@ -15,19 +19,24 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import pickle
 import queue
 import signal
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
+
+import structlog
 
 from ..app import import_object
 from ..context import STATE_UNAVAILABLE, TaskContext
-from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, truncate
+from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, describe, truncate
+from ..logs import LogConfig, configure_logging
 from ..tracing import tracing_requested
+
+log = structlog.get_logger("sfn_worker.handler_process")
 
 MAX_MESSAGE_CHARS = 4096
 # ctx.heartbeat() in a handler process: at most one message this often reaches the worker
@@ -54,6 +63,21 @@ def remote_error(exc: BaseException) -> tuple[bool, str, str]:
     return (False, type(exc).__name__, truncate(message, MAX_MESSAGE_CHARS))
 
 
+def unpicklable_cause(value: Any, exc: BaseException, task_token: str) -> str:
+    """Why a result could not leave its process: bounded, and never with the task token
+    (an exception's message may quote anything, the token included)."""
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task
+        message = "<the exception's message could not be read>"
+    message = message.replace(task_token, "<task token>") if task_token else message
+    return truncate(
+        f"the handler's result ({type(value).__name__}) cannot leave its process: pickling "
+        f"it raised {type(exc).__name__}: {message}",
+        MAX_MESSAGE_CHARS,
+    )
+
+
 def local_error(sent: tuple[bool, str, str]) -> Exception:
     task_failed, first, second = sent
     return TaskFailed(first, second) if task_failed else RemoteHandlerError(first, second)
@@ -66,6 +90,8 @@ class _Child:
         self.calls: queue.Queue[tuple[int, Any, dict[str, Any], Any] | None] = queue.Queue()
         self.cancels: dict[int, threading.Event] = {}
         self.shutdown = threading.Event()
+        self.exit_flush_seconds = 0.0  # how long the worker lets it export when it leaves
+        self.exit_hooks = True  # False: the worker is exiting, leave at once after export
         self._send_lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -87,6 +113,7 @@ class _Child:
                 elif kind == "shutdown":
                     self.shutdown.set()
                 elif kind == "exit":
+                    self.exit_flush_seconds, self.exit_hooks = message[1], message[2]
                     self.calls.put(None)
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: no one is left to read a result
@@ -95,34 +122,38 @@ class _Child:
         while (call := self.calls.get()) is not None:
             call_id, task_input, fields, carrier = call
             cancel = self.cancels[call_id]
+            progress = _Progress(self, call_id)
             ctx = TaskContext(
                 **fields,
                 cancel_requested=cancel,
                 shutdown_requested=self.shutdown,
                 _state=self.state,
-                _progress=_Progress(self, call_id),
+                _progress=progress,
             )
             reply: tuple[Any, ...]
             if cancel.is_set():  # cancelled while this process was still starting: skip it
                 reply = ("result", call_id, False, (True, "Worker.Cancelled", "not started"))
             else:
+                progress.handler_started()
                 try:
                     with tracing.attached(carrier) if tracing else contextlib.nullcontext():
                         reply = ("result", call_id, True, handler(task_input, ctx))
                 except BaseException as exc:  # noqa: BLE001 - SystemExit too: ends the call only
                     reply = ("result", call_id, False, remote_error(exc))
-                if tracing:
-                    tracing.flush()  # this process may be ended at any time from now on
             del self.cancels[call_id]
-            try:
-                self.send(reply)
-            except (pickle.PicklingError, TypeError, AttributeError) as exc:
-                failure = TaskFailed(
-                    INVALID_OUTPUT_ERROR,
-                    f"handler returned a value that cannot leave its process "
-                    f"({type(reply[3]).__name__}): {remote_error(exc)[-1]}",
-                )
-                self.send(("result", call_id, False, remote_error(failure)))
+            self.send_reply(reply, ctx.task_token)
+
+    def send_reply(self, reply: tuple[Any, ...], task_token: str) -> None:
+        """Send a call's result. Pickling runs the result's own code (``__reduce__``, a
+        nesting too deep): whatever it raises fails that task with Worker.InvalidOutput,
+        never this process."""
+        try:
+            data = ForkingPickler.dumps(reply)
+        except BaseException as exc:  # noqa: BLE001 - the user's object, its failure is the task's
+            failure = TaskFailed(INVALID_OUTPUT_ERROR, unpicklable_cause(reply[3], exc, task_token))
+            data = ForkingPickler.dumps((*reply[:2], False, remote_error(failure)))
+        with self._send_lock:
+            self.conn.send_bytes(data)
 
 
 class _Progress:
@@ -133,6 +164,10 @@ class _Progress:
         self._call_id = call_id
         self._sent_at = float("-inf")
 
+    def handler_started(self) -> None:
+        """The worker's progress clock for this call starts now."""
+        self._child.send(("started", self._call_id))
+
     def report_progress(self) -> None:
         now = time.monotonic()
         if now - self._sent_at >= PROGRESS_SEND_SECONDS:
@@ -140,9 +175,25 @@ class _Progress:
             self._child.send(("progress", self._call_id))
 
 
-def child_main(conn: Connection, handler_path: str, init_path: str | None) -> None:
-    """Entry point of a spawned handler process: load the handler, run the app's
-    ``process_init`` (its result is ``ctx.state`` here), then serve calls."""
+def child_main(
+    conn: Connection, handler_path: str, init_path: str | None, log_config: LogConfig | None
+) -> None:
+    """Entry point of a spawned handler process: log as the worker does, load the handler,
+    run the app's ``process_init`` (its result is ``ctx.state`` here), then serve calls
+    until asked to exit."""
+    if log_config is not None:
+        configure_logging(log_config.level, log_config.fmt, log_config.worker_name)
+    try:
+        _serve(conn, handler_path, init_path)
+    except Exception:
+        # A defect here, not the handler's (that is its task's answer): logged as the
+        # worker logs, not printed raw by multiprocessing; the worker sees the death.
+        log.exception("handler process failed")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _serve(conn: Connection, handler_path: str, init_path: str | None) -> None:
     die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -155,17 +206,52 @@ def child_main(conn: Connection, handler_path: str, init_path: str | None) -> No
         child.send(("init_failed", truncate(f"{type(exc).__name__}: {exc}", MAX_MESSAGE_CHARS)))
         sys.exit(1)
     threading.Thread(target=child.read, name="sfn-handler-pipe", daemon=True).start()
+    tracing = _tracing()
     child.send(("ready",))
-    child.serve(handler, _tracing())
+    child.serve(handler, tracing)
+    if tracing is not None:
+        tracing.close(child.exit_flush_seconds)
+    if not child.exit_hooks:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
-def _tracing() -> Any:
-    """The otel module, configured, when the environment asks for traces; else None."""
+class _ChildTracing:
+    """OpenTelemetry in a handler process: the SDK configured from the same OTEL_*."""
+
+    def __init__(self, otel: Any, owned: bool) -> None:
+        self._otel = otel
+        self._owned = owned
+
+    def attached(self, carrier: dict[str, str] | None) -> contextlib.AbstractContextManager[None]:
+        return self._otel.attached(carrier)  # type: ignore[no-any-return]
+
+    def close(self, timeout_seconds: float) -> None:
+        """Export what is left, for at most ``timeout_seconds``; then the process exits
+        without waiting for the rest."""
+        if not self._otel.close_sdk(self._owned).wait(max(0.0, timeout_seconds)):
+            log.warning(
+                "tracing: spans not exported before this handler process ended; dropped",
+                accessory="tracing",
+                timeout_seconds=round(timeout_seconds, 2),
+            )
+
+
+def _tracing() -> _ChildTracing | None:
+    """Tracing, configured, when the environment asks for it; else None. A failure here
+    costs this process its spans, never its tasks (the worker checked the configuration at
+    start)."""
     if not tracing_requested(os.environ):
         return None
     try:
         from .. import otel
+
+        return _ChildTracing(otel, otel.configure_sdk())
     except ImportError:
         return None
-    otel.configure_sdk()
-    return otel
+    except Exception as exc:  # noqa: BLE001 - tracing is an accessory
+        log.warning(
+            "tracing: off in this handler process", accessory="tracing", error=describe(exc)
+        )
+        return None

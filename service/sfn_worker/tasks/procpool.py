@@ -12,8 +12,11 @@ that its task was cancelled. Here each process has its own pipe, so:
 - repeated deaths back off the start of new processes (``wait_ready``), so a handler that
   always dies cannot burn through tasks at full speed;
 - with ``max_tasks_per_child`` a process is replaced after that many calls (a leaking
-  handler), its replacement started at once.
-Processes start on demand (spawn), at most one per slot, and are reused.
+  handler); its replacement starts when its last call starts, so it starts up while that
+  call runs and the next call does not wait for it (if the call outlasts a start).
+Processes start on demand (spawn), at most one per slot (and, with recycling, one
+replacement beside a process on its last call), and are reused: a call takes a process
+that is up if there is one, else the one that has been starting longest.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import structlog
 from ..aio import retrieve_exception
 from ..context import TaskContext
 from ..errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, TaskFailed, describe_exit
+from ..logs import current_log_config
 from ..retry import Backoff
 from .procchild import child_main, local_error
 
@@ -48,6 +52,9 @@ REAP_SECONDS = 2.0
 CLOSE_TIMEOUT_SECONDS = 5.0
 # A recycled process is asked to exit; it is killed if still there this long after.
 RETIRE_SECONDS = 10.0
+# A process asked to exit may export its last spans for this long (at the worker's exit,
+# no longer than the grace leaves).
+EXIT_FLUSH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class _Process:
         self.conn = conn
         self.call: _Call | None = None
         self.calls_done = 0
+        self.ready = False  # its handler is imported: a call sent now starts at once
         self.init_failure = ""
         self.stopping = False  # the worker ended it: its death is not the handler's fault
 
@@ -92,10 +100,19 @@ class _Process:
             asyncio.get_running_loop().call_later(KILL_AFTER_TERMINATE_SECONDS, self._kill)
 
     def retire(self) -> None:
-        """Idle and done (max tasks reached): ask it to exit, kill it if it lingers."""
+        """Idle and done (recycled): ask it to exit, exporting its last spans and running
+        its exit hooks; kill it if it lingers."""
         self.stopping = True
-        self.send(("exit",))
+        self.send(("exit", EXIT_FLUSH_SECONDS, True))
         asyncio.get_running_loop().call_later(RETIRE_SECONDS, self._kill)
+
+    def leave(self, flush_seconds: float) -> None:
+        """The worker is exiting: export the last spans for at most ``flush_seconds``, then
+        end at once (a terminated process runs no exit hooks either)."""
+        self.stopping = True
+        self.send(("exit", flush_seconds, False))
+        loop = asyncio.get_running_loop()
+        loop.call_later(flush_seconds + KILL_AFTER_TERMINATE_SECONDS, self._kill)
 
     def _kill(self) -> None:
         if self.process.exitcode is None:
@@ -232,7 +249,7 @@ class HandlerProcessPool:
     async def call(self, task_input: Any, ctx: TaskContext) -> Any:
         """Run the handler in a process; its exception, or HandlerProcessDied."""
         await self.wait_ready()
-        process = self._idle.pop() if self._idle else self._start()
+        process = self._take()
         call = _Call(next(self._ids), asyncio.get_running_loop().create_future(), ctx)
         call.future.add_done_callback(retrieve_exception)  # a result may arrive after nobody waits
         process.call = call
@@ -261,11 +278,19 @@ class HandlerProcessPool:
         for process in self._processes:
             process.send(("shutdown",))
 
-    async def close(self) -> None:
-        """End every process (running calls included); returns when all are gone."""
+    async def close(self, deadline: float | None = None) -> None:
+        """End every process (running calls included); returns when all are gone. With a
+        ``deadline`` (loop time), idle processes leave on their own, exporting their last
+        spans until then; the others are terminated at once."""
         self._closed = True
+        flush = 0.0
+        if deadline is not None:
+            flush = min(EXIT_FLUSH_SECONDS, deadline - asyncio.get_running_loop().time())
         for process in list(self._processes):
-            process.stop()
+            if flush > 0 and process.ready and process.call is None and not process.stopping:
+                process.leave(flush)
+            else:
+                process.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_gone.wait(), CLOSE_TIMEOUT_SECONDS)
 
@@ -286,11 +311,30 @@ class HandlerProcessPool:
         except Exception:  # noqa: BLE001, S110 - the call's late result is discarded
             pass
 
+    def _take(self) -> _Process:
+        """A process for a call: an idle one that is up (the last one freed: its caches are
+        warm), else the idle one starting longest, else a new one."""
+        chosen = next((p for p in reversed(self._idle) if p.ready), None)
+        if chosen is None and self._idle:
+            chosen = self._idle[0]
+        if chosen is None:
+            return self._start()
+        self._idle.remove(chosen)
+        return chosen
+
+    def _start_replacement(self) -> None:
+        """With recycling: the successor of a process whose last call started (then, not
+        when the call is handed over: a process still starting would start another, and
+        quick calls would pile up starts competing for the cores). Not while stopping (no
+        call needs it) or backing off after deaths (a call will start one)."""
+        if not (self._closed or self._shutdown) and self._restarts.may_start.is_set():
+            self._idle.append(self._start())
+
     def _start(self) -> _Process:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=child_main,
-            args=(child_end, self._handler_path, self._init_path),
+            args=(child_end, self._handler_path, self._init_path, current_log_config()),
             name="sfn-handler",
         )
         process.daemon = True  # multiprocessing ends daemonic children at interpreter exit
@@ -303,9 +347,22 @@ class HandlerProcessPool:
         return handle
 
     def _on_message(self, process: _Process, message: tuple[Any, ...]) -> None:
-        if message[0] == "progress" and process.call is not None:
-            if message[1] == process.call.id:
-                process.call.ctx.heartbeat()
+        if message[0] == "ready":
+            process.ready = True
+            return
+        if message[0] in ("progress", "started"):
+            call = process.call
+            if call is None or message[1] != call.id:
+                return  # a late message of a call that ended
+            progress = call.ctx._progress
+            if message[0] == "progress":
+                if progress is not None:
+                    progress.report_progress()
+                return
+            if progress is not None:
+                progress.handler_started()
+            if self._max_tasks and process.calls_done + 1 >= self._max_tasks:
+                self._start_replacement()  # it starts up while this last call runs
             return
         finished = process.finished_call(message)
         if finished is None:
@@ -322,10 +379,7 @@ class HandlerProcessPool:
         if self._closed:
             process.stop()
         elif self._max_tasks and process.calls_done >= self._max_tasks:
-            # Recycled: it leaves on its own, and its replacement starts now, so the next
-            # task does not wait for a process to spawn.
-            process.retire()
-            self._idle.append(self._start())
+            process.retire()  # recycled: its replacement started with its last call
         else:
             self._idle.append(process)
 

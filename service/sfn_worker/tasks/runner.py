@@ -18,7 +18,7 @@ from ..context import Flag, TaskContext
 from ..errors import SHUTDOWN_ERROR, describe
 from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff
-from ..settings import HeartbeatMode
+from ..settings import HandlerMode, HeartbeatMode
 from ..tracing import NO_SPAN, NO_TRACING, TaskSpan, Tracing
 from .handlers import HandlerCall, HandlerInvoker
 from .heartbeat import Heartbeats
@@ -56,6 +56,8 @@ class RunningTask:
     gone_answer: str = ""
     # ctx.heartbeat() calls (from any thread or, via its pipe, a handler process).
     progress: int = 0
+    # Loop time the handler itself started (process mode: after its process started).
+    handler_started_at: float | None = None
 
     @property
     def token_hash(self) -> str:
@@ -87,6 +89,10 @@ class RunningTask:
 
     def report_progress(self) -> None:
         self.progress += 1  # a lost increment under a race still moves the count
+
+    def handler_started(self) -> None:
+        """On the event loop."""
+        self.handler_started_at = asyncio.get_running_loop().time()
 
     def handler_still_runs(self) -> bool:
         return self.handler is not None and not self.handler.finished.done()
@@ -313,6 +319,8 @@ class TaskRunner:
         handler_span = span.handler(self._settings.source_name)
         with handler_span.current():  # the handler's own spans are its children
             call = record.handler = self._invoker.start(task.input, record.ctx)
+        if self._invoker.mode is not HandlerMode.PROCESS:  # a handler process says so itself
+            record.handler_started()
         handler_span.end_with(call.result)
         return call
 

@@ -244,6 +244,8 @@ class SourceWorker:
         """Stop waiting for handlers; returns how many ignore cancellation."""
         return self._runner.abandon_running()
 
-    async def aclose(self) -> None:
-        await self._invoker.aclose()
+    async def aclose(self, deadline: float | None = None) -> None:
+        """After the shutdown; ``deadline`` (loop time) bounds what handler processes may
+        still export before they end."""
+        await self._invoker.aclose(deadline)
         await self.source.aclose()
