@@ -27,6 +27,7 @@ from ..metrics import Metrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
 from ..tasks.activity import ActivityWorker
+from ..tasks.answering import AnswerGate
 from ..tasks.callback import CallbackQueueWorker
 from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
 from ..tracing import setup_tracing
@@ -73,6 +74,10 @@ class Runtime:
         self.accessories = Accessories(self.metrics)
         # Set whenever a task starts or ends (for ECS task protection).
         self.tasks_changed = asyncio.Event()
+        # Terminal calls of every source, on the wire at once; their measured rate sizes
+        # the shutdown's failure reserve.
+        self.answers = AnswerGate()
+        self.metrics.answer_rate.set_function(self.answers.answers_per_second)
         self._client_factory = client_factory
         self._backoffs = (poll_backoff, send_backoff)
         self._sources: list[SourceWorker] = []
@@ -144,6 +149,7 @@ class Runtime:
             tracing=setup_tracing(self.settings.trace_context_key),
             poll_backoff=poll_backoff,
             send_backoff=send_backoff,
+            answers=self.answers,
         )
         self._sources = [self._worker(config, parts) for config in configs]
         async with asyncio.TaskGroup() as group:
