@@ -166,7 +166,7 @@ class Runtime:
             await _wait_any(stop, self._fatal_event, self._crashed)
             self._stopping.set()
             grace = self.settings.shutdown_grace_seconds
-            await Shutdown(self._sources, runs, grace, force_stop).run()
+            await Shutdown(self._sources, runs, grace, force_stop, self.answers).run()
             await cancel_and_wait(monitor)
             if emf is not None:
                 await cancel_and_wait(emf)  # its last record covers the shutdown
