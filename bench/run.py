@@ -20,7 +20,17 @@ import uvloop
 
 from report import Report
 from rig import REPO, Options, progress
-from scenarios import cpu_bound, curve, fleet, latency, memory, overhead, pickup, shutdown
+from scenarios import (
+    cpu_bound,
+    curve,
+    fleet,
+    latency,
+    memory,
+    overhead,
+    pickup,
+    shutdown,
+    shutdown_scale,
+)
 
 # In the report's order (its sections are numbered so).
 SCENARIOS: dict[str, ModuleType] = {
@@ -32,6 +42,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "shutdown": shutdown,
     "curve": curve,
     "pickup": pickup,
+    "shutdown-at-scale": shutdown_scale,
 }
 
 
