@@ -90,13 +90,14 @@ async def test_thousands_of_stuck_tasks_are_answered_inside_a_short_grace(
         assert left <= reports[0]["unanswered"] <= left + answering.MAX_ANSWERING
     assert not [e for e in worker.events if e["event"] in PER_TOKEN_EVENTS]
     assert sum(1 for e in worker.events if e.get("level") == "error") <= 1
-    # Oldest first: what was answered is (but for the first turns, taken as the
-    # cancelled handlers woke) the tasks started first.
+    # Oldest first: what was answered is the tasks started first, but for the first turns
+    # (taken in whatever order the cancelled handlers woke) and tasks started in the same
+    # millisecond (one age to the loop's clock).
     order = [e["token"] for e in worker.events if e["event"] == "task started"]
     rank = {token: number for number, token in enumerate(order)}
-    oldest = len(answered) + answering.MAX_ANSWERING
-    among_oldest = sum(1 for t in answered if rank[token_hash(t.token)] < oldest)
-    assert among_oldest >= 0.95 * len(answered)
+    limit = answering.MAX_ANSWERING
+    younger = [t for t in answered if rank[token_hash(t.token)] >= len(answered) + 2 * limit]
+    assert len(younger) <= limit, len(younger)
 
 
 async def test_answers_that_queue_go_oldest_task_first(
