@@ -100,7 +100,7 @@ class Shutdown:
             source.stop_polling()
         running = self._in_flight()
         # Answering ends this much before the grace does, so the process is gone by then.
-        grace_deadline = started + self._grace - exit_allowance_seconds(self._grace, running)
+        answers_end = started + self._grace - exit_allowance_seconds(self._grace, running)
         rate = self._answers.answers_per_second()
         reserve = failure_reserve_seconds(self._grace, running, rate)
         log.info(
@@ -113,13 +113,13 @@ class Shutdown:
         )
 
         # Phase 2: drain until the grace period (minus the reserve) is over.
-        if await self._drain(grace_deadline, grace_deadline - reserve):
+        if await self._drain(answers_end, answers_end - reserve):
             log.info("shutdown: all tasks answered and all polls returned")
             return
 
         # Phase 3: cancel what is left and answer each token with Worker.Shutdown.
         forced = self._force_stop.is_set()
-        hard_deadline = grace_deadline
+        hard_deadline = answers_end
         if forced:
             hard_deadline = min(hard_deadline, loop.time() + FORCED_EXIT_SECONDS)
         await self._cancel_running(hard_deadline, "second signal" if forced else "grace over")
@@ -136,7 +136,7 @@ class Shutdown:
     def _in_flight(self) -> int:
         return sum(a.in_flight() for a in self._sources)
 
-    async def _drain(self, grace_deadline: float, deadline: float) -> bool:
+    async def _drain(self, answers_end: float, deadline: float) -> bool:
         """Phase 2; True once everything returned. At the deadline the reserve is sized
         again from the tokens still in flight: fewer of them leave more time to drain."""
         loop = asyncio.get_running_loop()
@@ -145,9 +145,9 @@ class Shutdown:
                 return False
             rate = self._answers.answers_per_second()
             reserve = failure_reserve_seconds(self._grace, self._in_flight(), rate)
-            if grace_deadline - reserve < loop.time() + RESERVE_STEP_SECONDS:
+            if answers_end - reserve < loop.time() + RESERVE_STEP_SECONDS:
                 return False
-            deadline = grace_deadline - reserve
+            deadline = answers_end - reserve
         return True
 
     async def _cancel_running(self, hard_deadline: float, reason: str) -> None:
