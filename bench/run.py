@@ -30,6 +30,7 @@ from scenarios import (
     pickup,
     processes,
     shutdown,
+    shutdown_scale,
 )
 
 # In the report's order (its sections are numbered so).
@@ -43,6 +44,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "curve": curve,
     "pickup": pickup,
     "processes": processes,
+    "shutdown-at-scale": shutdown_scale,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -169,7 +170,12 @@ def main(argv: list[str] | None = None, early_signals: Sequence[int] = ()) -> in
         runtime = build_runtime(settings, args.app)
         if args.command == "check":
             return run_async(check(settings, runtime.configs))
-        return _exit_now_if_threads_linger(run_async(serve(runtime, early_signals)))
+        code = run_async(serve(runtime, early_signals))
+        # The interpreter's last garbage collection walks what a shutdown with thousands of
+        # tasks leaves behind (0.2 s for 10,000 on Python 3.13), past the grace: the process
+        # is leaving, so exempt it all.
+        gc.freeze()
+        return _exit_now_if_threads_linger(code)
     except (SettingsError, LoadError) as exc:
         return _fail_config(str(exc))
     except KeyboardInterrupt:

@@ -41,6 +41,13 @@ class Metrics:
             A,
             registry=r,
         )
+        self.tasks_unanswered = Counter(
+            "sfn_worker_tasks_unanswered",
+            "Tokens left unanswered when the shutdown's grace ran out (they wait for the "
+            "state's timeout)",
+            A,
+            registry=r,
+        )
         self.poison_messages = Counter(
             "sfn_worker_poison_messages",
             "Messages left for the redrive policy: not JSON, no token, or a malformed token",
@@ -129,6 +136,12 @@ class Metrics:
             ["accessory"],
             registry=r,
         )
+        self.answer_rate = Gauge(
+            "sfn_worker_answer_rate",
+            "Terminal calls the worker gets answered per second, as measured (sizes the "
+            "shutdown's failure reserve)",
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "sfn_worker_event_loop_lag_seconds", "How late the last loop timer fired", registry=r
         )
@@ -178,6 +191,7 @@ class SourceMetrics:
         self.handler_process_deaths = metrics.handler_process_deaths.labels(*labels)
         self.terminal_retries = metrics.terminal_retries.labels(*labels)
         self.tasks_released = metrics.tasks_released.labels(*labels)
+        self.tasks_unanswered = metrics.tasks_unanswered.labels(*labels)
         self.kms_fallbacks = metrics.kms_fallbacks.labels(*labels)
 
     def task_failed(self, error: str) -> None:

@@ -33,6 +33,9 @@ from botocore.exceptions import NoRegionError
 from ..aws import SFNClient, SQSClient
 from ..config import CallbackQueueConfig, SourceConfig
 from ..settings import SettingsError
+from ..tasks.answering import MAX_ANSWERING
+from ..tasks.callback import MAX_PROBING
+from ..tasks.heartbeat import MAX_SENDING
 
 
 def _package_version() -> str:
@@ -166,9 +169,27 @@ def poll_config(pollers: int, read_timeout: float = LONG_POLL_READ_TIMEOUT_SECON
     )
 
 
-def call_config(concurrency: int, timeout: float) -> AioConfig:
-    # Each task makes one call at a time (a heartbeat or its answer); two spare for the rest.
-    return _config(read_timeout=timeout, connect_timeout=timeout, pool=concurrency + 2)
+def call_config(pool: int, timeout: float) -> AioConfig:
+    return _config(read_timeout=timeout, connect_timeout=timeout, pool=pool)
+
+
+# Beside the capped calls: DescribeActivity and the like.
+SPARE_CONNECTIONS = 2
+
+
+def calls_pool_connections(sources: Sequence[SourceConfig]) -> int:
+    """Connections of the Step Functions quick-calls pool: every request the caps let on
+    the wire at once, so none waits for a connection. Answers have one cap for the process
+    (tasks/answering.py), each source's heartbeats their own (tasks/heartbeat.py), each
+    callback queue's redelivery checks theirs; none needs more than its source's slots.
+    Sized from the concurrency instead, 10,000 slots meant 10,000 connections opened at
+    once when their answers fell due together at shutdown."""
+    answers = min(MAX_ANSWERING, sum(s.concurrency for s in sources))
+    heartbeats = sum(min(MAX_SENDING, s.concurrency) for s in sources if s.heartbeat_seconds)
+    probes = sum(
+        min(MAX_PROBING, s.concurrency) for s in sources if isinstance(s, CallbackQueueConfig)
+    )
+    return answers + heartbeats + probes + SPARE_CONNECTIONS
 
 
 @dataclass(frozen=True)
@@ -209,7 +230,6 @@ async def open_clients(
     timeout = call_timeout_seconds(min(heartbeats, default=0.0))
     queues = [s for s in sources if isinstance(s, CallbackQueueConfig)]
     pollers = sum(s.pollers for s in sources if s not in queues) or 1
-    concurrency = sum(s.concurrency for s in sources)
     async with contextlib.AsyncExitStack() as stack:
         try:
             polls = await stack.enter_async_context(
@@ -220,7 +240,7 @@ async def open_clients(
             calls = await stack.enter_async_context(
                 session.client(
                     "stepfunctions",
-                    config=call_config(concurrency, timeout),
+                    config=call_config(calls_pool_connections(sources), timeout),
                     endpoint_url=endpoint_url,
                 )
             )
@@ -230,7 +250,8 @@ async def open_clients(
                 sqs_polls = await stack.enter_async_context(
                     session.client("sqs", config=receive, endpoint_url=endpoint_url)
                 )
-                quick = call_config(sum(q.concurrency for q in queues), timeout)
+                # Visibility changes, deletes and releases: one per running task at most.
+                quick = call_config(sum(q.concurrency for q in queues) + SPARE_CONNECTIONS, timeout)
                 sqs = await stack.enter_async_context(
                     session.client("sqs", config=quick, endpoint_url=endpoint_url)
                 )

@@ -15,7 +15,7 @@ import structlog
 from ..config import ActivityConfig, SourceConfig, check_distinct
 from ..errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe
 from ..retry import SEND_BACKOFF, Retry
-from .client import CALL_TIMEOUT_MAX_SECONDS, call_config
+from .client import CALL_TIMEOUT_MAX_SECONDS, SPARE_CONNECTIONS, call_config
 
 log = structlog.get_logger("sfn_worker.names")
 
@@ -45,7 +45,7 @@ async def resolve_names(
 
 async def _account(session: aioboto3.Session, endpoint_url: str | None) -> str:
     retry = Retry(SEND_BACKOFF)
-    config = call_config(1, CALL_TIMEOUT_MAX_SECONDS)
+    config = call_config(SPARE_CONNECTIONS, CALL_TIMEOUT_MAX_SECONDS)
     async with session.client("sts", config=config, endpoint_url=endpoint_url) as sts:
         while True:
             try:

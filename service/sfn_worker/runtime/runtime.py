@@ -29,6 +29,7 @@ from ..otel_config import check_otel_environment
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
 from ..tasks.activity import ActivityWorker
+from ..tasks.answering import AnswerGate
 from ..tasks.callback import CallbackQueueWorker
 from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
 from ..tracing import NO_TRACING, Tracing, setup_tracing
@@ -87,6 +88,10 @@ class Runtime:
         self.accessories = Accessories(self.metrics)
         # Set whenever a task starts or ends (for ECS task protection).
         self.tasks_changed = asyncio.Event()
+        # Terminal calls of every source, on the wire at once; their measured rate sizes
+        # the shutdown's failure reserve.
+        self.answers = AnswerGate()
+        self.metrics.answer_rate.set_function(self.answers.answers_per_second)
         self._client_factory = client_factory
         self._backoffs = (poll_backoff, send_backoff)
         self._sources: list[SourceWorker] = []
@@ -248,6 +253,7 @@ class Runtime:
             tracing=self._tracing,
             poll_backoff=poll_backoff,
             send_backoff=send_backoff,
+            answers=self.answers,
         )
         self._sources = [self._worker(config, parts) for config in configs]
         async with asyncio.TaskGroup() as group:
@@ -266,7 +272,9 @@ class Runtime:
                 self._stop_requested_at = asyncio.get_running_loop().time()
             self._stopping.set()
             grace, kept = self._time_left(), self._tracing_reserve()
-            await Shutdown(self._sources, runs, grace, self._force_stop, kept_seconds=kept).run()
+            await Shutdown(
+                self._sources, runs, grace, self._force_stop, self.answers, kept_seconds=kept
+            ).run()
             await cancel_and_wait(monitor)
             if emf is not None:
                 await cancel_and_wait(emf)  # its last record covers the shutdown

@@ -49,6 +49,9 @@ log = structlog.get_logger("sfn_worker.callback")
 REMEMBERED_MESSAGES = 10_000
 PROBE_SECONDS = 60.0  # the redelivery check is retried this long, then the task runs
 RELEASE_SECONDS = 10.0
+# Redelivery checks on the wire at once, per queue (the quick-calls pool is sized from it):
+# after a worker dies, all its messages come back together.
+MAX_PROBING = 16
 
 
 class CallbackSource:
@@ -73,6 +76,7 @@ class CallbackSource:
         self._calls = SqsCalls(sqs, config.queue_url, accessory, backoff)
         self.receives = OpenReceives()
         self._running: dict[str, Task] = {}  # by message id
+        self._probing = asyncio.Semaphore(MAX_PROBING)
         self._settled: OrderedDict[str, None] = OrderedDict()
 
     # -- intake ----------------------------------------------------------------------------
@@ -134,7 +138,8 @@ class CallbackSource:
         retry = Retry(self._backoff)
         while True:
             try:
-                await self._sfn.send_task_heartbeat(taskToken=task.token)
+                async with self._probing:
+                    await self._sfn.send_task_heartbeat(taskToken=task.token)
                 return None
             except API_ERRORS as exc:
                 code = error_code(exc)

@@ -182,6 +182,7 @@ class TaskRunner:
         # terminal calls must finish by the send deadline.
         self._refuse_new_work = False
         self._send_deadline: float | None = None
+        self._out_of_time = 0  # answers the shutdown's deadline cut off
 
     # -- what the activity's worker asks -----------------------------------------------------
     def running_count(self) -> int:
@@ -202,6 +203,13 @@ class TaskRunner:
         for record in self._running:
             record.cancel(CancelReason.SHUTDOWN)
         return len(self._running)
+
+    def leave_unanswered(self) -> int:
+        """The grace is over: tokens left unanswered, those still in flight (counted now)
+        and those whose answer did not fit the deadline."""
+        running = len(self._running)
+        self._metrics.tasks_unanswered.inc(running)
+        return running + self._out_of_time
 
     def abandon_running(self) -> int:
         """Stop waiting for every handler; returns how many ignore cancellation."""
@@ -365,7 +373,9 @@ class TaskRunner:
             log.info("task ended", outcome="gone", answer=record.gone_answer, duration=duration)
             return _ended_by(record.gone_answer), "gone", None
         try:
-            report = await self._sender.send(record.token, outcome, self._send_deadline)
+            report = await self._sender.send(
+                record.token, outcome, self._send_deadline, record.started_at
+            )
         except Exception:
             # A defect on the way out (the sender retries every API error itself) costs this
             # task's answer, never the worker.
@@ -375,6 +385,11 @@ class TaskRunner:
             self._metrics.tasks_gone.inc()
             log.info("task ended", outcome=report.result.value, duration=duration)
             return _ended_by(report.answer), report.result.value, None
+        if report.result is SendResult.OUT_OF_TIME:
+            # The grace ran out first: counted, and reported once by the shutdown.
+            self._out_of_time += 1
+            self._metrics.tasks_unanswered.inc()
+            return Ended.UNANSWERED, report.result.value, None
         if report.result is SendResult.GAVE_UP:
             self._metrics.tasks_gone.inc()
             log.info("task ended", outcome=report.result.value, duration=duration)

@@ -22,6 +22,7 @@ from ..errors import (
 )
 from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff, Retry, note_throttled
+from .answering import AnswerGate
 from .outcome import BARE_FAILURE, Failure, Outcome, Success
 
 log = structlog.get_logger("sfn_worker.sender")
@@ -42,6 +43,9 @@ class SendResult(Enum):
     ALREADY_RECORDED = "already_recorded"
     TASK_GONE = "task_gone"
     GAVE_UP = "gave_up"
+    # The caller's deadline (the shutdown's) came before the call got through: counted and
+    # reported once by the shutdown, not logged per token.
+    OUT_OF_TIME = "out_of_time"
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,23 @@ class SendReport:
 
 class ResultSender:
     def __init__(
-        self, client: SFNClient, metrics: SourceMetrics, backoff: Backoff = SEND_BACKOFF
+        self,
+        client: SFNClient,
+        metrics: SourceMetrics,
+        backoff: Backoff = SEND_BACKOFF,
+        gate: AnswerGate | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._backoff = backoff
+        # Shared by every source of the process (the calls share one connection pool).
+        self._gate = gate or AnswerGate()
 
-    async def send(self, token: str, outcome: Outcome, deadline: float | None = None) -> SendReport:
-        """Send ``outcome`` once; says what happened and what was actually sent."""
+    async def send(
+        self, token: str, outcome: Outcome, deadline: float | None = None, age: float = 0.0
+    ) -> SendReport:
+        """Send ``outcome`` once; says what happened and what was actually sent. ``age``:
+        when the task started (loop time): while answers queue, the oldest goes first."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + SEND_RETRY_SECONDS
         if deadline is not None:
@@ -68,73 +81,87 @@ class ResultSender:
         retry = Retry(self._backoff)
         maybe_recorded = False
         client = self._client
-        while True:
-            try:
-                # Inline, not a helper coroutine: one frame less on every answer.
-                if isinstance(outcome, Success):
-                    await client.send_task_success(taskToken=token, output=outcome.output)
-                elif outcome == BARE_FAILURE:
-                    await client.send_task_failure(taskToken=token)
-                else:
-                    await client.send_task_failure(
-                        taskToken=token, error=outcome.error, cause=outcome.cause
-                    )
-            except API_ERRORS as exc:
-                kind = classify(exc)
-                if kind is ErrorKind.TASK_GONE:
-                    if maybe_recorded:
-                        log.info(
-                            "terminal call already recorded by an earlier attempt",
-                            answer=error_code(exc),
+        gate = self._gate
+        gate.begin()  # pending from here to the return: the gate measures backlogs
+        try:
+            while True:
+                began = await gate.acquire(age)
+                try:
+                    try:
+                        # Inline, not a helper coroutine: one frame less on every answer.
+                        if isinstance(outcome, Success):
+                            await client.send_task_success(taskToken=token, output=outcome.output)
+                        elif outcome == BARE_FAILURE:
+                            await client.send_task_failure(taskToken=token)
+                        else:
+                            await client.send_task_failure(
+                                taskToken=token, error=outcome.error, cause=outcome.cause
+                            )
+                    finally:
+                        gate.release(began)  # a retry waits its backoff without a turn
+                except API_ERRORS as exc:
+                    kind = classify(exc)
+                    if kind is ErrorKind.TASK_GONE:
+                        gate.settled()
+                        if maybe_recorded:
+                            log.info(
+                                "terminal call already recorded by an earlier attempt",
+                                answer=error_code(exc),
+                            )
+                            return SendReport(SendResult.ALREADY_RECORDED, outcome, error_code(exc))
+                        log.warning("task closed before it was answered", answer=error_code(exc))
+                        return SendReport(SendResult.TASK_GONE, outcome, error_code(exc))
+                    if isinstance(outcome, Success) and error_code(exc) in {
+                        "InvalidOutput",
+                        "ValidationException",
+                    }:
+                        # The service refused the output itself; nothing was recorded, so the
+                        # task still needs its one answer.
+                        outcome = Failure.of(
+                            INVALID_OUTPUT_ERROR,
+                            f"Step Functions rejected the output: {describe(exc)}",
                         )
-                        return SendReport(SendResult.ALREADY_RECORDED, outcome, error_code(exc))
-                    log.warning("task closed before it was answered", answer=error_code(exc))
-                    return SendReport(SendResult.TASK_GONE, outcome, error_code(exc))
-                if isinstance(outcome, Success) and error_code(exc) in {
-                    "InvalidOutput",
-                    "ValidationException",
-                }:
-                    # The service refused the output itself; nothing was recorded, so the
-                    # task still needs its one answer.
-                    outcome = Failure.of(
-                        INVALID_OUTPUT_ERROR, f"Step Functions rejected the output: {describe(exc)}"
-                    )
-                    continue
-                if error_code(exc) in KMS_REFUSED_CODES and outcome != BARE_FAILURE:
-                    # The token still gets its one answer: a failure without error or cause
-                    # is not encrypted, so KMS cannot refuse it.
-                    log.error(
-                        "KMS refused the answer; answering with a bare SendTaskFailure",
-                        error=describe(exc),
-                        hint="give the worker's role kms:Decrypt/GenerateDataKey on the "
-                        "activity's key, or check the key's state",
-                    )
-                    self._metrics.kms_fallbacks.inc()
-                    outcome = BARE_FAILURE
-                    continue
-                if kind is not ErrorKind.TRANSIENT:
-                    log.error("terminal call rejected; not retrying", error=describe(exc))
-                    return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
-                maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
-                throttled = is_throttling(exc)
-                delay = retry.next_delay(throttled)
-                if loop.time() + delay > give_up_at:
-                    log.error(
-                        "terminal call still failing; giving up",
-                        error=describe(exc),
-                        attempts=retry.failures + 1,
-                    )
-                    return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
-                if throttled:
-                    note_throttled(TERMINAL_API[type(outcome)])
+                        continue
+                    if error_code(exc) in KMS_REFUSED_CODES and outcome != BARE_FAILURE:
+                        # The token still gets its one answer: a failure without error or cause
+                        # is not encrypted, so KMS cannot refuse it.
+                        log.error(
+                            "KMS refused the answer; answering with a bare SendTaskFailure",
+                            error=describe(exc),
+                            hint="give the worker's role kms:Decrypt/GenerateDataKey on the "
+                            "activity's key, or check the key's state",
+                        )
+                        self._metrics.kms_fallbacks.inc()
+                        outcome = BARE_FAILURE
+                        continue
+                    if kind is not ErrorKind.TRANSIENT:
+                        log.error("terminal call rejected; not retrying", error=describe(exc))
+                        return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
+                    maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
+                    throttled = is_throttling(exc)
+                    delay = retry.next_delay(throttled)
+                    if deadline is not None and loop.time() + delay > deadline:
+                        return SendReport(SendResult.OUT_OF_TIME, outcome, error_code(exc))
+                    if loop.time() + delay > give_up_at:
+                        log.error(
+                            "terminal call still failing; giving up",
+                            error=describe(exc),
+                            attempts=retry.failures + 1,
+                        )
+                        return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
+                    if throttled:
+                        note_throttled(TERMINAL_API[type(outcome)])
+                    else:
+                        log.warning(
+                            "terminal call failed; retrying",
+                            error=describe(exc),
+                            attempt=retry.failures + 1,
+                            retry_in=round(delay, 3),
+                        )
+                    self._metrics.terminal_retries.inc()
+                    await retry.wait(delay)
                 else:
-                    log.warning(
-                        "terminal call failed; retrying",
-                        error=describe(exc),
-                        attempt=retry.failures + 1,
-                        retry_in=round(delay, 3),
-                    )
-                self._metrics.terminal_retries.inc()
-                await retry.wait(delay)
-            else:
-                return SendReport(SendResult.SENT, outcome)
+                    gate.settled()
+                    return SendReport(SendResult.SENT, outcome)
+        finally:
+            gate.end()

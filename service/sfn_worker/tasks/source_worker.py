@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -24,6 +24,7 @@ from ..errors import FatalWorkerError
 from ..metrics import SourceMetrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..tracing import NO_TRACING, Tracing
+from .answering import AnswerGate
 from .handlers import HandlerInvoker
 from .procpool import PoolHealth
 from .runner import TaskRunner, TaskSettings
@@ -83,6 +84,8 @@ class SourceParts:
     tracing: Tracing = NO_TRACING
     poll_backoff: Backoff = POLL_BACKOFF
     send_backoff: Backoff = SEND_BACKOFF
+    # Terminal calls on the wire at once, for every source (they share the calls' pool).
+    answers: AnswerGate = field(default_factory=AnswerGate)
 
 
 class SourceWorker:
@@ -125,7 +128,7 @@ class SourceWorker:
             ),
             client=parts.calls,
             invoker=self._invoker,
-            sender=ResultSender(parts.calls, metrics, parts.send_backoff),
+            sender=ResultSender(parts.calls, metrics, parts.send_backoff, parts.answers),
             metrics=metrics,
             stopping=parts.stopping,
             tasks_changed=parts.tasks_changed,
@@ -239,6 +242,11 @@ class SourceWorker:
         ``send_deadline``. Returns how many tasks were running."""
         self._runner.stop_starting(send_deadline)
         return self._runner.cancel_running()
+
+    def leave_unanswered(self) -> int:
+        """Shutdown, the end of the grace: how many tokens this source leaves unanswered
+        (still in flight, or cut off by the deadline); counted in its metric."""
+        return self._runner.leave_unanswered()
 
     def abandon_running(self) -> int:
         """Stop waiting for handlers; returns how many ignore cancellation."""
