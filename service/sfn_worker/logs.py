@@ -191,3 +191,15 @@ def reset_logging() -> None:
         _stdlib_handler = None
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+    _forget_cached_loggers()
+
+
+def _forget_cached_loggers() -> None:
+    """configure_logging caches each module's logger on first use (cheaper log calls);
+    a reset must drop those caches too, or the modules keep logging the old way (a test's
+    ``capture_logs`` would see nothing of them). The cache is the proxy's bound ``bind``."""
+    for name, module in list(sys.modules.items()):
+        if name == "sfn_worker" or name.startswith("sfn_worker."):
+            proxy = getattr(module, "log", None)
+            if proxy is not None and "bind" in vars(proxy):
+                del proxy.bind
