@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     # Process mode: a handler process is replaced after this many tasks (0 = never).
     max_tasks_per_child: MaxTasksPerChild = 0
     shutdown_grace_seconds: Annotated[float, Field(ge=1, le=3_600)] = 25.0
+    # How long a credentials provider that fails at start (the ECS agent's endpoint not ready
+    # yet) is retried before the worker gives up (runtime/credentials.py).
+    credentials_wait_seconds: Annotated[float, Field(ge=0, le=3_600)] = 60.0
     worker_name: Annotated[str, Field(min_length=1, max_length=WORKER_NAME_MAX)] = Field(
         default_factory=_default_worker_name
     )

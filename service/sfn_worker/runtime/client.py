@@ -14,6 +14,7 @@ So the two kinds of call get two clients from one session, each with its own poo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -36,6 +37,7 @@ from ..settings import SettingsError
 from ..tasks.answering import MAX_ANSWERING
 from ..tasks.callback import MAX_PROBING
 from ..tasks.heartbeat import MAX_SENDING
+from .credentials import wait_for_credentials
 
 
 def _package_version() -> str:
@@ -68,6 +70,7 @@ USER_AGENT = (
     f"Python/{platform.python_version()} {platform.system()}/{platform.release()}"
 )
 NO_REGION = "no AWS region configured: set AWS_REGION (or AWS_DEFAULT_REGION)"
+CREDENTIALS_WAIT_SECONDS = 60.0  # the default of SFN_CREDENTIALS_WAIT_SECONDS
 
 
 # botocore's built-in handlers that do nothing for the calls this worker makes, run on every
@@ -204,6 +207,7 @@ class SfnClients:
     endpoint_url: str | None = None  # given explicitly (tests): other clients use it too
     sqs_polls: SQSClient | None = None
     sqs: SQSClient | None = None
+    credentials: Any = None  # the session's, resolved before the clients (credentials.py)
 
 
 def aws_session() -> aioboto3.Session:
@@ -221,11 +225,17 @@ async def open_clients(
     *,
     session: aioboto3.Session | None = None,
     endpoint_url: str | None = None,
+    credentials_wait_seconds: float = CREDENTIALS_WAIT_SECONDS,
 ) -> AsyncIterator[SfnClients]:
     """One pool for every activity's polls, one for every source's other calls (and the same
     for SQS). Region, credentials and endpoints (AWS_ENDPOINT_URL_SFN, AWS_ENDPOINT_URL_SQS)
-    come from the AWS chain unless given."""
+    come from the AWS chain unless given; credentials are waited for first (credentials.py).
+    Every call of these clients has an overall deadline (``bound_calls``)."""
     session = session or aws_session()
+    try:
+        credentials = await wait_for_credentials(session, credentials_wait_seconds)
+    except NoRegionError:
+        raise SettingsError(NO_REGION) from None
     heartbeats = [a.heartbeat_seconds for a in sources if a.heartbeat_seconds]
     timeout = call_timeout_seconds(min(heartbeats, default=0.0))
     queues = [s for s in sources if isinstance(s, CallbackQueueConfig)]
@@ -260,4 +270,36 @@ async def open_clients(
         for client in (polls, calls, sqs_polls, sqs):
             if client is not None:
                 unregister_unused_handlers(client)
-        yield SfnClients(polls, calls, session, endpoint_url, sqs_polls, sqs)
+        bound_calls(
+            polls, overall_deadline(LONG_POLL_READ_TIMEOUT_SECONDS, POLL_CONNECT_TIMEOUT_SECONDS)
+        )
+        bound_calls(calls, overall_deadline(timeout, timeout))
+        if sqs_polls is not None and sqs is not None:
+            receive_deadline = overall_deadline(
+                RECEIVE_READ_TIMEOUT_SECONDS, POLL_CONNECT_TIMEOUT_SECONDS
+            )
+            bound_calls(sqs_polls, receive_deadline)
+            bound_calls(sqs, overall_deadline(timeout, timeout))
+        yield SfnClients(polls, calls, session, endpoint_url, sqs_polls, sqs, credentials)
+
+
+def overall_deadline(read_timeout: float, connect_timeout: float) -> float:
+    """A whole call, from the credentials it signs with to the last byte of its answer:
+    a connection, a read, and as long again for waiting on credentials or a connection."""
+    return connect_timeout + 2 * read_timeout
+
+
+def bound_calls(client: Any, seconds: float) -> None:
+    """Give every call of ``client`` an overall deadline. botocore bounds each connect and
+    each read, but not a call as a whole: waiting for credentials (a refresh inside the
+    call), for a free connection, or a trickle of bytes each within the read timeout. The
+    deadline wraps the client's one entry point for every operation (its generated methods
+    all call ``_make_api_call``); it ends the call with TimeoutError, which the callers
+    retry as a network error that may have reached the service."""
+    make_api_call = client._make_api_call
+
+    async def within_deadline(operation_name: str, api_params: dict[str, Any]) -> Any:
+        async with asyncio.timeout(seconds):
+            return await make_api_call(operation_name, api_params)
+
+    client._make_api_call = within_deadline

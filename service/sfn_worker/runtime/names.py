@@ -15,7 +15,13 @@ import structlog
 from ..config import ActivityConfig, SourceConfig, check_distinct
 from ..errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe
 from ..retry import SEND_BACKOFF, Retry
-from .client import CALL_TIMEOUT_MAX_SECONDS, SPARE_CONNECTIONS, call_config
+from .client import (
+    CALL_TIMEOUT_MAX_SECONDS,
+    SPARE_CONNECTIONS,
+    bound_calls,
+    call_config,
+    overall_deadline,
+)
 
 log = structlog.get_logger("sfn_worker.names")
 
@@ -47,6 +53,7 @@ async def _account(session: aioboto3.Session, endpoint_url: str | None) -> str:
     retry = Retry(SEND_BACKOFF)
     config = call_config(SPARE_CONNECTIONS, CALL_TIMEOUT_MAX_SECONDS)
     async with session.client("sts", config=config, endpoint_url=endpoint_url) as sts:
+        bound_calls(sts, overall_deadline(CALL_TIMEOUT_MAX_SECONDS, CALL_TIMEOUT_MAX_SECONDS))
         while True:
             try:
                 identity = await sts.get_caller_identity()

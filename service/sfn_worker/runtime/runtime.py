@@ -11,6 +11,8 @@ left within the rest of the grace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -34,6 +36,7 @@ from ..tasks.callback import CallbackQueueWorker
 from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
 from ..tracing import NO_TRACING, Tracing, setup_tracing
 from .client import SfnClients, open_clients
+from .credentials import keep_fresh, refreshes_ahead
 from .emf import EmfPublisher
 from .lifespan import Lifespan
 from .loop_monitor import watch_loop_lag
@@ -92,6 +95,9 @@ class Runtime:
         # the shutdown's failure reserve.
         self.answers = AnswerGate()
         self.metrics.answer_rate.set_function(self.answers.answers_per_second)
+        if client_factory is open_clients:
+            wait = settings.credentials_wait_seconds
+            client_factory = functools.partial(open_clients, credentials_wait_seconds=wait)
         self._client_factory = client_factory
         self._backoffs = (poll_backoff, send_backoff)
         self._sources: list[SourceWorker] = []
@@ -203,7 +209,17 @@ class Runtime:
         if self._stop.is_set():
             log.info("stopped before polling began")
             return
-        async with self._client_factory(self.configs) as clients:
+        async with contextlib.AsyncExitStack() as stack:
+            opening = stack.enter_async_context(self._client_factory(self.configs))
+            clients = await self._unless_stopped(opening)
+            if clients is None:
+                log.info("stopped while waiting for AWS credentials; nothing was polled")
+                return
+            if refreshes_ahead(clients.credentials):
+                fresh = self.accessories.supervise(
+                    "credentials", functools.partial(keep_fresh, clients.credentials)
+                )
+                stack.push_async_callback(cancel_and_wait, asyncio.create_task(fresh))
             naming = resolve_names(self.configs, clients.session, clients.endpoint_url)
             configs = await self._unless_stopped(naming)
             if configs is None:
