@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
+import resource
 import signal
+from collections.abc import Iterator
 from enum import Enum
 
 import aiohttp
+import structlog
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -18,6 +22,8 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 from botocore.exceptions import ConnectionError as SdkConnectionError
+
+log = structlog.get_logger("sfn_worker.errors")
 
 # Step Functions API limits (SendTaskSuccess / SendTaskFailure).
 MAX_OUTPUT_BYTES = 262_144
@@ -342,7 +348,55 @@ def describe(exc: BaseException) -> str:
     else:
         detail = str(exc)
         text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    if out_of_file_descriptors(exc):
+        text = f"{text} (too many open files)"
+        _say_out_of_file_descriptors()
     return truncate(_SECRET_LIKE.sub("<redacted>", text), MAX_DESCRIBED_CHARS)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: chained exceptions, botocore's ``error``, aiohttp's
+    ``os_error`` (botocore reports a socket that could not be opened as "Could not
+    connect")."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        kwargs = getattr(current, "kwargs", None)
+        wrapped = kwargs.get("error") if isinstance(kwargs, dict) else None
+        pending += [current.__cause__, current.__context__, getattr(current, "os_error", None)]
+        if isinstance(wrapped, BaseException):
+            pending.append(wrapped)
+
+
+def out_of_file_descriptors(exc: BaseException) -> bool:
+    return any(
+        isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE) for e in _causes(exc)
+    )
+
+
+_said_out_of_file_descriptors = False
+
+
+def _say_out_of_file_descriptors() -> None:
+    """Once per process: the real cause of connections that cannot open, with the limit."""
+    global _said_out_of_file_descriptors
+    if _said_out_of_file_descriptors:
+        return
+    _said_out_of_file_descriptors = True
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    log.error(
+        "out of file descriptors: connections cannot be opened",
+        open_files_limit=soft,
+        hard_limit=hard,
+        hint="raise the limit: ECS task definition ulimits nofile (softLimit/hardLimit), "
+        "docker run --ulimit nofile=65536:65536, systemd LimitNOFILE; or lower "
+        "SFN_CONCURRENCY",
+    )
 
 
 # Everything a Step Functions call can raise that is about the call, not a bug in the worker.

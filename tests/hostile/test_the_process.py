@@ -4,6 +4,7 @@ signal a supervisor or a terminal may send, and PID 1's duty to reap orphans."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,3 +146,36 @@ async def test_orphans_of_handler_processes_are_reaped_as_pid_1(fake: FakeStepFu
         assert await worker.exit_code() == 0
     assert all(t.state == "succeeded" for t in tasks)
     assert zombies == 0
+
+
+prlimit = shutil.which("prlimit")
+
+
+@pytest.mark.skipif(prlimit is None, reason="needs util-linux prlimit")
+async def test_running_out_of_file_descriptors_is_named_once(fake: FakeStepFunctions) -> None:
+    """A file limit of 40 under 100 heartbeating tasks: connections cannot open. The
+    cause is named once, with the limit and what to change; every failure line says it.
+    It used to read "Could not connect to the endpoint URL", the cause never named."""
+    tasks = [fake.add_task({"seconds": 2}) for _ in range(100)]
+    command = [str(prlimit), "--nofile=40:40", *RUN]
+    async with worker_process(
+        command,
+        fake,
+        SFN_HANDLER="sfn_worker.examples:sleep_handler",
+        SFN_CONCURRENCY="100",
+        SFN_POLLERS="10",
+        SFN_HEARTBEAT_SECONDS="1",
+        SFN_SHUTDOWN_GRACE_SECONDS="2",
+    ) as worker:
+        said = await worker.wait_for_log("out of file descriptors: connections cannot be opened")
+        await fake.wait_for(lambda: sum(t.state != "open" for t in tasks) >= 10, timeout=30)
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        await worker.exit_code()
+    assert said["open_files_limit"] == 40
+    assert "ulimits nofile" in said["hint"]
+    events = [e.get("event") for e in worker.events]
+    assert events.count("out of file descriptors: connections cannot be opened") == 1
+    failures = [e for e in worker.events if "Could not connect" in str(e.get("error", ""))]
+    assert failures
+    assert all("too many open files" in e["error"] for e in failures)

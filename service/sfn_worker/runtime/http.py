@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..settings import Settings, SettingsError
+from .httpserver import GuardedServer, Handler, Response
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from .runtime import Runtime
 
 
@@ -32,50 +31,49 @@ def too_many_stuck(stuck: int, concurrency: int) -> bool:
     return stuck * 2 > concurrency
 
 
-def make_app(runtime: Runtime) -> web.Application:
-    # aiohttp's server modules (about 2.4 MiB) are loaded only when the port is on.
-    from aiohttp import web
-
-    async def healthz(_: web.Request) -> web.Response:
-        state = runtime.state()
-        loop_lag = runtime.metrics.last_loop_lag
-        groups: dict[str, dict[str, object]] = {"activities": {}, "queues": {}}
-        healthy = state.polling and loop_lag < LOOP_LAG_UNHEALTHY_SECONDS
-        for source in state.sources:
-            healthy = (
-                healthy
-                and source.pollers_alive == source.pollers
-                and not too_many_stuck(source.handlers_stuck, source.concurrency)
-            )
-            group = groups["activities" if source.kind == "activity" else "queues"]
-            group[source.name] = {
-                k: v
-                for k, v in dataclasses.asdict(source).items()
-                if v is not None and k not in ("kind", "name")
-            }
-        body: dict[str, object] = {
-            "status": "ok" if healthy else ("stopping" if state.stopping else "unhealthy"),
-            "loop_lag_seconds": round(loop_lag, 3),
-            "running": sum(s.running for s in state.sources),
-            **{name: group for name, group in groups.items() if group},
+def health(runtime: Runtime) -> tuple[int, dict[str, object]]:
+    """/healthz: 200 while polling with every poller alive, the loop responsive and no more
+    than half the slots held by handlers that ignored cancellation; 503 otherwise."""
+    state = runtime.state()
+    loop_lag = runtime.metrics.last_loop_lag
+    groups: dict[str, dict[str, object]] = {"activities": {}, "queues": {}}
+    healthy = state.polling and loop_lag < LOOP_LAG_UNHEALTHY_SECONDS
+    for source in state.sources:
+        healthy = (
+            healthy
+            and source.pollers_alive == source.pollers
+            and not too_many_stuck(source.handlers_stuck, source.concurrency)
+        )
+        group = groups["activities" if source.kind == "activity" else "queues"]
+        group[source.name] = {
+            k: v
+            for k, v in dataclasses.asdict(source).items()
+            if v is not None and k not in ("kind", "name")
         }
-        if state.accessories:
-            # Shown, never a reason to be unhealthy: tasks run without them.
-            body["accessories"] = {
-                name: {k: v for k, v in dataclasses.asdict(a).items() if v is not None}
-                for name, a in state.accessories.items()
-            }
-        return web.json_response(body, status=200 if healthy else 503)
+    body: dict[str, object] = {
+        "status": "ok" if healthy else ("stopping" if state.stopping else "unhealthy"),
+        "loop_lag_seconds": round(loop_lag, 3),
+        "running": sum(s.running for s in state.sources),
+        **{name: group for name, group in groups.items() if group},
+    }
+    if state.accessories:
+        # Shown, never a reason to be unhealthy: tasks run without them.
+        body["accessories"] = {
+            name: {k: v for k, v in dataclasses.asdict(a).items() if v is not None}
+            for name, a in state.accessories.items()
+        }
+    return (200 if healthy else 503), body
 
-    async def metrics(_: web.Request) -> web.Response:
-        response = web.Response(body=runtime.metrics.render())
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    return app
+def routes(runtime: Runtime) -> dict[str, Handler]:
+    async def healthz() -> Response:
+        status, body = health(runtime)
+        return Response(status, json.dumps(body).encode())
+
+    async def metrics() -> Response:
+        return Response(200, runtime.metrics.render(), CONTENT_TYPE_LATEST)
+
+    return {"/healthz": healthz, "/metrics": metrics}
 
 
 @contextlib.asynccontextmanager
@@ -84,22 +82,18 @@ async def serve_http(settings: Settings, runtime: Runtime) -> AsyncIterator[int 
     if not settings.http_port:
         yield None
         return
-    from aiohttp import web
-
-    runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
-    await runner.setup()
+    server = GuardedServer(routes(runtime))
     try:
-        site = web.TCPSite(runner, settings.http_host, settings.http_port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise SettingsError(
-                f"SFN_HTTP_PORT={settings.http_port}: cannot listen on "
-                f"{settings.http_host}:{settings.http_port}: {exc.strerror or exc}"
-            ) from None
+        await server.start(settings.http_host, settings.http_port)
+    except OSError as exc:
+        raise SettingsError(
+            f"SFN_HTTP_PORT={settings.http_port}: cannot listen on "
+            f"{settings.http_host}:{settings.http_port}: {exc.strerror or exc}"
+        ) from None
+    try:
         yield settings.http_port
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 def healthcheck(timeout: float) -> int:
