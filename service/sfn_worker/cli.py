@@ -23,6 +23,7 @@ from .runtime.ecs_protection import task_protection
 from .runtime.http import healthcheck, serve_http
 from .runtime.runtime import Runtime
 from .settings import Settings, SettingsError, env_name, load_settings
+from .streams import reopen_closed_standard_fds
 from .worker import Worker
 
 EXIT_OK = 0
@@ -145,6 +146,7 @@ def _exit_now_if_threads_linger(code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reopen_closed_standard_fds()  # before anything opens a file (streams.py)
     parser = argparse.ArgumentParser(
         prog="sfn-worker", description="AWS Step Functions activity worker"
     )
