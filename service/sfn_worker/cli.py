@@ -23,7 +23,7 @@ from .runtime.ecs_protection import task_protection
 from .runtime.http import healthcheck, serve_http
 from .runtime.runtime import Runtime
 from .settings import Settings, SettingsError, env_name, load_settings
-from .streams import reopen_closed_standard_fds
+from .streams import flush_all, reopen_closed_standard_fds
 from .worker import Worker
 
 EXIT_OK = 0
@@ -68,12 +68,14 @@ async def _tasks_that_ignore_cancellation() -> int:
 
 def _exit_now(code: int, event: str, **fields: Any) -> None:
     log.warning(event, **fields)
+    flush_all()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
 def _fail_config(message: str) -> int:
+    flush_all()  # lines logged before it go first
     print(f"sfn-worker: configuration error: {message}", file=sys.stderr)
     return EXIT_CONFIG
 
@@ -147,6 +149,13 @@ def _exit_now_if_threads_linger(code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     reopen_closed_standard_fds()  # before anything opens a file (streams.py)
+    try:
+        return _main(argv)
+    finally:
+        flush_all()  # the last lines, within a bound: a stream nobody reads never holds the exit
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="sfn-worker", description="AWS Step Functions activity worker"
     )

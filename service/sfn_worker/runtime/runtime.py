@@ -23,6 +23,7 @@ from ..app import App, import_path
 from ..bulkhead import Accessories, Accessory, AccessorySnapshot
 from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig, resolve
 from ..errors import FatalWorkerError, WorkerCrashed
+from ..logs import report_to as report_logs_to
 from ..metrics import Metrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
@@ -146,9 +147,10 @@ class Runtime:
             send_backoff=send_backoff,
         )
         self._sources = [self._worker(config, parts) for config in configs]
+        accessories = self.accessories
+        report_logs_to(accessories.get("logs"))  # stderr: lines dropped, or broken
         async with asyncio.TaskGroup() as group:
             runs = [group.create_task(source.run()) for source in self._sources]
-            accessories = self.accessories
             monitor = group.create_task(
                 accessories.supervise("loop_monitor", lambda _: watch_loop_lag(self.metrics))
             )

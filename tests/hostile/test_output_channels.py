@@ -1,0 +1,292 @@
+"""Output channels: stdout (CloudWatch EMF) and stderr (log lines) against readers that stop
+reading, readers that are gone, and values CloudWatch or a log line cannot carry.
+
+The worker runs as a real ``sfn-worker`` process against the in-process fake; its stdout or
+stderr is a pipe the test fills before the start and does not read, or whose reader end it
+closed. What must hold: tasks are answered and heartbeated, /healthz answers, SIGTERM
+exits on time, and the channel's failure is reported (dropped and counted, or stopped and
+said once), never the worker's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import io
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import structlog
+
+from sfn_worker import bulkhead, logs, streams
+from sfn_worker.metrics import Metrics
+from sfn_worker.settings import LogFormat, LogLevel
+from sfn_worker.testing import FakeStepFunctions
+
+from ..test_operations import free_port, get
+from ..test_process import BIN, REPO
+
+GRACE = 2.0
+# Bounds that hold on two busy shared cores: the worker's start, a task's answer.
+STARTED = 30.0
+ANSWERED = 20.0
+# SIGTERM to exit: the grace, the last lines' flush (1 s), and an interpreter's exit.
+EXITED = GRACE + 8.0
+HANDLERS = "tests.hostile.stream_handlers"
+SLEEP = "sfn_worker.examples:sleep_handler"
+
+
+# -- the harness -----------------------------------------------------------------------------
+class Lines:
+    """Lines read from a pipe, awaitable; no line length limit (a bug may write 200 KB)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.lines: list[bytes] = []
+        self._reader = reader
+        self._changed = asyncio.Condition()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        buffered = b""
+        while chunk := await self._reader.read(1 << 16):
+            buffered += chunk
+            *complete, buffered = buffered.split(b"\n")
+            self.lines += [line for line in complete if line]
+            async with self._changed:
+                self._changed.notify_all()
+        if buffered:
+            self.lines.append(buffered)
+
+    def json(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+    def events(self) -> list[str]:
+        return [str(record.get("event")) for record in self.json()]
+
+    async def wait_for(self, found: Callable[[], bool], timeout: float = ANSWERED) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(found)
+
+
+async def read_lines(fd: int) -> Lines:
+    """Start reading the read end ``fd`` of a pipe (the test's side)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    return Lines(reader)
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe already full (of empty lines): the worker's first write to it would block."""
+    read, write = os.pipe()
+    flags = fcntl.fcntl(write, fcntl.F_GETFL)
+    fcntl.fcntl(write, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(write, b"\n" * 4096)
+    except BlockingIOError:
+        pass
+    fcntl.fcntl(write, fcntl.F_SETFL, flags)
+    return read, write
+
+
+def broken_pipe() -> int:
+    """The write end of a pipe whose reader is gone (EPIPE on every write)."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+class Worker:
+    def __init__(self, process: asyncio.subprocess.Process, url: str | None) -> None:
+        self.process = process
+        self.url = url
+        self.stdout = Lines(process.stdout) if process.stdout else None
+        self.stderr = Lines(process.stderr) if process.stderr else None
+
+    async def health(self) -> dict[str, Any]:
+        """/healthz, which must answer within seconds (the loop is free)."""
+        assert self.url is not None
+        async with asyncio.timeout(5):
+            status, body = await get(f"{self.url}/healthz")
+        assert status == 200, body
+        return dict(json.loads(body))
+
+    async def stop(self, fake: FakeStepFunctions) -> tuple[int, float]:
+        """SIGTERM; the exit code and the seconds it took."""
+        signalled = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        fake.release_polls()
+        async with asyncio.timeout(EXITED + 10):
+            code = await self.process.wait()
+        took = time.monotonic() - signalled
+        for lines in (self.stdout, self.stderr):
+            if lines is not None:
+                await lines.task
+        return code, took
+
+
+@asynccontextmanager
+async def worker(
+    fake: FakeStepFunctions,
+    *,
+    stdout: int = asyncio.subprocess.PIPE,
+    stderr: int = asyncio.subprocess.PIPE,
+    http: bool = False,
+    env: dict[str, str] | None = None,
+    **settings: str,
+) -> AsyncIterator[Worker]:
+    """``sfn-worker run`` with these streams (a descriptor is handed over: closed here)."""
+    settings = {**settings, **(env or {})}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    port = free_port()
+    env.update(
+        SFN_ACTIVITY_ARN=fake.activity_arn,
+        SFN_WORKER_NAME="streams-test",
+        SFN_SHUTDOWN_GRACE_SECONDS=str(GRACE),
+        SFN_HEARTBEAT_SECONDS="1",
+        PYTHONPATH=str(REPO),
+    )
+    if http:
+        env.update(SFN_HTTP_PORT=str(port), SFN_HTTP_HOST="127.0.0.1")
+    env.update(settings)
+    process = await asyncio.create_subprocess_exec(
+        str(BIN / "sfn-worker"),
+        "run",
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        limit=1 << 24,
+    )
+    for fd in (stdout, stderr):
+        if fd >= 0:
+            os.close(fd)
+    running = Worker(process, f"http://127.0.0.1:{port}" if http else None)
+    try:
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for lines in (running.stdout, running.stderr):
+            if lines is not None:
+                await lines.task
+
+
+async def answered(fake: FakeStepFunctions, *tasks: Any, timeout: float = ANSWERED) -> None:
+    await fake.wait_for(lambda: all(t.state != "open" for t in tasks), timeout=timeout)
+
+
+async def serves_while_stalled(fake: FakeStepFunctions, running: Worker) -> None:
+    """What a free loop does: a 3.5 s task heartbeated every second and answered, a second
+    task answered, /healthz answering."""
+    long = fake.add_task({"seconds": 3.5})
+    await fake.wait_for(lambda: long.issued, timeout=STARTED)
+    await answered(fake, long)
+    assert long.state == "succeeded"
+    assert long.heartbeats >= 2  # the loop kept beating all along
+    short = fake.add_task({"seconds": 0})
+    await answered(fake, short)
+    assert short.state == "succeeded"
+    await running.health()
+
+
+# -- stdout: CloudWatch EMF --------------------------------------------------------------------
+
+
+# -- stderr: log lines -----------------------------------------------------------------------
+async def test_a_stderr_nobody_reads_never_blocks_the_loop(fake: FakeStepFunctions) -> None:
+    read, write = full_pipe()
+    async with worker(fake, stderr=write, http=True, SFN_HANDLER=SLEEP) as running:
+        await serves_while_stalled(fake, running)
+        code, took = await running.stop(fake)  # nobody reads: the exit is not held
+    os.close(read)
+    assert code == 0
+    assert took < EXITED
+
+
+async def test_a_stderr_read_again_gets_every_line_in_order_and_the_last_ones(
+    fake: FakeStepFunctions,
+) -> None:
+    read, write = full_pipe()
+    async with worker(fake, stderr=write, SFN_HANDLER=SLEEP) as running:
+        tasks = [fake.add_task({"seconds": 0}) for _ in range(20)]
+        await answered(fake, *tasks, timeout=STARTED)
+        stderr = await read_lines(read)
+        await stderr.wait_for(lambda: stderr.events().count("task ended") == 20)
+        code, _ = await running.stop(fake)
+        await stderr.task
+    assert code == 0
+    records = stderr.json()  # every line whole JSON: none cut or interleaved
+    events = [r["event"] for r in records]
+    assert events[-1] == "worker stopped"  # the last line, flushed at exit
+    assert events.index("worker started") < events.index("task started")
+    assert events.index("signal received: shutting down") < events.index("worker stopped")
+    stamps = [r["timestamp"] for r in records]
+    assert stamps == sorted(stamps)  # in the order they were logged
+
+
+async def test_log_lines_a_full_stderr_cannot_take_are_counted_and_reported_where_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(logs, "STDERR_BUFFER_BYTES", 16_384)
+    read, write = full_pipe()
+    accessory = bulkhead.Accessory("logs", Metrics())
+    with os.fdopen(write, "w") as text:
+        stderr = await _log_into_a_full_pipe(text, read, accessory)
+    await stderr.task
+    dropped = accessory.dropped
+    records = stderr.json()
+    notices = [r for r in records if r["event"].startswith("log lines dropped")]
+    assert [n["dropped"] for n in notices] == [dropped]
+    assert notices[0]["level"] == "warning"
+    assert notices[0]["worker"] == "drops"
+    numbers = [r.get("number") for r in records]
+    gap = numbers.index(None)  # the notice stands where the lines are missing
+    assert numbers[:gap] == list(range(gap))
+    assert numbers[gap + 1 :] == [1_000]
+    assert gap + dropped == 1_000
+
+
+async def _log_into_a_full_pipe(
+    text: io.TextIOWrapper, read: int, accessory: bulkhead.Accessory
+) -> Lines:
+    logs.configure_logging(LogLevel.INFO, LogFormat.JSON, "drops", text)
+    try:
+        logs.report_to(accessory)
+        log = structlog.get_logger("test")
+        started = time.monotonic()
+        for number in range(1_000):
+            log.info("line", number=number)  # about 120 bytes each: most are dropped
+        assert time.monotonic() - started < 5.0  # never waited for the pipe
+        assert 0 < accessory.dropped < 1_000
+        stderr = await read_lines(read)  # the reader is back: the stream drains
+        assert await asyncio.to_thread(streams.flush_all, 10)  # off the loop that reads
+        log.info("after", number=1_000)
+        assert await asyncio.to_thread(streams.flush_all, 10)
+    finally:
+        logs.reset_logging()  # flushes
+    return stderr
+
+
+async def test_a_broken_stderr_never_stops_the_worker(fake: FakeStepFunctions) -> None:
+    async with worker(fake, stderr=broken_pipe(), http=True) as running:
+        tasks = [fake.add_task({"in": "SUCCESS"}) for _ in range(3)]
+        await answered(fake, *tasks, timeout=STARTED)
+        health = await running.health()
+        assert health["accessories"]["logs"]["state"] == "stopped"
+        later = fake.add_task({"in": "SUCCESS"})
+        await answered(fake, later)
+        code, took = await running.stop(fake)
+    assert code == 0
+    assert took < EXITED
+    assert all(t.state == "succeeded" for t in [*tasks, later])
