@@ -16,7 +16,7 @@ import structlog
 
 from . import __version__
 from .app import LoadError, load_app
-from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed
+from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed, truncate
 from .logs import configure_logging
 from .runtime.check import check
 from .runtime.ecs_protection import task_protection
@@ -74,9 +74,17 @@ def _exit_now(code: int, event: str, **fields: Any) -> None:
     os._exit(code)
 
 
+# A configuration error's one line names the variable; a value pasted by mistake (a
+# document, a token) is cut and does not make it a long line.
+MAX_CONFIG_MESSAGE = 1_000
+
+
 def _fail_config(message: str) -> int:
     flush_all()  # lines logged before it go first
-    print(f"sfn-worker: configuration error: {message}", file=sys.stderr)
+    print(
+        f"sfn-worker: configuration error: {truncate(message, MAX_CONFIG_MESSAGE)}",
+        file=sys.stderr,
+    )
     return EXIT_CONFIG
 
 

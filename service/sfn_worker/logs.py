@@ -4,6 +4,11 @@ Records from the standard library (asyncio, aiohttp, botocore) go through the sa
 renderer, so every line on stderr has one format; those libraries log WARNING and above
 only, since botocore logs request bodies, task payloads included, at DEBUG.
 
+Every line, whoever produced it, is bounded (``MAX_LINE_BYTES``) and has long runs of
+token characters redacted (a task token inside an exception's message, say): a cheap check
+of the rendered line, and only a line that fails it is rendered again with each value
+redacted and cut (head and tail kept).
+
 Lines leave through ``streams.OutputStream`` (a write that cannot wait, else a bounded
 buffer written to stderr by a thread of its own), so a stderr nobody reads never blocks the
 event loop (full: lines are dropped, counted, and a notice says how many where they were
@@ -21,6 +26,8 @@ import io
 import json
 import logging
 import os
+import re
+import string
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +42,20 @@ from .streams import STDERR_BUFFER_BYTES, OutputStream, close, open_stream
 
 if TYPE_CHECKING:
     from .bulkhead import Accessory
+
+# Docker's log drivers split longer lines into partial messages (16 KiB); CloudWatch Logs
+# takes events up to 256 KiB. A longer line is rendered again with its values cut.
+MAX_LINE_BYTES = 16_384
+FIELD_CHARS = 4_096  # a value's first cut on that second rendering (head and tail kept)
+CUT_MARK = "…[truncated]…"
+# A run of token characters longer than any name the worker logs (activity, queue and
+# worker names: at most 80) is a secret or a payload: task tokens run to hundreds.
+SECRET_RUN = 81
+REDACTED = "<redacted>"
+_TOKEN_CHARS = (string.ascii_letters + string.digits + "+/=_-").encode()
+_RUN_TABLE = bytes(0x61 if byte in _TOKEN_CHARS else 0x20 for byte in range(256))
+_RUN = b"a" * SECRET_RUN
+_SECRET_TEXT = re.compile(rf"[A-Za-z0-9+/=_\-]{{{SECRET_RUN},}}")
 
 ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 
@@ -59,17 +80,58 @@ def dumps_line(event: Any) -> bytes:
         return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
+def suspect(line: bytes) -> bool:
+    """Too long, or holding a run of token characters (a translate and a substring search:
+    a fraction of a microsecond for a task's line, several times cheaper than a regex)."""
+    return len(line) > MAX_LINE_BYTES or _RUN in line.translate(_RUN_TABLE)
+
+
+def _cut(text: str, limit: int) -> str:
+    text = _SECRET_TEXT.sub(REDACTED, text)
+    if len(text) <= limit:
+        return text
+    half = max(1, (limit - len(CUT_MARK)) // 2)
+    return text[:half] + CUT_MARK + text[-half:]
+
+
+def _clean(value: Any, limit: int) -> Any:
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return value
+    return _cut(value if isinstance(value, str) else repr(value), limit)
+
+
+def bounded(
+    event_dict: EventDict, render: Callable[[EventDict], bytes], *, copy: bool = False
+) -> bytes:
+    """``render(event_dict)``, redacted and at most MAX_LINE_BYTES. ``copy``: the renderer
+    consumes the dict (structlog's ConsoleRenderer pops its keys)."""
+    line = render(dict(event_dict) if copy else event_dict)
+    if not suspect(line):
+        return line
+    limit = FIELD_CHARS
+    while limit >= 64:
+        line = render({_cut(str(k), 64): _clean(v, limit) for k, v in event_dict.items()})
+        if len(line) <= MAX_LINE_BYTES:
+            return line
+        limit //= 2
+    # Thousands of fields: keep what says what happened.
+    keep = ("event", "level", "timestamp", "logger", "worker")
+    return render({k: _clean(event_dict[k], 1024) for k in keep if k in event_dict})
+
+
 def render_json(logger: WrappedLogger, name: str, event_dict: EventDict) -> bytes:
-    return dumps_line(event_dict)
+    return bounded(event_dict, dumps_line)
 
 
 def render_json_text(logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
     """For the standard library's records (ProcessorFormatter wants text, no newline)."""
-    return dumps_line(event_dict)[:-1].decode()
+    return bounded(event_dict, dumps_line)[:-1].decode()
 
 
 class _ConsoleLine:
-    """structlog's ConsoleRenderer, as a line of bytes."""
+    """structlog's ConsoleRenderer, bounded and redacted like the JSON lines."""
 
     def __init__(self, colors: bool) -> None:
         self._renderer = structlog.dev.ConsoleRenderer(colors=colors)
@@ -79,7 +141,7 @@ class _ConsoleLine:
         return text.encode("utf-8", "backslashreplace") + b"\n"
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> bytes:
-        return self._render(event_dict)
+        return bounded(event_dict, self._render, copy=True)
 
     def text(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         return self(logger, name, event_dict)[:-1].decode()

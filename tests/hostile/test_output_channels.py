@@ -14,6 +14,7 @@ import asyncio
 import fcntl
 import io
 import json
+import logging
 import os
 import signal
 import time
@@ -31,6 +32,7 @@ from sfn_worker.testing import FakeStepFunctions
 
 from ..test_operations import free_port, get
 from ..test_process import BIN, REPO
+from .stream_handlers import HUGE_TEXT
 
 GRACE = 2.0
 # Bounds that hold on two busy shared cores: the worker's start, a task's answer.
@@ -290,3 +292,56 @@ async def test_a_broken_stderr_never_stops_the_worker(fake: FakeStepFunctions) -
     assert code == 0
     assert took < EXITED
     assert all(t.state == "succeeded" for t in [*tasks, later])
+
+
+async def test_a_stdlib_record_with_a_token_and_100_kb_is_one_bounded_redacted_line(
+    fake: FakeStepFunctions,
+) -> None:
+    async with worker(fake, SFN_HANDLER=f"{HANDLERS}:leak_an_exception") as running:
+        task = fake.add_task({})
+        await answered(fake, task, timeout=STARTED)
+        stderr = running.stderr
+        assert stderr is not None
+        await stderr.wait_for(lambda: any(b"never retrieved" in line for line in stderr.lines))
+        code, _ = await running.stop(fake)
+    assert code == 0
+    assert task.state == "succeeded"
+    assert all(len(line) <= logs.MAX_LINE_BYTES for line in stderr.lines)
+    records = stderr.json()  # still JSON
+    (leak,) = [r for r in records if "never retrieved" in r["event"]]
+    assert leak["logger"] == "asyncio"
+    assert logs.REDACTED in leak["event"]
+    assert logs.CUT_MARK in leak["exception"]
+    assert "RuntimeError" in leak["exception"]  # the head and the tail are kept
+    everything = b"\n".join(stderr.lines).decode()
+    assert task.token[9:40] not in everything  # not even a long piece of the token
+
+
+@pytest.mark.parametrize("source", ["structlog", "stdlib"])
+def test_every_log_line_is_bounded_and_redacted_whoever_wrote_it(source: str) -> None:
+    token = "AAAA" + "Zm9vYmFy" * 120  # a task token's shape: one long run
+    stream = io.StringIO()
+    logs.configure_logging(LogLevel.INFO, LogFormat.JSON, "bounded", stream)
+    try:
+        error = ValueError(f"token {token} then {HUGE_TEXT}")
+        if source == "structlog":
+            structlog.get_logger("test").error("handler crashed", exc_info=error, detail=HUGE_TEXT)
+        else:
+            logging.getLogger("aiohttp.server").error("%s %s", token, HUGE_TEXT, exc_info=error)
+        structlog.get_logger("test").info("task ended", outcome="succeeded")
+    finally:
+        logs.reset_logging()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert all(len(line.encode()) <= logs.MAX_LINE_BYTES for line in lines)
+    first, second = (json.loads(line) for line in lines)
+    assert token[10:40] not in stream.getvalue()
+    assert logs.CUT_MARK in first["exception"]
+    assert first["exception"].rstrip().endswith("dolor sit amet")  # its tail kept
+    assert second == {
+        "event": "task ended",
+        "outcome": "succeeded",
+        "level": "info",
+        "timestamp": second["timestamp"],
+        "worker": "bounded",
+    }  # an ordinary line is left as it was
