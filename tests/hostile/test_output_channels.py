@@ -27,9 +27,11 @@ import structlog
 
 from sfn_worker import bulkhead, logs, streams
 from sfn_worker.metrics import Metrics
+from sfn_worker.runtime.emf import EmfPublisher
 from sfn_worker.settings import LogFormat, LogLevel
 from sfn_worker.testing import FakeStepFunctions
 
+from .. import emf_schema
 from ..test_operations import free_port, get
 from ..test_process import BIN, REPO
 from .stream_handlers import HUGE_TEXT
@@ -203,6 +205,75 @@ async def serves_while_stalled(fake: FakeStepFunctions, running: Worker) -> None
 
 
 # -- stdout: CloudWatch EMF --------------------------------------------------------------------
+async def test_a_stdout_nobody_reads_never_blocks_the_loop(fake: FakeStepFunctions) -> None:
+    read, write = full_pipe()
+    async with worker(
+        fake,
+        stdout=write,
+        http=True,
+        SFN_HANDLER=SLEEP,
+        SFN_METRICS="emf",
+        SFN_METRICS_INTERVAL_SECONDS="1",
+    ) as running:
+        await serves_while_stalled(fake, running)  # three or more intervals written meanwhile
+        stdout = await read_lines(read)  # the reader is back: what was kept comes out
+        await stdout.wait_for(lambda: len(stdout.lines) >= 3)
+        code, took = await running.stop(fake)
+        assert code == 0
+        assert took < EXITED
+        await stdout.task
+    for record in stdout.json():
+        emf_schema.validate(record)
+    assert running.stderr is not None
+    assert "emf: failing" not in running.stderr.events()
+
+
+async def test_emf_records_a_full_stdout_cannot_take_are_dropped_and_counted() -> None:
+    read, write = full_pipe()
+    accessory = bulkhead.Accessory("emf", Metrics())
+    output = streams.OutputStream(write, "stdout", limit_bytes=8_192)
+    output.report_to(accessory.drop, lambda error: accessory.failed(error, stopped=True))
+    publisher = EmfPublisher(Metrics(), list, namespace="Test", service_name="test", output=output)
+    started = time.monotonic()
+    for _ in range(100):
+        publisher.publish()  # about 300 bytes each: the buffer holds some, the rest drops
+    assert time.monotonic() - started < 2.0  # never waited for the pipe
+    assert 0 < accessory.dropped == output.dropped < 100
+    assert accessory.snapshot().dropped == accessory.dropped
+    stdout = await read_lines(read)
+    assert await asyncio.to_thread(output.flush, 10)  # off the loop, which reads the pipe
+    os.close(write)
+    await stdout.task
+    records = stdout.json()
+    assert len(records) == 100 - accessory.dropped  # the kept ones, whole
+    for record in records:
+        emf_schema.validate(record)
+
+
+async def test_a_broken_stdout_stops_the_metrics_not_the_worker(fake: FakeStepFunctions) -> None:
+    async with worker(
+        fake,
+        stdout=broken_pipe(),
+        http=True,
+        SFN_METRICS="emf",
+        SFN_METRICS_INTERVAL_SECONDS="1",
+    ) as running:
+        assert running.stderr is not None
+        first = fake.add_task({"in": "SUCCESS"})
+        await answered(fake, first, timeout=STARTED)
+        stderr = running.stderr
+        await stderr.wait_for(lambda: "emf: stopped" in stderr.events())
+        later = fake.add_task({"in": "SUCCESS"})
+        await answered(fake, later)
+        health = await running.health()
+        assert health["accessories"]["emf"]["state"] == "stopped"
+        assert "BrokenPipeError" in health["accessories"]["emf"]["last_error"]
+        code, took = await running.stop(fake)
+    assert (code, first.state, later.state) == (0, "succeeded", "succeeded")
+    assert took < EXITED
+    events = running.stderr.events()
+    assert events.count("emf: stopped") == 1  # said once
+    assert "emf: failing" not in events
 
 
 # -- stderr: log lines -----------------------------------------------------------------------

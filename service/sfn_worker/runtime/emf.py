@@ -17,15 +17,18 @@ Records are built and serialized by aws-embedded-metrics (MetricsContext, LogSer
 the format, its limits, the chunking); its async ``flush`` is not used because it resolves
 the "environment" by probing the network (EC2 metadata, a CloudWatch agent socket), while
 the worker knows where it writes.
+
+Records leave through an ``OutputStream`` (streams.py): a stdout nobody reads never blocks
+the loop (a full buffer drops an interval's records, counted by the ``emf`` accessory), and
+a broken stdout stops the metrics, said once, never the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Protocol
 
 from aws_embedded_metrics.logger.metrics_context import MetricsContext
 from aws_embedded_metrics.serializers.log_serializer import LogSerializer
@@ -44,6 +47,15 @@ COUNTS = {
 DIMENSION = {"activity": "Activity", "queue": "Queue"}
 
 
+class Output(Protocol):
+    """Where records go: ``streams.OutputStream`` (a write never blocks; False: dropped or
+    broken, and ``error`` says which)."""
+
+    error: OSError | None
+
+    def write(self, data: bytes, records: int = 1) -> bool: ...
+
+
 class EmfPublisher:
     def __init__(
         self,
@@ -52,34 +64,36 @@ class EmfPublisher:
         *,
         namespace: str,
         service_name: str,
-        stream: TextIO | None = None,
+        output: Output,
     ) -> None:
         self._metrics = metrics
         self._sources = sources
         self._namespace = namespace
         self._service = service_name
-        self._stream = stream
+        self._output = output
         self._previous: dict[tuple[str, ...], float] = {}
 
     async def run(self, interval: float) -> None:
-        """Publish every ``interval`` seconds until cancelled, then once more."""
+        """Publish every ``interval`` seconds until cancelled (then once more), or until
+        the output breaks (its stream reports that)."""
         try:
-            while True:
+            while self._output.error is None:
                 await asyncio.sleep(interval)
                 self.publish()
         finally:
-            self.publish()  # the last interval, also when the container stops
+            if self._output.error is None:
+                self.publish()  # the last interval, also when the container stops
 
     def publish(self) -> None:
+        """One interval's records, handed to the output in one piece (never blocks)."""
         lines: list[str] = []
         for source in self._sources():
             lines += self._source_records(source)
         process = self._context({"ServiceName": self._service})
         process.put_metric("EventLoopLag", self._metrics.last_loop_lag, "Seconds")
         lines += LogSerializer.serialize(process)
-        stream = self._stream or sys.stdout
-        stream.write("".join(f"{line}\n" for line in lines))
-        stream.flush()
+        # json.dumps escapes what is not ASCII: the records are ASCII.
+        self._output.write("".join(f"{line}\n" for line in lines).encode(), len(lines))
 
     def _source_records(self, source: SourceWorker) -> list[str]:
         name, kind = source.name, source.source.kind

@@ -27,6 +27,7 @@ from ..logs import report_to as report_logs_to
 from ..metrics import Metrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
+from ..streams import STDOUT_BUFFER_BYTES, OutputStream, open_stream
 from ..tasks.activity import ActivityWorker
 from ..tasks.callback import CallbackQueueWorker
 from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
@@ -84,6 +85,7 @@ class Runtime:
         self._crash: BaseException | None = None
         self._crashed = asyncio.Event()
         self._force_stop = asyncio.Event()
+        self._stdout: OutputStream | None = None
 
     # -- what operations ask -----------------------------------------------------------------
     def in_flight(self) -> int:
@@ -175,11 +177,17 @@ class Runtime:
 
     async def _publish_emf(self, accessory: Accessory) -> None:
         settings = self.settings
+        if self._stdout is None:  # one writer for stdout, kept across restarts
+            self._stdout = open_stream(1, "stdout", limit_bytes=STDOUT_BUFFER_BYTES)
+            self._stdout.report_to(
+                accessory.drop, lambda error: accessory.failed(error, stopped=True)
+            )
         publisher = EmfPublisher(
             self.metrics,
             lambda: self._sources,
             namespace=settings.metrics_namespace,
             service_name=settings.metrics_service_name,
+            output=self._stdout,
         )
         await publisher.run(settings.metrics_interval_seconds)
 
