@@ -6,11 +6,16 @@ import asyncio
 import gc
 from typing import Any
 
-from sfn_worker import TaskContext
+from sfn_worker import TaskContext, TaskFailed
 
 # 100 KB of text that is not one token-like run (words and spaces): it must be cut, not
 # redacted away.
 HUGE_TEXT = "lorem ipsum dolor sit amet " * 3_800
+
+
+def fail_with_error(task_input: Any, ctx: TaskContext) -> Any:
+    """Fails with the error name the input gives (non-ASCII, blank: the README allows it)."""
+    raise TaskFailed(task_input["error"], "named by the input")
 
 
 async def leak_an_exception(task_input: Any, ctx: TaskContext) -> Any:

@@ -276,6 +276,72 @@ async def test_a_broken_stdout_stops_the_metrics_not_the_worker(fake: FakeStepFu
     assert "emf: failing" not in events
 
 
+async def test_error_names_cloudwatch_cannot_take_become_valid_dimensions(
+    fake: FakeStepFunctions,
+) -> None:
+    async with worker(
+        fake,
+        SFN_HANDLER=f"{HANDLERS}:fail_with_error",
+        SFN_METRICS="emf",
+        SFN_METRICS_INTERVAL_SECONDS="1",
+    ) as running:
+        tasks = [fake.add_task({"error": error}) for error in ("Échec", " ", "Échec", "a\x07b")]
+        await answered(fake, *tasks, timeout=STARTED)
+        stdout = running.stdout
+        assert stdout is not None
+
+        def by_error() -> dict[str, float]:
+            counts: dict[str, float] = {}
+            for record in stdout.json():
+                if "Error" in record:
+                    counts[record["Error"]] = counts.get(record["Error"], 0) + record["TasksFailed"]
+            return counts
+
+        await stdout.wait_for(lambda: sum(by_error().values()) == 4)
+        later = fake.add_task({"error": "Échec"})  # the interval after: still published
+        await answered(fake, later)
+        await stdout.wait_for(lambda: sum(by_error().values()) == 5)
+        code, _ = await running.stop(fake)
+    assert code == 0
+    assert [t.error for t in tasks] == ["Échec", " ", "Échec", "a\x07b"]  # the task keeps it
+    assert by_error() == {"Echec": 3.0, "(blank)": 1.0, "a?b": 1.0}
+    for record in stdout.json():
+        emf_schema.validate(record)
+        for dimension in record["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]:
+            value = record[dimension]
+            assert value.isascii()
+            assert value.isprintable()
+            assert value.strip()
+    assert running.stderr is not None
+    assert not [e for e in running.stderr.events() if e.startswith("emf:")]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SFN_METRICS_NAMESPACE", "AWS/States"),
+        ("SFN_METRICS_NAMESPACE", "My Workers"),
+        ("SFN_METRICS_NAMESPACE", "Tâches"),
+        ("SFN_METRICS_SERVICE_NAME", "référence"),
+        ("SFN_METRICS_SERVICE_NAME", "tab\there"),
+        ("SFN_METRICS_SERVICE_NAME", "   "),
+    ],
+)
+async def test_metrics_namespace_and_service_name_are_checked_at_start(
+    fake: FakeStepFunctions, variable: str, value: str
+) -> None:
+    async with worker(fake, SFN_METRICS="emf", env={variable: value}) as running:
+        async with asyncio.timeout(STARTED):
+            code = await running.process.wait()
+        assert running.stderr is not None
+        await running.stderr.task
+    lines = running.stderr.lines
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].decode().startswith(f"sfn-worker: configuration error: {variable}=")
+    assert fake.calls_of("GetActivityTask") == []
+
+
 # -- stderr: log lines -----------------------------------------------------------------------
 async def test_a_stderr_nobody_reads_never_blocks_the_loop(fake: FakeStepFunctions) -> None:
     read, write = full_pipe()

@@ -20,13 +20,16 @@ the worker knows where it writes.
 
 Records leave through an ``OutputStream`` (streams.py): a stdout nobody reads never blocks
 the loop (a full buffer drops an interval's records, counted by the ``emf`` accessory), and
-a broken stdout stops the metrics, said once, never the worker.
+a broken stdout stops the metrics, said once, never the worker. Dimension values come from
+users (error names, activity names) and are made valid first (``dimension_value``); the
+namespace and ServiceName are checked at start (settings.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -36,6 +39,12 @@ from prometheus_client import Counter
 
 from ..metrics import Metrics
 from ..tasks.source_worker import SourceWorker
+
+# CloudWatch's Dimension (API reference): a value is 1-1024 ASCII characters, no control
+# characters, at least one that is not whitespace; aws-embedded-metrics raises
+# InvalidDimensionError on all but the control characters (validator.py).
+MAX_DIMENSION_VALUE = 1024
+BLANK_DIMENSION = "(blank)"
 
 COUNTS = {
     "TasksStarted": "sfn_worker_tasks_started_total",
@@ -105,16 +114,19 @@ class EmfPublisher:
             total = registry.get_sample_value(sample, labels) or 0.0
             record.put_metric(metric, self._delta((kind, name, metric), total), "Count")
         failures = self._label_totals(self._metrics.tasks_failed, labels, "error")
-        failed = 0.0
-        lines = []
+        # Error names that differ only where CloudWatch cannot show it share one record.
+        per_value: dict[str, float] = {}
         for error, total in failures.items():
             delta = self._delta((kind, name, "TasksFailed", error), total)
-            failed += delta
+            value = dimension_value(error)
+            per_value[value] = per_value.get(value, 0.0) + delta
+        lines = []
+        for value, delta in per_value.items():
             if delta:
-                by_error = self._context({**dimensions, "Error": error})
+                by_error = self._context({**dimensions, "Error": value})
                 by_error.put_metric("TasksFailed", delta, "Count")
                 lines += LogSerializer.serialize(by_error)
-        record.put_metric("TasksFailed", failed, "Count")
+        record.put_metric("TasksFailed", sum(per_value.values()), "Count")
         polls = self._label_totals(self._metrics.poll_errors, labels, "code")
         record.put_metric(
             "PollErrors",
@@ -134,7 +146,7 @@ class EmfPublisher:
     def _context(self, dimensions: dict[str, str]) -> MetricsContext:
         context = MetricsContext.empty()  # stamped now
         context.namespace = self._namespace
-        context.set_dimensions([dimensions])
+        context.set_dimensions([{k: dimension_value(v) for k, v in dimensions.items()}])
         return context
 
     def _delta(self, key: tuple[str, ...], total: float) -> float:
@@ -151,6 +163,21 @@ class EmfPublisher:
                 ):
                     totals[sample.labels[label]] = sample.value
         return totals
+
+
+def dimension_value(text: str) -> str:
+    """``text`` as a valid dimension value: accents dropped (``Échec`` → ``Echec``), other
+    characters that are not printable ASCII as ``?``, blank as ``(blank)``, at most 1,024
+    characters. A valid value is returned as it is."""
+    if text.isascii() and text.isprintable() and text.strip():
+        return text[:MAX_DIMENSION_VALUE]
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(
+        c if c.isascii() and c.isprintable() else "?"
+        for c in decomposed
+        if not unicodedata.combining(c)
+    )
+    return (kept if kept.strip() else BLANK_DIMENSION)[:MAX_DIMENSION_VALUE]
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
