@@ -139,7 +139,13 @@ class Accessories:
             try:
                 await run(accessory)
                 return
-            except Exception as exc:  # noqa: BLE001 - the bulkhead: an accessory never stops the worker
+            except Exception as exc:  # the bulkhead: an accessory never stops the worker
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # It failed while cancelled (its cleanup raised over the
+                    # CancelledError): report it, and stop as asked, never restart.
+                    accessory.failed(exc, stopped=True)
+                    raise asyncio.CancelledError from exc
                 if restart is None:
                     accessory.failed(exc, stopped=True)
                     return

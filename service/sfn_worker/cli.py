@@ -17,7 +17,7 @@ import structlog
 
 from . import __version__
 from .app import LoadError, load_app
-from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed
+from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed, truncate
 from .logs import configure_logging
 from .runtime.check import check
 from .runtime.ecs_protection import task_protection
@@ -26,6 +26,7 @@ from .runtime.reaper import reaping_orphans
 from .runtime.runtime import Runtime
 from .runtime.signals import Signals
 from .settings import Settings, SettingsError, env_name, load_settings
+from .streams import flush_all, reopen_closed_standard_fds
 from .worker import Worker
 
 EXIT_OK = 0
@@ -70,13 +71,23 @@ async def _tasks_that_ignore_cancellation() -> int:
 
 def _exit_now(code: int, event: str, **fields: Any) -> None:
     log.warning(event, **fields)
+    flush_all()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
+# A configuration error's one line names the variable; a value pasted by mistake (a
+# document, a token) is cut and does not make it a long line.
+MAX_CONFIG_MESSAGE = 1_000
+
+
 def _fail_config(message: str) -> int:
-    print(f"sfn-worker: configuration error: {message}", file=sys.stderr)
+    flush_all()  # lines logged before it go first
+    print(
+        f"sfn-worker: configuration error: {truncate(message, MAX_CONFIG_MESSAGE)}",
+        file=sys.stderr,
+    )
     return EXIT_CONFIG
 
 
@@ -144,6 +155,14 @@ def _default_signal_handling(early_signals: Sequence[int]) -> None:
 
 
 def main(argv: list[str] | None = None, early_signals: Sequence[int] = ()) -> int:
+    reopen_closed_standard_fds()  # entry.py did so already; python -c callers too (streams.py)
+    try:
+        return _main(argv, early_signals)
+    finally:
+        flush_all()  # the last lines, within a bound: a stream nobody reads never holds the exit
+
+
+def _main(argv: list[str] | None, early_signals: Sequence[int]) -> int:
     parser = argparse.ArgumentParser(
         prog="sfn-worker", description="AWS Step Functions activity worker"
     )

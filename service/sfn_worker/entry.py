@@ -5,7 +5,8 @@ window used to kill it with no log line or, as PID 1 in a container (where the k
 no default handlers), be dropped: the worker then started, took tasks, and lost them to the
 SIGKILL that followed. So signals are recorded from the first instruction and honoured once
 the runtime exists (runtime/signals.py); only the standard library is imported here, and the
-package's own ``__init__`` loads nothing until asked.
+package's own ``__init__`` loads nothing until asked. Closed standard descriptors are
+reopened (on /dev/null) before anything else opens a file (streams.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     for signum in CAUGHT:
         signal.signal(signum, _record)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # ignored throughout (runtime/signals.py)
+    from .streams import reopen_closed_standard_fds  # the standard library only
+
+    reopen_closed_standard_fds()  # before the imports below open any file
     from .cli import main as cli_main
 
     return cli_main(argv, early_signals=EARLY_SIGNALS)

@@ -22,6 +22,29 @@ IMPORT_PATH_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*"
 QUEUE_URL_PATTERN = r"^https?://[^/\s]+(/[^/\s]+)*/\d{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$"
 
 
+# CloudWatch namespaces, as aws-embedded-metrics checks them (validator.py, constants.py:
+# letters, digits and . _ # : / -) and PutMetricData takes them (at most 255 characters,
+# not starting with ':'; 'AWS/' is reserved for AWS services).
+NAMESPACE_PATTERN = r"[A-Za-z0-9._#:/-]{1,255}"
+
+
+def check_namespace(value: str) -> str:
+    if not re.fullmatch(NAMESPACE_PATTERN, value):
+        raise ValueError("expected 1-255 letters, digits or . _ # : / - (a CloudWatch namespace)")
+    if value.startswith(("AWS/", ":")):
+        raise ValueError("must not start with 'AWS/' (reserved for AWS services) or ':'")
+    return value
+
+
+def check_dimension_value(value: str) -> str:
+    """A CloudWatch dimension value (API reference, Dimension): printable ASCII, not blank."""
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError("expected printable ASCII (a CloudWatch dimension value)")
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
 def check_queue_url(value: str) -> str:
     if not re.fullmatch(QUEUE_URL_PATTERN, value):
         raise ValueError(
@@ -187,6 +210,16 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(IMPORT_PATH_PATTERN, value):
             raise ValueError("expected 'package.module:attribute'")
         return value
+
+    @field_validator("metrics_namespace")
+    @classmethod
+    def _namespace_shape(cls, value: str) -> str:
+        return check_namespace(value)
+
+    @field_validator("metrics_service_name")
+    @classmethod
+    def _service_name_shape(cls, value: str) -> str:
+        return check_dimension_value(value)
 
     @field_validator("worker_name")
     @classmethod

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from sfn_worker import bulkhead
+from sfn_worker.aio import cancel_and_wait
 from sfn_worker.examples import seed_handler
 from sfn_worker.metrics import Metrics
 from sfn_worker.retry import Backoff
@@ -76,3 +77,22 @@ def test_an_accessory_logs_its_first_failure_then_once_a_minute(
     assert [e["event"] for e in logged] == ["emf: failing", "emf: stopped"]
     assert logged[1]["failures"] == 100  # the ones not logged are counted in the next line
     assert accessory.snapshot().failures == 101
+
+
+async def test_an_accessory_that_fails_while_cancelled_stops_instead_of_restarting() -> None:
+    accessories = bulkhead.Accessories(Metrics())
+    started = asyncio.Event()
+
+    async def last_write_fails(accessory: bulkhead.Accessory) -> None:
+        try:
+            started.set()
+            await asyncio.Event().wait()
+        finally:
+            raise OSError("the last write failed")  # over the CancelledError
+
+    task = asyncio.create_task(accessories.supervise("emf", last_write_fails))
+    await started.wait()
+    async with asyncio.timeout(5):
+        await cancel_and_wait(task)
+    assert task.cancelled()
+    assert accessories.get("emf").snapshot().state == "stopped"

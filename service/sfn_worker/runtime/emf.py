@@ -17,15 +17,21 @@ Records are built and serialized by aws-embedded-metrics (MetricsContext, LogSer
 the format, its limits, the chunking); its async ``flush`` is not used because it resolves
 the "environment" by probing the network (EC2 metadata, a CloudWatch agent socket), while
 the worker knows where it writes.
+
+Records leave through an ``OutputStream`` (streams.py): a stdout nobody reads never blocks
+the loop (a full buffer drops an interval's records, counted by the ``emf`` accessory), and
+a broken stdout stops the metrics, said once, never the worker. Dimension values come from
+users (error names, activity names) and are made valid first (``dimension_value``); the
+namespace and ServiceName are checked at start (settings.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import sys
+import unicodedata
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Protocol
 
 from aws_embedded_metrics.logger.metrics_context import MetricsContext
 from aws_embedded_metrics.serializers.log_serializer import LogSerializer
@@ -33,6 +39,12 @@ from prometheus_client import Counter
 
 from ..metrics import Metrics
 from ..tasks.source_worker import SourceWorker
+
+# CloudWatch's Dimension (API reference): a value is 1-1024 ASCII characters, no control
+# characters, at least one that is not whitespace; aws-embedded-metrics raises
+# InvalidDimensionError on all but the control characters (validator.py).
+MAX_DIMENSION_VALUE = 1024
+BLANK_DIMENSION = "(blank)"
 
 COUNTS = {
     "TasksStarted": "sfn_worker_tasks_started_total",
@@ -44,6 +56,15 @@ COUNTS = {
 DIMENSION = {"activity": "Activity", "queue": "Queue"}
 
 
+class Output(Protocol):
+    """Where records go: ``streams.OutputStream`` (a write never blocks; False: dropped or
+    broken, and ``error`` says which)."""
+
+    error: OSError | None
+
+    def write(self, data: bytes, records: int = 1) -> bool: ...
+
+
 class EmfPublisher:
     def __init__(
         self,
@@ -52,34 +73,36 @@ class EmfPublisher:
         *,
         namespace: str,
         service_name: str,
-        stream: TextIO | None = None,
+        output: Output,
     ) -> None:
         self._metrics = metrics
         self._sources = sources
         self._namespace = namespace
         self._service = service_name
-        self._stream = stream
+        self._output = output
         self._previous: dict[tuple[str, ...], float] = {}
 
     async def run(self, interval: float) -> None:
-        """Publish every ``interval`` seconds until cancelled, then once more."""
+        """Publish every ``interval`` seconds until cancelled (then once more), or until
+        the output breaks (its stream reports that)."""
         try:
-            while True:
+            while self._output.error is None:
                 await asyncio.sleep(interval)
                 self.publish()
         finally:
-            self.publish()  # the last interval, also when the container stops
+            if self._output.error is None:
+                self.publish()  # the last interval, also when the container stops
 
     def publish(self) -> None:
+        """One interval's records, handed to the output in one piece (never blocks)."""
         lines: list[str] = []
         for source in self._sources():
             lines += self._source_records(source)
         process = self._context({"ServiceName": self._service})
         process.put_metric("EventLoopLag", self._metrics.last_loop_lag, "Seconds")
         lines += LogSerializer.serialize(process)
-        stream = self._stream or sys.stdout
-        stream.write("".join(f"{line}\n" for line in lines))
-        stream.flush()
+        # json.dumps escapes what is not ASCII: the records are ASCII.
+        self._output.write("".join(f"{line}\n" for line in lines).encode(), len(lines))
 
     def _source_records(self, source: SourceWorker) -> list[str]:
         name, kind = source.name, source.source.kind
@@ -91,16 +114,19 @@ class EmfPublisher:
             total = registry.get_sample_value(sample, labels) or 0.0
             record.put_metric(metric, self._delta((kind, name, metric), total), "Count")
         failures = self._label_totals(self._metrics.tasks_failed, labels, "error")
-        failed = 0.0
-        lines = []
+        # Error names that differ only where CloudWatch cannot show it share one record.
+        per_value: dict[str, float] = {}
         for error, total in failures.items():
             delta = self._delta((kind, name, "TasksFailed", error), total)
-            failed += delta
+            value = dimension_value(error)
+            per_value[value] = per_value.get(value, 0.0) + delta
+        lines = []
+        for value, delta in per_value.items():
             if delta:
-                by_error = self._context({**dimensions, "Error": error})
+                by_error = self._context({**dimensions, "Error": value})
                 by_error.put_metric("TasksFailed", delta, "Count")
                 lines += LogSerializer.serialize(by_error)
-        record.put_metric("TasksFailed", failed, "Count")
+        record.put_metric("TasksFailed", sum(per_value.values()), "Count")
         polls = self._label_totals(self._metrics.poll_errors, labels, "code")
         record.put_metric(
             "PollErrors",
@@ -120,7 +146,7 @@ class EmfPublisher:
     def _context(self, dimensions: dict[str, str]) -> MetricsContext:
         context = MetricsContext.empty()  # stamped now
         context.namespace = self._namespace
-        context.set_dimensions([dimensions])
+        context.set_dimensions([{k: dimension_value(v) for k, v in dimensions.items()}])
         return context
 
     def _delta(self, key: tuple[str, ...], total: float) -> float:
@@ -137,6 +163,21 @@ class EmfPublisher:
                 ):
                     totals[sample.labels[label]] = sample.value
         return totals
+
+
+def dimension_value(text: str) -> str:
+    """``text`` as a valid dimension value: accents dropped (``Échec`` → ``Echec``), other
+    characters that are not printable ASCII as ``?``, blank as ``(blank)``, at most 1,024
+    characters. A valid value is returned as it is."""
+    if text.isascii() and text.isprintable() and text.strip():
+        return text[:MAX_DIMENSION_VALUE]
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(
+        c if c.isascii() and c.isprintable() else "?"
+        for c in decomposed
+        if not unicodedata.combining(c)
+    )
+    return (kept if kept.strip() else BLANK_DIMENSION)[:MAX_DIMENSION_VALUE]
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

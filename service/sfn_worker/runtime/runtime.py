@@ -26,10 +26,12 @@ from ..app import App, import_path
 from ..bulkhead import Accessories, Accessory, AccessorySnapshot
 from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig, resolve
 from ..errors import FatalWorkerError, WorkerCrashed
+from ..logs import report_to as report_logs_to
 from ..metrics import Metrics
 from ..otel_config import check_otel_environment
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
+from ..streams import STDOUT_BUFFER_BYTES, OutputStream, open_stream
 from ..tasks.activity import ActivityWorker
 from ..tasks.answering import AnswerGate
 from ..tasks.callback import CallbackQueueWorker
@@ -113,6 +115,7 @@ class Runtime:
         self._tracing: Tracing = NO_TRACING
         # Loop time of the first stop request (a signal, or a fatal error or a defect).
         self._stop_requested_at: float | None = None
+        self._stdout: OutputStream | None = None
 
     # -- what operations ask -----------------------------------------------------------------
     def in_flight(self) -> int:
@@ -272,9 +275,10 @@ class Runtime:
             answers=self.answers,
         )
         self._sources = [self._worker(config, parts) for config in configs]
+        accessories = self.accessories
+        report_logs_to(accessories.get("logs"))  # stderr: lines dropped, or broken
         async with asyncio.TaskGroup() as group:
             runs = [group.create_task(source.run()) for source in self._sources]
-            accessories = self.accessories
             monitor = group.create_task(
                 accessories.supervise("loop_monitor", lambda _: watch_loop_lag(self.metrics))
             )
@@ -319,11 +323,17 @@ class Runtime:
 
     async def _publish_emf(self, accessory: Accessory) -> None:
         settings = self.settings
+        if self._stdout is None:  # one writer for stdout, kept across restarts
+            self._stdout = open_stream(1, "stdout", limit_bytes=STDOUT_BUFFER_BYTES)
+            self._stdout.report_to(
+                accessory.drop, lambda error: accessory.failed(error, stopped=True)
+            )
         publisher = EmfPublisher(
             self.metrics,
             lambda: self._sources,
             namespace=settings.metrics_namespace,
             service_name=settings.metrics_service_name,
+            output=self._stdout,
         )
         await publisher.run(settings.metrics_interval_seconds)
 
