@@ -57,6 +57,7 @@ class FakeSqs:
         self.queues: dict[str, FakeQueue] = {}
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
+        self._pending_notice: asyncio.Future[None] | None = None
 
     def add_queue(
         self, name: str, *, url: str | None = None, max_receive_count: int = 0
@@ -112,6 +113,7 @@ class FakeSqs:
         deadline = loop.time() + min(20.0, float(params.get("WaitTimeSeconds", 0)))
         visibility = float(params.get("VisibilityTimeout", 30))
         queue.receiving += 1
+        await self._sfn.notify()  # a receive is open now: whoever waits for one hears of it
         try:
             while True:
                 visible = [m for m in queue.messages if m.visible_at <= loop.time()]
@@ -130,6 +132,9 @@ class FakeSqs:
                     released.cancel()
         finally:
             queue.receiving -= 1
+            # Also when the server cancels a receive whose client went away (as aiohttp may):
+            # whoever waits on ``receiving`` hears of it.
+            self._pending_notice = asyncio.ensure_future(self._sfn.notify())
         taken = []
         for message in visible[:wanted]:
             message.receive_count += 1
