@@ -134,15 +134,16 @@ async def test_one_process_death_among_40_tasks_costs_one_task(fake: FakeStepFun
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.timeout(90)
 async def test_a_handler_that_always_dies_is_backed_off_and_shown_in_healthz(
     fake: FakeStepFunctions,
 ) -> None:
-    window = 6.0
     fake.feed(1000, {"any": "input"})
     async with worker_with_http(
         fake, mistakes.always_die, handler_mode="process", concurrency=4
     ) as (_, url):
-        await asyncio.sleep(window)  # a measurement window, not a wait for a condition
+        # Four processes must start (and die) first: seconds of CPU each on a busy machine.
+        await fake.wait_for(lambda: len(fake.closed("failed")) >= 4, timeout=60)
         status, body = await get(f"{url}/healthz")
         failed = len(fake.closed("failed"))
     health = json.loads(body)["activities"]["fake-activity"]["processes"]
