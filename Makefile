@@ -63,8 +63,13 @@ oldest-python: | $(UV)
 	PATH="$(CURDIR)/$(OLDEST_VENV)/bin:$$PATH" $(OLDEST_VENV)/bin/pytest -q \
 	  -m "not localstack and not slow" -p no:cacheprovider
 
-test: lint typecheck oldest-python
-	$(VENV)/bin/pytest
+# Both test stages run even when one fails, so one red test never hides the others; -v
+# names each test as it starts (a LocalStack test runs for up to a minute).
+test: lint typecheck
+	@failed=""; \
+	  $(VENV)/bin/pytest -v --durations=10 || failed="$$failed main"; \
+	  $(MAKE) --no-print-directory oldest-python || failed="$$failed python-$(OLDEST_PYTHON)"; \
+	  if [ -n "$$failed" ]; then echo "make test: failed stage(s):$$failed"; exit 1; fi
 
 demo: setup
 	$(VENV)/bin/python scripts/demo.py

@@ -19,6 +19,7 @@ from sfn_worker.settings import Settings, SettingsError
 from sfn_worker.testing import FakeStepFunctions, run_app, run_handler
 
 from . import apps
+from .bounds import BUSY_MACHINE_SLACK
 from .test_operations import free_port, get
 from .test_process import BIN, worker_process
 
@@ -356,7 +357,7 @@ async def test_sigterm_with_both_activities_busy_answers_every_token_within_one_
         fake.release_polls()
         assert await worker.exit_code() == 0
         took = loop.time() - signalled
-    assert took < grace + 1.5
+    assert took < grace + BUSY_MACHINE_SLACK
     for task in renders + notifies:
         assert (task.state, task.error, task.terminal_calls) == ("failed", SHUTDOWN_ERROR, 1)
     assert not any("Traceback" in line for line in worker.raw)

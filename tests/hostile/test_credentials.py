@@ -18,6 +18,7 @@ from sfn_worker import TaskContext
 from sfn_worker.examples import seed_handler
 from sfn_worker.testing import FakeStepFunctions
 
+from ..bounds import BUSY_MACHINE_SLACK
 from ..conftest import running_worker
 from ..test_process import BIN, worker_process
 
@@ -164,5 +165,5 @@ async def test_a_dark_credentials_endpoint_near_expiry_never_holds_heartbeats_ba
             refreshed = harness.worker.accessories.snapshot()["credentials"]
     assert all(t.state == "succeeded" for t in tasks)
     gaps = [b - a for times in beats.values() for a, b in itertools.pairwise(times)]
-    assert max(gaps) < 3.0, max(gaps)
+    assert max(gaps) < 1 + BUSY_MACHINE_SLACK, max(gaps)  # never held for the 20 s spell
     assert refreshed.failures >= 1  # the dark spell was seen, counted, never fatal

@@ -22,6 +22,7 @@ from sfn_worker.tasks.task import Task
 from sfn_worker.testing import FakeStepFunctions
 
 from .. import handler_mistakes as mistakes
+from ..bounds import BUSY_MACHINE_SLACK
 from ..conftest import running_worker, sample
 from ..test_operations import get, worker_with_http
 from ..test_process import BIN, worker_process
@@ -218,7 +219,7 @@ async def test_sigterm_while_a_replacement_process_is_starting(fake: FakeStepFun
         fake.release_polls()
         assert await worker.exit_code() == 0
         took = loop.time() - signalled
-    assert took < 3 + 2
+    assert took < 3 + BUSY_MACHINE_SLACK
     assert (dying.state, dying.error) == ("failed", PROCESS_DIED_ERROR)
     assert waiting.terminal_calls == 1
     assert waiting.state in ("succeeded", "failed")
@@ -292,7 +293,7 @@ async def test_an_async_handler_that_swallows_cancellation_does_not_outlive_the_
         fake.release_polls()
         assert await worker.exit_code(timeout=grace + 10) == 0
         took = loop.time() - signalled
-    assert took < grace + 2
+    assert took < grace + BUSY_MACHINE_SLACK
     assert (task.state, task.error) == ("failed", SHUTDOWN_ERROR)
     assert any(e.get("event", "").startswith("exiting with handlers") for e in worker.events)
 

@@ -11,6 +11,7 @@ import pytest
 
 from sfn_worker.testing import FakeStepFunctions
 
+from ..bounds import BUSY_MACHINE_SLACK
 from ..test_process import BIN, worker_process
 
 GRACE = 3.0
@@ -38,7 +39,7 @@ async def test_a_lifespan_that_never_yields_ends_on_sigterm(
         worker.signal_worker(signal.SIGTERM)
         assert await worker.exit_code(timeout=GRACE + 10) == 1
         took = loop.time() - signalled
-    assert took < GRACE + 2
+    assert took < GRACE + BUSY_MACHINE_SLACK
     assert fake.counts.get("GetActivityTask", 0) == 0
     events = [e.get("event") for e in worker.events]
     assert "stopped while the app's lifespan was starting; nothing was polled" in events
@@ -58,7 +59,7 @@ async def test_sigterm_while_the_lifespan_is_starting_means_no_poll(
         worker.signal_worker(signal.SIGTERM)
         assert await worker.exit_code() == 1
         took = loop.time() - signalled
-    assert took < 2 + 2
+    assert took < 2 + BUSY_MACHINE_SLACK
     assert fake.counts.get("GetActivityTask", 0) == 0
 
 
@@ -80,7 +81,7 @@ async def test_a_lifespan_that_hangs_on_exit_is_bounded_by_the_grace(
         assert await worker.exit_code(timeout=GRACE + 10) == 0
         took = loop.time() - signalled
     assert task.state == "succeeded"
-    assert took < GRACE + 2
+    assert took < GRACE + BUSY_MACHINE_SLACK
     events = [e.get("event") for e in worker.events]
     assert "lifespan exiting" in events
     assert "the app's lifespan did not exit within the grace period; cancelling it" in events

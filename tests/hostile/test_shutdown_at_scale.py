@@ -19,6 +19,7 @@ from sfn_worker.tasks import answering
 from sfn_worker.tasks.answering import AnswerGate
 from sfn_worker.testing import ApiQuotas, FakeStepFunctions, Quota
 
+from ..bounds import BUSY_MACHINE_SLACK
 from ..conftest import running_worker, sample
 from ..test_process import BIN, worker_process
 
@@ -74,7 +75,7 @@ async def test_thousands_of_stuck_tasks_are_answered_inside_a_short_grace(
     stopping = next(e for e in worker.events if e["event"] == "shutdown: polling stopped")
     assert stopping["running"] == count
     # Gone by the end of the grace (slack for signal delivery on a busy machine).
-    assert took < grace + 0.5, took
+    assert took < grace + BUSY_MACHINE_SLACK, took
     answered = [t for t in tasks if t.state != "open"]
     assert len(answered) >= count // 2, len(answered)
     assert {(t.state, t.error, t.terminal_calls) for t in answered} == {
@@ -165,12 +166,13 @@ async def test_the_failure_reserve_follows_the_measured_answer_rate(
             took = loop.time() - signalled
     stopping = next(e for e in logs if e["event"] == "shutdown: polling stopped")
     rate = stopping["answers_per_second"]
-    assert 50 <= rate <= 150, rate  # measured, not the 400/s assumed before any measure
+    assert rate <= 150, rate  # measured (at most the endpoint's 50/s and its burst), not
+    # the 400/s assumed before any measure; a busy machine answers more slowly, never faster
     assert stopping["reserve_seconds"] == pytest.approx(
         failure_reserve_seconds(grace, count, rate), abs=0.1
     )
     assert stopping["reserve_seconds"] > failure_reserve_seconds(grace, count)
-    assert took < grace
+    assert took < grace + BUSY_MACHINE_SLACK
     assert {(t.state, t.error, t.terminal_calls) for t in tasks} == {("failed", SHUTDOWN_ERROR, 1)}
 
 
@@ -197,7 +199,7 @@ async def test_what_cannot_be_answered_is_counted_and_reported_once(
             await harness.stop()
             took = loop.time() - signalled
             unanswered = sample(harness.worker, "sfn_worker_tasks_unanswered_total")
-    assert took < grace + 0.5
+    assert took < grace + BUSY_MACHINE_SLACK
     answered = [t for t in tasks if t.state != "open"]
     assert {(t.state, t.error, t.terminal_calls) for t in answered} == {
         ("failed", SHUTDOWN_ERROR, 1)
