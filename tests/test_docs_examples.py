@@ -115,7 +115,8 @@ def _subcommands() -> list[str]:
         match[1]
         for page in PAGES
         for block in SHELL_BLOCK.findall(page.read_text())
-        for match in SUBCOMMAND.finditer(block)
+        for line in block.splitlines()
+        for match in SUBCOMMAND.finditer(line.split("#", 1)[0])  # commands, not comments
     }
     return sorted(found)
 
