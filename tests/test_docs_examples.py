@@ -39,6 +39,7 @@ for name, value in list(names.items()):
         if inspect.iscoroutine(result):
             asyncio.run(result)
 """
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 SHELL_BLOCK = re.compile(r"^ *```(?:sh|bash|shell|console)\n(.*?)^ *```", re.M | re.S)
 SUBCOMMAND = re.compile(r"(?:\bsfn-worker|python -m sfn_worker)\s+([a-z][\w-]*)")
 
@@ -69,6 +70,14 @@ def test_the_readme_and_the_pages_have_examples() -> None:
     pages = {example.path for example in EXAMPLES}
     assert REPO / "README.md" in pages
     assert REPO / "docs" / "handlers.md" in pages
+
+
+def test_the_readmes_links_reach_files_that_exist() -> None:
+    # The site's own links are checked by `mkdocs build --strict`; the README is not part of it.
+    targets = [m[1] for m in LINK.finditer((REPO / "README.md").read_text())]
+    local = [t.split("#", 1)[0] for t in targets if not t.startswith(("http:", "https:", "#"))]
+    assert local, "the README links no page"
+    assert [t for t in local if not (REPO / t).exists()] == []
 
 
 def test_every_partial_marker_stands_before_a_python_block() -> None:
