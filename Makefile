@@ -15,11 +15,12 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup test check lint typecheck unit oldest-python demo bench bench-quick clean
+.PHONY: help setup test check lint typecheck docs unit oldest-python demo bench bench-quick clean
 
 help:
 	@echo "make demo   - set up, start LocalStack, run the seed flow end to end, stop"
-	@echo "make test   - set up, lint, type-check, run every test (LocalStack included)"
+	@echo "make test   - set up, lint, type-check, build the docs, run every test (LocalStack included)"
+	@echo "make docs   - build the documentation site from docs/ into site/ (mkdocs --strict)"
 	@echo "make bench  - run the benchmark suite, write docs/benchmarks.md (about 25 minutes)"
 	@echo "make bench-quick - the same with short windows, into .bench-quick/ (under 3 minutes)"
 
@@ -50,6 +51,10 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
+# The documentation site: a broken link, anchor or nav entry fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 unit: setup
 	$(VENV)/bin/pytest -m "not localstack"
 
@@ -65,7 +70,7 @@ oldest-python: | $(UV)
 
 # Both test stages run even when one fails, so one red test never hides the others; -v
 # names each test as it starts (a LocalStack test runs for up to a minute).
-test: lint typecheck
+test: lint typecheck docs
 	@failed=""; \
 	  $(VENV)/bin/pytest -v --durations=10 || failed="$$failed main"; \
 	  $(MAKE) --no-print-directory oldest-python || failed="$$failed python-$(OLDEST_PYTHON)"; \
@@ -81,4 +86,4 @@ bench-quick: setup
 	$(VENV)/bin/python bench/run.py --quick --output $(CURDIR)/.bench-quick/benchmarks.md
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) .mypy_cache .ruff_cache .pytest_cache site
