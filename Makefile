@@ -15,7 +15,8 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup test check lint typecheck unit oldest-python demo bench bench-quick clean
+.PHONY: help setup test check lint typecheck unit oldest-python demo bench bench-quick clean \
+	image base-image-digest
 
 help:
 	@echo "make demo   - set up, start LocalStack, run the seed flow end to end, stop"
@@ -74,6 +75,20 @@ bench: setup
 
 bench-quick: setup
 	$(VENV)/bin/python bench/run.py --quick --output $(CURDIR)/.bench-quick/benchmarks.md
+
+# The one version: pyproject.toml's, also the image's tag and its OCI version label.
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image:
+	docker build --build-arg VERSION=$(VERSION) -t sfn-activity-worker:$(VERSION) .
+
+# Pin the Dockerfile's base image to the digest python:3.13-slim has today (needs Docker
+# Hub); review and commit the change like a dependency update.
+base-image-digest:
+	@digest="$$(docker buildx imagetools inspect python:3.13-slim --format '{{.Manifest.Digest}}')"; \
+	  [[ "$$digest" =~ ^sha256:[0-9a-f]{64}$$ ]] || { echo "no digest: $$digest"; exit 1; }; \
+	  sed -i -E "s|^(ARG PYTHON_IMAGE=python:3\.13-slim@)sha256:[0-9a-f]{64}|\1$$digest|" Dockerfile; \
+	  grep '^ARG PYTHON_IMAGE=' Dockerfile
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) .mypy_cache .ruff_cache .pytest_cache
