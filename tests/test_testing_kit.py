@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sfn_worker import TaskContext
 from sfn_worker.settings import HandlerMode
 from sfn_worker.testing import (
     ApiQuotas,
@@ -66,6 +67,16 @@ def test_run_handler_sync_runs_in_a_plain_test() -> None:
     failed = run_handler_sync(_double, {})
     assert isinstance(failed, Failure)
     assert failed.error == "KeyError"
+
+
+def _greet(task_input: Any, ctx: Any) -> Any:
+    return f"{ctx.state['greeting']}, {task_input}"
+
+
+def test_run_handler_gives_the_handler_a_state() -> None:
+    assert run_handler_sync(_greet, "ana", state={"greeting": "hi"}) == Success('"hi, ana"')
+    with pytest.raises(ValueError, match="either ctx or state"):
+        run_handler_sync(_greet, "ana", state={}, ctx=TaskContext(task_token="t", worker_name="w"))
 
 
 async def test_run_handler_sync_inside_a_running_loop_says_what_to_use() -> None:

@@ -12,7 +12,7 @@ import aioboto3
 
 from ..app import App, Handler
 from ..config import SourceConfig, activity_name, queue_name
-from ..context import TaskContext
+from ..context import NO_STATE, TaskContext
 from ..runtime.client import SfnClients, open_clients
 from ..runtime.runtime import ClientFactory, Runtime
 from ..settings import HandlerMode, Settings
@@ -29,9 +29,11 @@ async def run_handler(
     mode: HandlerMode = HandlerMode.THREAD,
     ctx: TaskContext | None = None,
     app: App | None = None,
+    state: Any = NO_STATE,
 ) -> Outcome:
     """Run a handler the way the worker does and return what it would send; with ``app``,
-    through the app's middleware (its lifespan is not entered: pass ``ctx`` with a state).
+    through the app's middleware (its lifespan is not entered: ``state`` is what the handler
+    sees as ``ctx.state``).
 
     >>> outcome = await run_handler(seed_handler, {"in": "SUCCESS"})
     >>> outcome.output
@@ -44,8 +46,13 @@ async def run_handler(
         middlewares=app.middlewares if app is not None else (),
         process_init=app.process_initializer if app is not None else None,
     )
+    if ctx is not None and state is not NO_STATE:
+        raise ValueError("pass either ctx or state, not both")
     context = ctx or TaskContext(
-        task_token="test-token", worker_name="test", activity_arn=DEFAULT_ACTIVITY_ARN
+        task_token="test-token",
+        worker_name="test",
+        activity_arn=DEFAULT_ACTIVITY_ARN,
+        _state=state,
     )
     try:
         call = invoker.start(task_input, context)
@@ -68,6 +75,7 @@ def run_handler_sync(
     mode: HandlerMode = HandlerMode.THREAD,
     ctx: TaskContext | None = None,
     app: App | None = None,
+    state: Any = NO_STATE,
 ) -> Outcome:
     """``run_handler`` for a plain ``def test_...``: runs it in an event loop of its own.
 
@@ -77,7 +85,9 @@ def run_handler_sync(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(run_handler(handler, task_input, mode=mode, ctx=ctx, app=app))
+        return asyncio.run(
+            run_handler(handler, task_input, mode=mode, ctx=ctx, app=app, state=state)
+        )
     raise RuntimeError(
         "run_handler_sync() was called inside a running event loop (an async test): "
         "use `await run_handler(...)` there"
