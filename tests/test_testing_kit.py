@@ -132,7 +132,10 @@ def test_the_plugin_imports_nothing_of_the_worker() -> None:
 
 # A team's test module: no asyncio configuration, no markers.
 USER_TESTS = """
+import asyncio
 from typing import Any
+
+import pytest
 
 from sfn_worker import App, TaskContext
 from sfn_worker.testing import Failure, Success, run_app, run_handler, run_handler_sync
@@ -164,6 +167,18 @@ async def test_an_activity(sfn_fake) -> None:
     assert (task.state, task.output) == ("succeeded", '{"n":10}')
 
 
+@pytest.fixture
+def loop_of_fixtures(sfn_loop_runner):
+    async def running_loop():
+        return asyncio.get_running_loop()
+
+    return sfn_loop_runner.run(running_loop())
+
+
+async def test_fixtures_and_test_share_one_loop(loop_of_fixtures) -> None:
+    assert asyncio.get_running_loop() is loop_of_fixtures
+
+
 async def test_a_callback_queue(sfn_fake, sfn_queue) -> None:
     app = App()
     app.callback_queue(sfn_queue.url)(double)
@@ -192,9 +207,9 @@ async def test_marked_for_pytest_asyncio(sfn_fake) -> None:
 # pytest-asyncio, when a team has it, warns (an error here) without its loop scope setting.
 LOOP_SCOPE = "asyncio_default_fixture_loop_scope = function\n"
 CONFIGS = {
-    "no pytest-asyncio": ("", ["-p", "no:asyncio"], 4),
-    "pytest-asyncio strict": (LOOP_SCOPE, [], 5),
-    "pytest-asyncio auto": (LOOP_SCOPE + "asyncio_mode = auto\n", [], 5),
+    "no pytest-asyncio": ("", ["-p", "no:asyncio"], 5),
+    "pytest-asyncio strict": (LOOP_SCOPE, [], 6),
+    "pytest-asyncio auto": (LOOP_SCOPE + "asyncio_mode = auto\n", [], 6),
 }
 
 
