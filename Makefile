@@ -23,6 +23,8 @@ help:
 	@echo "make test   - set up, lint, type-check, run every test (LocalStack included)"
 	@echo "make bench  - run the benchmark suite, write docs/benchmarks.md (about 25 minutes)"
 	@echo "make bench-quick - the same with short windows, into .bench-quick/ (under 3 minutes)"
+	@echo "make image  - build the image, tagged and labelled with the version in pyproject.toml"
+	@echo "make base-image-digest - pin the Dockerfile's base image to today's python:3.13-slim"
 
 $(UV):
 	@python="$$(scripts/find-python $(PYTHON_VERSION))"; \
