@@ -1,8 +1,14 @@
 # sfn-activity-worker: runs `sfn-worker run` as PID 1, tuned with SFN_* environment variables.
 # Build: docker build -t sfn-activity-worker .
 # Run:   docker run --rm -e SFN_ACTIVITY_ARN=arn:aws:states:... -e AWS_REGION=... sfn-activity-worker
+# (`make image` builds it tagged and labelled with the version in pyproject.toml.)
 
-FROM python:3.13-slim AS build
+# The base image, pinned by digest (the multi-platform index) so a rebuild gets the same
+# bytes. `make base-image-digest` moves it to the current python:3.13-slim, with
+#   docker buildx imagetools inspect python:3.13-slim --format '{{.Manifest.Digest}}'
+ARG PYTHON_IMAGE=python:3.13-slim@sha256:9662417aace5ae7b8e2609cce472b72a8958e134ba372808abe9cc1a0c0125e6
+
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -11,12 +17,17 @@ WORKDIR /src
 COPY requirements.lock ./
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r requirements.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY service ./service
 RUN /opt/venv/bin/pip install --no-deps --no-compile . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
-FROM python:3.13-slim
+FROM ${PYTHON_IMAGE}
+# The version in pyproject.toml (tests/test_adoption.py checks they agree).
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="sfn-activity-worker" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT"
 RUN groupadd --system --gid 10001 worker \
     && useradd --system --uid 10001 --gid worker --no-create-home --shell /usr/sbin/nologin worker
 COPY --from=build /opt/venv /opt/venv

@@ -15,7 +15,8 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup test check lint typecheck docs unit oldest-python demo bench bench-quick clean
+.PHONY: help setup test check lint typecheck docs unit oldest-python demo bench bench-quick clean \
+	image base-image-digest
 
 help:
 	@echo "make demo   - set up, start LocalStack, run the seed flow end to end, stop"
@@ -23,6 +24,8 @@ help:
 	@echo "make docs   - build the documentation site from docs/ into site/ (mkdocs --strict)"
 	@echo "make bench  - run the benchmark suite, write docs/benchmarks.md (about 25 minutes)"
 	@echo "make bench-quick - the same with short windows, into .bench-quick/ (under 3 minutes)"
+	@echo "make image  - build the image, tagged and labelled with the version in pyproject.toml"
+	@echo "make base-image-digest - pin the Dockerfile's base image to today's python:3.13-slim"
 
 $(UV):
 	@python="$$(scripts/find-python $(PYTHON_VERSION))"; \
@@ -84,6 +87,20 @@ bench: setup
 
 bench-quick: setup
 	$(VENV)/bin/python bench/run.py --quick --output $(CURDIR)/.bench-quick/benchmarks.md
+
+# The one version: pyproject.toml's, also the image's tag and its OCI version label.
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image:
+	docker build --build-arg VERSION=$(VERSION) -t sfn-activity-worker:$(VERSION) .
+
+# Pin the Dockerfile's base image to the digest python:3.13-slim has today (needs Docker
+# Hub); review and commit the change like a dependency update.
+base-image-digest:
+	@digest="$$(docker buildx imagetools inspect python:3.13-slim --format '{{.Manifest.Digest}}')"; \
+	  [[ "$$digest" =~ ^sha256:[0-9a-f]{64}$$ ]] || { echo "no digest: $$digest"; exit 1; }; \
+	  sed -i -E "s|^(ARG PYTHON_IMAGE=python:3\.13-slim@)sha256:[0-9a-f]{64}|\1$$digest|" Dockerfile; \
+	  grep '^ARG PYTHON_IMAGE=' Dockerfile
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) .mypy_cache .ruff_cache .pytest_cache site

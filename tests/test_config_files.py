@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import string
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +160,20 @@ def image_env(path: Path = REPO / "Dockerfile") -> dict[str, str]:
     return env
 
 
+def dockerfile_args(path: Path = REPO / "Dockerfile") -> dict[str, str]:
+    """Every ``ARG NAME=default`` of the Dockerfile."""
+    args: dict[str, str] = {}
+    for declaration in dockerfile_instructions(path).get("ARG", []):
+        name, _, default = declaration.partition("=")
+        args[name] = default
+    return args
+
+
 def test_dockerfile_shape() -> None:
     instructions = dockerfile_instructions()
-    assert instructions["FROM"][-1].startswith("python:3.13-slim")
+    base = string.Template(instructions["FROM"][-1]).substitute(dockerfile_args())
+    assert base.startswith("python:3.13-slim")
+    assert re.fullmatch(r"python:3\.13-slim@sha256:[0-9a-f]{64}", base), "pinned by digest"
     assert len(instructions["FROM"]) >= 2, "multi-stage build"
     assert image_command() == ["sfn-worker", "run"]
     assert instructions["STOPSIGNAL"] == ["SIGTERM"]

@@ -109,18 +109,24 @@ class RunningTask:
                 "the worker shut down and the handler did not stop when cancelled; "
                 "its result, if any, is discarded",
             )
-        if result.cancelled() and self.cancel_reason is None:
-            return Failure.of("CancelledError", "the handler was cancelled, not by the worker")
-        if result.cancelled():
+        if result.cancelled() and self.cancel_reason is not None:
             return Failure.of(
                 SHUTDOWN_ERROR,
                 "the worker shut down and the shutdown grace period ran out; "
                 "the handler was interrupted",
             )
-        error = result.exception()
-        if error is not None:
-            return from_exception(error)
-        return encode_output(result.result())
+        return handler_outcome(result)
+
+
+def handler_outcome(result: asyncio.Future[Any]) -> Outcome:
+    """What to answer for a handler call that ended without the worker stopping it (what
+    ``sfn_worker.testing.run_handler`` answers too)."""
+    if result.cancelled():
+        return Failure.of("CancelledError", "the handler was cancelled, not by the worker")
+    error = result.exception()
+    if error is not None:
+        return from_exception(error)
+    return encode_output(result.result())
 
 
 @dataclass(frozen=True)

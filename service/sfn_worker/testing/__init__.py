@@ -1,38 +1,59 @@
-"""Helpers for testing handlers and apps without AWS.
+"""Helpers for testing handlers and apps without AWS (docs/testing.md).
 
 - ``run_handler(handler, input)``: what the worker would send for one call (with the app's
-  middleware when ``app`` is given);
-- ``FakeStepFunctions``: an in-process fake of the activity API (and, as ``fake.sqs``, of
-  the SQS calls callback queues use) that real boto3 clients talk to; with
-  ``fake.quotas = ApiQuotas()`` it throttles like the service (one token bucket per API),
-  with ``fake.heartbeat_timeout_seconds`` it times tasks out like a state's
-  HeartbeatSeconds;
+  middleware when ``app`` is given); ``run_handler_sync`` for a plain ``def test_...``;
+- ``FakeStepFunctions``: an in-process fake of the activity API (and, as ``fake.sqs``, a
+  ``FakeSqs`` of the SQS calls callback queues use) that real boto3 clients talk to; with
+  ``fake.quotas = ApiQuotas()`` it throttles like the service (one token bucket per API,
+  ``print(fake.quotas)`` sums them up), with ``fake.heartbeat_timeout_seconds`` it times
+  tasks out like a state's HeartbeatSeconds;
 - ``run_app(app, fake)``: the whole app, in this process, against the fake:
 
       async with FakeStepFunctions() as fake, run_app(app, fake):
           task = fake.add_task({"url": "https://example.com"}, activity="render")
           await fake.wait_for(lambda: task.state != "open")
+
+- a pytest plugin (``pytest_plugin``, loaded by pytest wherever this package is installed):
+  fixtures ``sfn_fake`` and ``sfn_queue``, and ``async def`` tests that need
+  no asyncio configuration.
+
+The names below load on first use: pytest imports this package for its plugin in every
+project where the worker is installed, and that must cost nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import aioboto3
+if TYPE_CHECKING:
+    from ..tasks.outcome import Failure, Outcome, Success
+    from .fake_sfn import DEFAULT_ACTIVITY_ARN, Call, FakeStepFunctions, FakeTask, Fault
+    from .fake_sqs import FakeMessage, FakeQueue, FakeSqs
+    from .harness import fake_clients, run_app, run_handler, run_handler_sync
+    from .quotas import LARGE_REGIONS, OTHER_REGIONS, ApiQuotas, Quota
 
-from ..app import App, Handler
-from ..config import SourceConfig, activity_name, queue_name
-from ..context import TaskContext
-from ..runtime.client import SfnClients, open_clients
-from ..runtime.runtime import ClientFactory, Runtime
-from ..settings import HandlerMode, Settings
-from ..tasks.handlers import HandlerInvoker
-from ..tasks.outcome import Failure, Outcome, Success, encode_output, from_exception
-from .fake_sfn import DEFAULT_ACTIVITY_ARN, REGION, Call, FakeStepFunctions, FakeTask, Fault
-from .quotas import LARGE_REGIONS, OTHER_REGIONS, ApiQuotas, Quota
+_EXPORTS = {
+    "Failure": "..tasks.outcome",
+    "Outcome": "..tasks.outcome",
+    "Success": "..tasks.outcome",
+    "DEFAULT_ACTIVITY_ARN": ".fake_sfn",
+    "Call": ".fake_sfn",
+    "FakeStepFunctions": ".fake_sfn",
+    "FakeTask": ".fake_sfn",
+    "Fault": ".fake_sfn",
+    "FakeMessage": ".fake_sqs",
+    "FakeQueue": ".fake_sqs",
+    "FakeSqs": ".fake_sqs",
+    "fake_clients": ".harness",
+    "run_app": ".harness",
+    "run_handler": ".harness",
+    "run_handler_sync": ".harness",
+    "LARGE_REGIONS": ".quotas",
+    "OTHER_REGIONS": ".quotas",
+    "ApiQuotas": ".quotas",
+    "Quota": ".quotas",
+}
 
 __all__ = [
     "DEFAULT_ACTIVITY_ARN",
@@ -41,6 +62,9 @@ __all__ = [
     "ApiQuotas",
     "Call",
     "Failure",
+    "FakeMessage",
+    "FakeQueue",
+    "FakeSqs",
     "FakeStepFunctions",
     "FakeTask",
     "Fault",
@@ -50,83 +74,17 @@ __all__ = [
     "fake_clients",
     "run_app",
     "run_handler",
+    "run_handler_sync",
 ]
 
 
-async def run_handler(
-    handler: Handler,
-    task_input: Any,
-    *,
-    mode: HandlerMode = HandlerMode.THREAD,
-    ctx: TaskContext | None = None,
-    app: App | None = None,
-) -> Outcome:
-    """Run a handler the way the worker does and return what it would send; with ``app``,
-    through the app's middleware (its lifespan is not entered: pass ``ctx`` with a state).
-
-    >>> outcome = await run_handler(seed_handler, {"in": "SUCCESS"})
-    >>> outcome.output
-    '{"result":{"in":"SUCCESS"}}'
-    """
-    invoker = HandlerInvoker(
-        handler,
-        mode,
-        concurrency=1,
-        middlewares=app.middlewares if app is not None else (),
-        process_init=app.process_initializer if app is not None else None,
-    )
-    context = ctx or TaskContext(
-        task_token="test-token", worker_name="test", activity_arn=DEFAULT_ACTIVITY_ARN
-    )
-    try:
-        result = await invoker.start(task_input, context).result
-    except Exception as exc:  # noqa: BLE001 - the handler's failure is the outcome under test
-        return from_exception(exc)
-    finally:
-        await invoker.aclose()
-    return encode_output(result)
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
 
 
-def fake_clients(fake: FakeStepFunctions) -> ClientFactory:
-    """Clients for the runtime that talk to ``fake``, whatever the AWS environment says."""
-
-    @contextlib.asynccontextmanager
-    async def open_fake(sources: Sequence[SourceConfig]) -> AsyncIterator[SfnClients]:
-        session = aioboto3.Session(
-            region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
-        )
-        async with open_clients(
-            sources, session=session, endpoint_url=fake.endpoint_url
-        ) as clients:
-            yield clients
-
-    return open_fake
-
-
-@contextlib.asynccontextmanager
-async def run_app(app: App, fake: FakeStepFunctions, **settings: Any) -> AsyncIterator[Runtime]:
-    """Run ``app`` in this process against ``fake`` (which learns its activities) from the
-    moment it polls until the block ends, then shut it down in order. ``settings`` are
-    Settings fields."""
-    for registration in app.activities:
-        ref = registration.ref
-        fake.add_activity(ref if ref.startswith("arn:") else activity_name(ref))
-    for registration in app.queues:
-        fake.sqs.add_queue(queue_name(registration.ref), url=registration.ref)
-    values: dict[str, Any] = {"worker_name": "test-worker", "shutdown_grace_seconds": 5}
-    values.update(settings)
-    runtime = Runtime(app, Settings(**values), client_factory=fake_clients(fake), environ={})
-    stop = asyncio.Event()
-    running = asyncio.create_task(runtime.run(stop))
-    # The block starts once the app polls; a failure to start (the lifespan) raises here.
-    started = asyncio.create_task(runtime.started.wait())
-    await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
-    started.cancel()
-    if running.done():
-        running.result()
-    try:
-        yield runtime
-    finally:
-        stop.set()
-        fake.release_polls()
-        await running
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -44,7 +44,8 @@ class _Bucket:
 
 class ApiQuotas:
     """One bucket per metered API, full at the start; counts what each API let through and
-    what it throttled, per second of the run (for plots)."""
+    what it throttled, per second of the run (for plots); ``summary()`` (or ``str()``) sums
+    them up per API."""
 
     def __init__(self, quota: Quota = LARGE_REGIONS, clock: Callable[[], float] = time.monotonic):
         self.quota = quota
@@ -78,6 +79,18 @@ class ApiQuotas:
         if counts is None:
             counts = self.per_second[second] = Counter()
         counts[what] += 1
+
+    def summary(self) -> str:
+        """Calls and throttled calls per metered API, one line each, for a test's output."""
+        width = max(map(len, METERED))
+        lines = [f"{'API':<{width}}  {'calls':>8}  {'throttled':>9}"]
+        for api in METERED:
+            calls = self.allowed[api] + self.throttled[api]
+            lines.append(f"{api:<{width}}  {calls:>8,}  {self.throttled[api]:>9,}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
 
     def bound_seconds(self, calls: dict[str, int]) -> float:
         """The least time these calls can take under the quota, buckets full at the start."""

@@ -1,0 +1,113 @@
+"""The pytest plugin of ``sfn_worker.testing`` (entry point ``pytest11``; docs/testing.md).
+
+Fixtures for ``async def`` tests of handlers and apps, with no asyncio configuration:
+
+- ``sfn_fake``: a running ``FakeStepFunctions`` serving the activity ``fake-activity``
+  (``sfn_fake.activity_arn``), with the AWS environment pointed at it and dummy credentials,
+  so nothing in the test reaches a real account;
+- ``sfn_queue``: a callback queue (``FakeQueue``) on ``sfn_fake.sqs``;
+- ``sfn_loop_runner``: the ``asyncio.Runner`` the fixtures and the test share.
+
+An ``async def`` test that no other plugin runs (pytest-asyncio, anyio, pytest-trio) runs
+here, in a fresh event loop; pytest alone would fail it. A test pytest-asyncio runs (its
+auto mode, or ``@pytest.mark.asyncio``) keeps pytest-asyncio's loop, and the fixtures use
+that loop too. Sync tests, and projects that use none of this, are left as they are.
+
+Loaded by pytest in every project where sfn-activity-worker is installed: it imports
+nothing of the worker (nor asyncio) until a fixture or an async test asks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .fake_sfn import FakeStepFunctions
+    from .fake_sqs import FakeQueue
+
+RUNNER_FIXTURE = "sfn_loop_runner"
+# Markers and fixtures of the other plugins that run async tests.
+OTHER_ASYNC_MARKERS = ("anyio", "trio")
+
+
+def _pytest_asyncio_runs(item: pytest.Item) -> bool:
+    plugin = sys.modules.get("pytest_asyncio")
+    return plugin is not None and bool(plugin.is_async_test(item))
+
+
+def _runs_here(item: pytest.Item) -> bool:
+    """An ``async def`` test that no other plugin runs."""
+    if not isinstance(item, pytest.Function) or not inspect.iscoroutinefunction(item.obj):
+        return False
+    if _pytest_asyncio_runs(item) or "anyio_backend" in item.fixturenames:
+        return False
+    return not any(item.get_closest_marker(name) for name in OTHER_ASYNC_MARKERS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _runs_here(item):
+            assert isinstance(item, pytest.Function)
+            item.fixturenames.append(RUNNER_FIXTURE)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not _runs_here(pyfuncitem):
+        return None
+    runner: asyncio.Runner = pyfuncitem.funcargs[RUNNER_FIXTURE]  # type: ignore[assignment]
+    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    runner.run(pyfuncitem.obj(**arguments))
+    return True
+
+
+@pytest.fixture
+def sfn_loop_runner(request: pytest.FixtureRequest) -> Iterator[asyncio.Runner]:
+    """The event loop's runner of this test: pytest-asyncio's when it runs the test."""
+    if _pytest_asyncio_runs(request.node):
+        # pytest-asyncio names its runners by loop scope; its tests and async fixtures run
+        # in that runner, so ours must too (an object of one loop does not work in another).
+        scope = getattr(request.node, "_loop_scope", "function")
+        yield request.getfixturevalue(f"_{scope}_scoped_runner")
+        return
+    import asyncio
+
+    with asyncio.Runner() as runner:
+        yield runner
+
+
+@pytest.fixture
+def sfn_fake(
+    sfn_loop_runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeStepFunctions]:
+    """A running ``FakeStepFunctions``; the AWS environment points at it."""
+    from .fake_sfn import REGION, FakeStepFunctions
+
+    fake = FakeStepFunctions()
+    sfn_loop_runner.run(fake.start())
+    try:
+        for service in ("SFN", "SQS", "STS"):
+            monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", fake.endpoint_url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        monkeypatch.setenv("AWS_REGION", REGION)
+        yield fake
+    finally:
+        sfn_loop_runner.run(fake.close())
+
+
+@pytest.fixture
+def sfn_queue(sfn_fake: FakeStepFunctions) -> FakeQueue:
+    """A callback queue named ``callbacks`` on ``sfn_fake``: serve it with
+    ``app.callback_queue(sfn_queue.url)``, fill it with
+    ``sfn_fake.sqs.add_callback_task(input, queue=sfn_queue)``."""
+    return sfn_fake.sqs.add_queue("callbacks")

@@ -1,0 +1,235 @@
+"""sfn_worker.testing as a team uses it: run_handler answers as the worker does (SystemExit
+too), the sync variant, ApiQuotas' summary, and the pytest plugin in a project of its own
+(without pytest-asyncio, in its strict mode and in its auto mode)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfn_worker import TaskContext
+from sfn_worker.settings import HandlerMode
+from sfn_worker.testing import (
+    ApiQuotas,
+    Failure,
+    FakeStepFunctions,
+    FakeTask,
+    Quota,
+    Success,
+    run_handler,
+    run_handler_sync,
+)
+
+from . import handler_mistakes as mistakes
+from .conftest import running_worker
+
+# (handler, SFN_HANDLER_MODE); "loop" is a sync handler called on the event loop.
+EXITING = {
+    "async": (mistakes.exit_the_interpreter_async, "async"),
+    "thread": (mistakes.exit_the_interpreter, "thread"),
+    "process": (mistakes.exit_the_interpreter, "process"),
+    "loop": (mistakes.exit_the_interpreter, "async"),
+}
+
+
+@pytest.mark.parametrize("mode", list(EXITING))
+@pytest.mark.parametrize("how", ["exit", "interrupt"])
+async def test_run_handler_fails_an_exiting_handler_as_the_worker_does(
+    fake: FakeStepFunctions, mode: str, how: str
+) -> None:
+    handler, handler_mode = EXITING[mode]
+    task = fake.add_task({"how": how})
+    async with running_worker(fake, handler, handler_mode=handler_mode):
+        await fake.wait_for(lambda: task.state != "open", timeout=30)
+
+    outcome = await run_handler(handler, {"how": how}, mode=HandlerMode(handler_mode))
+
+    assert task.state == "failed"
+    assert outcome == Failure(task.error or "", task.cause or "")
+
+
+def _exit(task_input: Any, ctx: Any) -> Any:
+    raise SystemExit(3)
+
+
+def _double(task_input: Any, ctx: Any) -> Any:
+    return {"doubled": task_input["n"] * 2}
+
+
+def test_run_handler_sync_runs_in_a_plain_test() -> None:
+    assert run_handler_sync(_double, {"n": 21}) == Success('{"doubled":42}')
+    assert run_handler_sync(_exit, {}) == Failure("SystemExit", "handler raised SystemExit: 3")
+    failed = run_handler_sync(_double, {})
+    assert isinstance(failed, Failure)
+    assert failed.error == "KeyError"
+
+
+def _greet(task_input: Any, ctx: Any) -> Any:
+    return f"{ctx.state['greeting']}, {task_input}"
+
+
+def test_run_handler_gives_the_handler_a_state() -> None:
+    assert run_handler_sync(_greet, "ana", state={"greeting": "hi"}) == Success('"hi, ana"')
+    with pytest.raises(ValueError, match="either ctx or state"):
+        run_handler_sync(_greet, "ana", state={}, ctx=TaskContext(task_token="t", worker_name="w"))
+
+
+async def test_run_handler_sync_inside_a_running_loop_says_what_to_use() -> None:
+    with pytest.raises(RuntimeError, match=r"await run_handler\(\.\.\.\)"):
+        run_handler_sync(_double, {"n": 1})
+
+
+def test_api_quotas_summary_counts_calls_and_throttles_per_api() -> None:
+    quotas = ApiQuotas(Quota(burst=2, refill_per_second=0.001), clock=lambda: 0.0)
+    for _ in range(5):
+        quotas.take("SendTaskHeartbeat")
+    quotas.take("GetActivityTask")
+    quotas.take("DescribeActivity")  # not metered: not in the summary
+    rows = {line.split()[0]: line.split()[1:] for line in quotas.summary().splitlines()}
+    assert rows == {
+        "API": ["calls", "throttled"],
+        "GetActivityTask": ["1", "0"],
+        "SendTaskSuccess": ["0", "0"],
+        "SendTaskFailure": ["0", "0"],
+        "SendTaskHeartbeat": ["5", "3"],
+    }
+    assert str(quotas) == quotas.summary()
+
+
+async def test_the_plugins_fake_works_in_this_repositorys_pytest_asyncio_loop(
+    sfn_fake: FakeStepFunctions,
+) -> None:
+    """This suite runs in pytest-asyncio's auto mode: the plugin's fixtures share its loop."""
+    task: FakeTask = sfn_fake.add_task({"in": "SUCCESS"})
+    from sfn_worker import App
+    from sfn_worker.examples import seed_handler
+    from sfn_worker.testing import run_app
+
+    app = App()
+    app.activity(sfn_fake.activity_arn)(seed_handler)
+    async with run_app(app, sfn_fake):
+        await sfn_fake.wait_for(lambda: task.state != "open")
+    assert task.state == "succeeded"
+
+
+def test_the_plugin_imports_nothing_of_the_worker() -> None:
+    code = (
+        "import sys, sfn_worker.testing.pytest_plugin\n"
+        "heavy = {'aioboto3', 'aiohttp', 'botocore', 'sfn_worker.app',\n"
+        "         'sfn_worker.testing.fake_sfn', 'sfn_worker.testing.harness'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
+# A team's test module: no asyncio configuration, no markers.
+USER_TESTS = """
+import asyncio
+from typing import Any
+
+import pytest
+
+from sfn_worker import App, TaskContext
+from sfn_worker.testing import Failure, Success, run_app, run_handler, run_handler_sync
+
+
+def double(task_input: Any, ctx: TaskContext) -> Any:
+    return {"n": task_input["n"] * 2}
+
+
+def leave(task_input: Any, ctx: TaskContext) -> Any:
+    raise SystemExit(1)
+
+
+def test_sync_variant() -> None:
+    assert run_handler_sync(double, {"n": 2}) == Success('{"n":4}')
+    assert run_handler_sync(leave, {}) == Failure("SystemExit", "handler raised SystemExit: 1")
+
+
+async def test_async_helper() -> None:
+    assert await run_handler(double, {"n": 3}) == Success('{"n":6}')
+
+
+async def test_an_activity(sfn_fake) -> None:
+    app = App()
+    app.activity(sfn_fake.activity_arn)(double)
+    task = sfn_fake.add_task({"n": 5})
+    async with run_app(app, sfn_fake):
+        await sfn_fake.wait_for(lambda: task.state != "open")
+    assert (task.state, task.output) == ("succeeded", '{"n":10}')
+
+
+@pytest.fixture
+def loop_of_fixtures(sfn_loop_runner):
+    async def running_loop():
+        return asyncio.get_running_loop()
+
+    return sfn_loop_runner.run(running_loop())
+
+
+async def test_fixtures_and_test_share_one_loop(loop_of_fixtures) -> None:
+    assert asyncio.get_running_loop() is loop_of_fixtures
+
+
+async def test_a_callback_queue(sfn_fake, sfn_queue) -> None:
+    app = App()
+    app.callback_queue(sfn_queue.url)(double)
+    task, message = sfn_fake.sqs.add_callback_task({"n": 7}, queue=sfn_queue)
+    async with run_app(app, sfn_fake):
+        await sfn_fake.wait_for(lambda: task.state != "open")
+    assert (task.state, task.output, message.deleted) == ("succeeded", '{"n":14}', True)
+"""
+
+# Only with pytest-asyncio: a marked test keeps its loop and the fixtures use it.
+MARKED_TEST = """
+
+import pytest
+
+
+@pytest.mark.asyncio
+async def test_marked_for_pytest_asyncio(sfn_fake) -> None:
+    app = App()
+    app.activity(sfn_fake.activity_arn)(double)
+    task = sfn_fake.add_task({"n": 1})
+    async with run_app(app, sfn_fake):
+        await sfn_fake.wait_for(lambda: task.state != "open")
+    assert task.state == "succeeded"
+"""
+
+# pytest-asyncio, when a team has it, warns (an error here) without its loop scope setting.
+LOOP_SCOPE = "asyncio_default_fixture_loop_scope = function\n"
+CONFIGS = {
+    "no pytest-asyncio": ("", ["-p", "no:asyncio"], 5),
+    "pytest-asyncio strict": (LOOP_SCOPE, [], 6),
+    "pytest-asyncio auto": (LOOP_SCOPE + "asyncio_mode = auto\n", [], 6),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_the_plugin_runs_a_teams_tests_with_no_asyncio_configuration(
+    tmp_path: Path, config: str
+) -> None:
+    ini, options, passed = CONFIGS[config]
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nfilterwarnings = error\naddopts = --strict-markers --strict-config\n" + ini
+    )
+    source = USER_TESTS if "no:asyncio" in options else USER_TESTS + MARKED_TEST
+    (tmp_path / "test_team.py").write_text(textwrap.dedent(source))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{passed} passed" in result.stdout, result.stdout
