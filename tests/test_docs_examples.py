@@ -9,8 +9,10 @@ spawned child, and blocks that run an app would configure this process's logging
 
 - A block whose first line is ``# name.py`` (``# media/worker.py``) is a module: it is
   written under that name, so later blocks of the same page can import it.
-- After a block runs, its top-level ``test_*`` functions are called (a coroutine one with
-  ``asyncio.run``), so a testing recipe is tested, not only defined.
+- A block that defines top-level ``test_*`` functions is a team's test module: it runs
+  under pytest as a project of its own would (strict, warnings are errors, no
+  pytest-asyncio: the worker's own pytest plugin runs ``async def`` tests and gives its
+  fixtures), so a testing recipe is tested, not only defined.
 - A block meant to be partial carries ``<!-- partial -->`` on the line before its fence;
   it is compiled only.
 """
@@ -30,15 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 PARTIAL = "<!-- partial -->"
 MODULE_NAME = re.compile(r"# ((?:\w+/)*\w+\.py)\n")
-RUN_BLOCK = """
-import asyncio, inspect, runpy, sys
-names = runpy.run_path(sys.argv[1], run_name="__main__")
-for name, value in list(names.items()):
-    if name.startswith("test_") and inspect.isfunction(value):
-        result = value()
-        if inspect.iscoroutine(result):
-            asyncio.run(result)
-"""
+TEST_FUNCTION = re.compile(r"^(?:async )?def (test_\w+)", re.M)
+PYTEST_INI = "[pytest]\nfilterwarnings = error\naddopts = --strict-markers --strict-config\n"
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 SHELL_BLOCK = re.compile(r"^ *```(?:sh|bash|shell|console)\n(.*?)^ *```", re.M | re.S)
 SUBCOMMAND = re.compile(r"(?:\bsfn-worker|python -m sfn_worker)\s+([a-z][\w-]*)")
@@ -107,8 +102,14 @@ def test_python_block_runs(example: CodeExample, tmp_path: Path) -> None:
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(example.source)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    tests = TEST_FUNCTION.findall(example.source)
+    if tests:
+        (tmp_path / "pytest.ini").write_text(PYTEST_INI)
+        command = ["-m", "pytest", "-p", "no:asyncio", "-p", "no:cacheprovider", "-q", str(script)]
+    else:
+        command = ["-W", "error", str(script)]
     done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", RUN_BLOCK, str(script)],
+        [sys.executable, *command],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -116,7 +117,10 @@ def test_python_block_runs(example: CodeExample, tmp_path: Path) -> None:
         timeout=50,
         check=False,
     )
-    assert done.returncode == 0, f"{_name(example)} failed:\n{done.stderr[-4000:]}"
+    output = (done.stdout + done.stderr)[-4000:]
+    assert done.returncode == 0, f"{_name(example)} failed:\n{output}"
+    if tests:
+        assert f"{len(tests)} passed" in done.stdout, f"{_name(example)}:\n{output}"
 
 
 def _subcommands() -> list[str]:
