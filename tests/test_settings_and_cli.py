@@ -13,10 +13,11 @@ from sfn_worker.cli import build_runtime, main
 from sfn_worker.config import ActivityConfig
 from sfn_worker.runtime.check import check
 from sfn_worker.runtime.shutdown import failure_reserve_seconds
-from sfn_worker.settings import HandlerMode, SettingsError, load_settings
+from sfn_worker.settings import HandlerMode, Settings, SettingsError, load_settings
 from sfn_worker.testing import DEFAULT_ACTIVITY_ARN, FakeStepFunctions
 
 ARN = DEFAULT_ACTIVITY_ARN
+SEED = "sfn_worker.examples:seed_handler"
 
 
 def activity_from_env() -> ActivityConfig:
@@ -28,9 +29,11 @@ def activity_from_env() -> ActivityConfig:
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     settings = load_settings()
     activity = activity_from_env()
-    assert settings.handler == "sfn_worker.examples:seed_handler"
+    assert settings.handler == SEED
+    assert Settings.model_fields["handler"].default is None  # required: none is guessed
     assert (activity.pollers, activity.concurrency, activity.effective_queue_size) == (4, 16, 4)
     assert activity.heartbeat_seconds == 10
     assert settings.shutdown_grace_seconds == 25
@@ -49,6 +52,7 @@ def test_an_explicit_handler_mode_wins_over_non_blocking(
     monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     monkeypatch.setenv("SFN_HANDLER_MODE", mode)
     activity = activity_from_env()
     assert activity.handler_mode is HandlerMode(mode)
@@ -57,6 +61,7 @@ def test_an_explicit_handler_mode_wins_over_non_blocking(
 
 def test_non_blocking_says_where_the_mode_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     assert activity_from_env().sources["handler_mode"] == "the handler is marked @non_blocking"
 
 
@@ -64,6 +69,7 @@ def test_a_default_poller_count_is_capped_at_the_concurrency(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     monkeypatch.setenv("SFN_CONCURRENCY", "2")  # refused before: the default SFN_POLLERS is 4
     activity = activity_from_env()
     assert (activity.pollers, activity.concurrency) == (2, 2)
@@ -84,7 +90,7 @@ def test_a_default_poller_count_is_capped_at_the_concurrency(
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_WORKER_NAME": "x" * 81}, "SFN_WORKER_NAME="),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "no-colon"}, "SFN_HANDLER='no-colon'"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER_MODE": "fork"}, "SFN_HANDLER_MODE='fork'"),
-        ({"SFN_ACTIVITY_ARN": ARN, "LOG_LEVEL": "loud"}, "LOG_LEVEL='LOUD' is invalid"),
+        ({"SFN_ACTIVITY_ARN": ARN, "LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' is invalid"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HEARTBEAT_SECONDS": "-1"}, "SFN_HEARTBEAT_SECONDS"),
     ],
 )
@@ -116,7 +122,10 @@ def _run_cli(
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "abc"}, "SFN_POLLERS='abc' is invalid"),
+        (
+            {"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": SEED, "SFN_POLLERS": "abc"},
+            "SFN_POLLERS='abc' is invalid",
+        ),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "nowhere.at_all:fn"}, "cannot import"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "sfn_worker.examples:missing"}, "no attribute"),
         ({}, "SFN_ACTIVITY_ARN is required"),
@@ -131,7 +140,7 @@ def test_bad_configuration_exits_2_with_one_clear_line(env: dict[str, str], mess
 
 
 def test_missing_region_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {"SFN_ACTIVITY_ARN": ARN, "AWS_REGION": "", "AWS_DEFAULT_REGION": ""}
+    env = {"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": SEED, "AWS_REGION": "", "AWS_DEFAULT_REGION": ""}
     result = _run_cli("check", env=env)
     assert result.returncode == 2
     assert "AWS_REGION" in result.stderr
@@ -141,6 +150,7 @@ async def test_check_against_fake(
     fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     assert await check(load_settings(), [activity_from_env()]) == 0
     assert "OK" in capsys.readouterr().out
     monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn + "-missing")
@@ -159,6 +169,7 @@ async def test_check_warns_about_the_heartbeat_rate(
     fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     monkeypatch.setenv("SFN_CONCURRENCY", "5000")
     monkeypatch.setenv("SFN_HEARTBEAT_SECONDS", "10")
     assert await check(load_settings(), [activity_from_env()]) == 0
@@ -203,6 +214,7 @@ def test_an_http_port_in_use_is_a_configuration_error(fake: FakeStepFunctions) -
             "run",
             env={
                 "SFN_ACTIVITY_ARN": fake.activity_arn,
+                "SFN_HANDLER": SEED,
                 "SFN_HTTP_PORT": str(port),
                 "SFN_HTTP_HOST": "127.0.0.1",
             },
