@@ -295,6 +295,9 @@ FLAGS = {
 }
 
 
+_FIELD_OF_ALIAS = {**{name: field for field, name in _ENV_NAMES.items()}, **ALIASES}
+
+
 def env_name(field: str) -> str:
     return _ENV_NAMES.get(field.lower(), f"SFN_{field.upper()}")
 
@@ -347,6 +350,8 @@ def describe_validation_error(exc: ValidationError, flags: frozenset[str] = froz
     for error in exc.errors(include_url=False):
         loc = error.get("loc", ())
         field = str(loc[0]) if loc else ""
+        # An aliased field's errors are located at the alias, whoever gave the value.
+        field = _FIELD_OF_ALIAS.get(field.upper(), field)
         given = error.get("input")
         message = str(error.get("msg", "invalid"))
         if error.get("type") == "missing":

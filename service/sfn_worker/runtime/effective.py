@@ -35,11 +35,10 @@ def settings_lines(settings: Settings, app: tuple[str, str] | None) -> list[str]
             rows.append((name, app[0], app[1]))
             continue
         rows.append((name, show(getattr(settings, field)), settings.origin(field)))
+    rows.insert(0, ("variable", "value", "source"))
     width = max(len(name) for name, _, _ in rows)
-    value_width = min(40, max(len(value) for _, value, _ in rows))
-    return [
-        f"  {name:<{width}}  {value:<{value_width}}  ({source})" for name, value, source in rows
-    ]
+    value_width = min(24, max(len(value) for _, value, _ in rows))
+    return [f"  {name:<{width}}  {value:<{value_width}}  {origin}" for name, value, origin in rows]
 
 
 def print_settings(
