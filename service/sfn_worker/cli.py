@@ -285,6 +285,11 @@ def _main(argv: list[str] | None, early_signals: Sequence[int]) -> int:
         return _fail_config(str(exc))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `sfn-worker settings | head`: the reader left; nothing more to say, and nothing
+        # to say it on (Python's own advice: stdout onto /dev/null for the exit's flush).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, App]:

@@ -262,12 +262,12 @@ class Settings(BaseSettings):
 
     def name_of(self, field: str) -> str:
         """What the user set ``field`` with: its flag, else its environment variable."""
-        return FLAGS[field] if field in self._flags else env_name(field)
+        return flag_name(field) if field in self._flags else env_name(field)
 
     def origin(self, field: str) -> str:
         """Where ``field``'s value came from, for ``check`` and ``settings``."""
         if field in self._flags:
-            return f"flag ({FLAGS[field]})"
+            return f"flag ({flag_name(field)})"
         if self.explicit(field):
             return f"environment ({env_name(field)})"
         return DEFAULT_ORIGIN
@@ -298,6 +298,10 @@ FLAGS = {
 _FIELD_OF_ALIAS = {**{name: field for field, name in _ENV_NAMES.items()}, **ALIASES}
 
 
+def flag_name(field: str) -> str:
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 def env_name(field: str) -> str:
     return _ENV_NAMES.get(field.lower(), f"SFN_{field.upper()}")
 
@@ -311,6 +315,7 @@ def load_settings(flags: Mapping[str, object] | None = None) -> Settings:
     """Read settings from the environment, with ``flags`` (field -> value as typed; None: not
     given) over it; raise SettingsError with one readable line naming the variable or flag."""
     given = {field: value for field, value in (flags or {}).items() if value is not None}
+    _check_aliases_agree()
     try:
         settings = Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -318,6 +323,17 @@ def load_settings(flags: Mapping[str, object] | None = None) -> Settings:
     settings._flags = frozenset(given)
     _check_pollers_within_concurrency(settings)
     return settings
+
+
+def _check_aliases_agree() -> None:
+    """Two names for one setting, both set, must say the same thing."""
+    for alias, field in ALIASES.items():
+        name = env_name(field)
+        first, second = os.environ.get(name), os.environ.get(alias)
+        if first and second and first.strip().casefold() != second.strip().casefold():
+            raise SettingsError(
+                f"{name}={first!r} and {alias}={second!r} are both set and differ; keep one"
+            )
 
 
 def _check_pollers_within_concurrency(settings: Settings) -> None:
@@ -336,7 +352,7 @@ def _check_pollers_within_concurrency(settings: Settings) -> None:
 
 def _given_name(field: str, flags: frozenset[str]) -> str:
     if field in flags:
-        return FLAGS[field]
+        return flag_name(field)
     name = env_name(field)
     aliases = [alias for alias, target in ALIASES.items() if target == field]
     # The alias the user set, when the main name is not set.

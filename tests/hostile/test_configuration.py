@@ -226,3 +226,14 @@ def test_a_handler_set_beside_an_app_is_refused() -> None:
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "SFN_HANDLER is set but the worker runs the app 'tests.apps:media'" in line
+
+
+def test_log_level_under_both_its_names_must_agree() -> None:
+    """Two names for one setting: LOG_LEVEL used to win silently over SFN_LOG_LEVEL."""
+    base = {"SFN_ACTIVITY_ARN": ARN + "jobs", "SFN_HANDLER": SEED}
+    result = sfn_worker("settings", LOG_LEVEL="info", SFN_LOG_LEVEL="DEBUG", **base)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "LOG_LEVEL='info' and SFN_LOG_LEVEL='DEBUG' are both set and differ" in line
+    agreeing = sfn_worker("settings", LOG_LEVEL="debug", SFN_LOG_LEVEL="DEBUG", **base)
+    assert agreeing.returncode == 0, agreeing.stderr
