@@ -331,9 +331,13 @@ def check_variables(
     }
     every_suffix = ACTIVITY_SUFFIXES | QUEUE_SUFFIXES
     for variable in sorted(environ):
-        if not variable.startswith("SFN_") or variable in known or variable in per_source:
+        if not variable.upper().startswith("SFN_") or variable in known | per_source:
             continue
-        hint = _did_you_mean(variable, known | per_source)
+        hint = _did_you_mean(variable.upper(), known | per_source)
+        if variable != variable.upper():
+            # Names are upper-case: a lower-case one would be read for some settings (the
+            # process-wide ones) and not others (per source).
+            raise SettingsError(f"{variable}: not a setting (names are upper-case){hint}")
         rest = variable.removeprefix("SFN_")
         owners = [k for k in keys if rest.startswith(f"{k}_")]
         if owners:

@@ -143,6 +143,14 @@ SEED = "sfn_worker.examples:seed_handler"
             "SFN_RENDR_CONCURRENCY matches no activity or queue (have: activity 'render', "
             "activity 'notify') (did you mean SFN_RENDER_CONCURRENCY?)",
         ),
+        # Names are upper-case (a lower-case global setting used to be read, a lower-case
+        # per-activity one ignored).
+        (
+            ["run", "tests.apps:media"],
+            {"sfn_render_concurrency": "4"},
+            "sfn_render_concurrency: not a setting (names are upper-case) "
+            "(did you mean SFN_RENDER_CONCURRENCY?)",
+        ),
         # A variable of the user's own in the worker's prefix (the Makefile's cache
         # directory was one); with nothing close, the line points at the list.
         (
