@@ -204,7 +204,11 @@ def _subparser(
     epilog: str,
     command: Command,
     parents: Sequence[argparse.ArgumentParser] = (),
+    *,
+    worker_signals: bool = False,
 ) -> argparse.ArgumentParser:
+    """A command's parser. ``worker_signals``: the command hands the signals entry.py
+    caught to a runtime; the others stop on a signal as any program does."""
     parser = commands.add_parser(
         name,
         help=summary,
@@ -213,12 +217,20 @@ def _subparser(
         parents=list(parents),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(command=command)
+    parser.set_defaults(command=command, worker_signals=worker_signals)
     return parser
 
 
 def add_run(commands: Subcommands) -> None:
-    _subparser(commands, "run", cli_help.RUN, cli_help.RUN_EPILOG, _run, [_settings_flags()])
+    _subparser(
+        commands,
+        "run",
+        cli_help.RUN,
+        cli_help.RUN_EPILOG,
+        _run,
+        [_settings_flags()],
+        worker_signals=True,
+    )
 
 
 def add_check(commands: Subcommands) -> None:
@@ -276,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None, early_signals: Sequence[int]) -> int:
     args = build_parser().parse_args(argv)
-    if args.command is not _run:
+    if not getattr(args, "worker_signals", False):
         _default_signal_handling(early_signals)
     command: Command = args.command
     try:
