@@ -200,19 +200,20 @@ def _settings_flags() -> argparse.ArgumentParser:
 def _subparser(
     commands: Subcommands,
     name: str,
-    summary: str,
-    epilog: str,
+    help_texts: tuple[str, str, str],
     command: Command,
     parents: Sequence[argparse.ArgumentParser] = (),
     *,
     worker_signals: bool = False,
 ) -> argparse.ArgumentParser:
     """A command's parser. ``worker_signals``: the command hands the signals entry.py
-    caught to a runtime; the others stop on a signal as any program does."""
+    caught to a runtime; the others stop on a signal as any program does. ``help_texts``:
+    the line in ``sfn-worker --help``, the description and the epilog of its own help."""
+    summary, description, epilog = help_texts
     parser = commands.add_parser(
         name,
         help=summary,
-        description=summary,
+        description=description,
         epilog=epilog,
         parents=list(parents),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -225,8 +226,7 @@ def add_run(commands: Subcommands) -> None:
     _subparser(
         commands,
         "run",
-        cli_help.RUN,
-        cli_help.RUN_EPILOG,
+        (cli_help.RUN_SUMMARY, cli_help.RUN, cli_help.RUN_EPILOG),
         _run,
         [_settings_flags()],
         worker_signals=True,
@@ -235,7 +235,11 @@ def add_run(commands: Subcommands) -> None:
 
 def add_check(commands: Subcommands) -> None:
     _subparser(
-        commands, "check", cli_help.CHECK, cli_help.CHECK_EPILOG, _check, [_settings_flags()]
+        commands,
+        "check",
+        (cli_help.CHECK_SUMMARY, cli_help.CHECK, cli_help.CHECK_EPILOG),
+        _check,
+        [_settings_flags()],
     )
 
 
@@ -243,8 +247,7 @@ def add_settings(commands: Subcommands) -> None:
     _subparser(
         commands,
         "settings",
-        cli_help.SETTINGS,
-        cli_help.SETTINGS_EPILOG,
+        (cli_help.SETTINGS_SUMMARY, cli_help.SETTINGS, cli_help.SETTINGS_EPILOG),
         _settings,
         [_settings_flags()],
     )
@@ -254,8 +257,7 @@ def add_healthcheck(commands: Subcommands) -> None:
     health = _subparser(
         commands,
         "healthcheck",
-        cli_help.HEALTHCHECK,
-        cli_help.HEALTHCHECK_EPILOG,
+        (cli_help.HEALTHCHECK_SUMMARY, cli_help.HEALTHCHECK, cli_help.HEALTHCHECK_EPILOG),
         lambda args, _: healthcheck(args.timeout),
     )
     health.add_argument(

@@ -10,8 +10,8 @@ An AWS Step Functions activity worker: polls activities (and SQS callback queues
 tasks, runs your handler on each, heartbeats them, answers each token once.
 
 Settings come from SFN_* environment variables (and LOG_LEVEL). A flag (--concurrency,
---log-level, --log-format, --handler) wins over its variable. An SFN_* variable that is no
-setting is refused, with the closest name. Exit codes: 0 after a clean shutdown, 1 when the
+--log-level, --log-format, --handler) wins over its variable. An SFN_* variable that is not
+a setting is refused, with the closest name. Exit codes: 0 after a clean shutdown, 1 when the
 worker cannot go on, 2 for a configuration error (one line naming the variable or flag)."""
 
 MAIN_EPILOG = f"""\
@@ -44,6 +44,7 @@ variables that matter most:
   SFN_LOG_FORMAT (--log-format)     json or console
   AWS_REGION, AWS_ENDPOINT_URL_SFN  read by botocore, as the AWS tools do"""
 
+RUN_SUMMARY = "work tasks until SIGTERM or SIGINT"
 RUN = "Work tasks until SIGTERM or SIGINT (a second signal stops at once)."
 RUN_EPILOG = f"""\
 {SOURCES}
@@ -59,6 +60,7 @@ exit codes: 0 clean shutdown, 1 cannot go on (no activity, access denied, no
 credentials, the lifespan failed), 2 configuration error (before any poll).
 read: {READ}; README "Writing a handler", "Shutdown\""""
 
+CHECK_SUMMARY = "check settings, credentials and that each activity exists (calls AWS)"
 CHECK = (
     "Check the configuration and credentials: DescribeActivity for each activity, "
     "GetQueueAttributes for each callback queue; print each one's settings and where "
@@ -76,6 +78,7 @@ exit codes: 0 every source exists, 1 one does not (or access denied, no credenti
 2 configuration error.
 read: {READ}"""
 
+SETTINGS_SUMMARY = "print every setting, its value and its source (no AWS call)"
 SETTINGS = (
     "Print every effective setting, its value and its source (flag, environment "
     "variable, app code, default), then each activity's and queue's. Calls no AWS API."
@@ -92,6 +95,7 @@ examples:
 exit codes: 0, or 2 for a configuration error (the same line run would print).
 read: {READ}"""
 
+HEALTHCHECK_SUMMARY = "probe a running worker's /healthz (exit 0 when healthy)"
 HEALTHCHECK = "Probe a running worker's health endpoint (the image's HEALTHCHECK)."
 HEALTHCHECK_EPILOG = f"""\
 what it reads:
