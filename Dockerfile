@@ -1,6 +1,9 @@
 # sfn-activity-worker: runs `sfn-worker run` as PID 1, tuned with SFN_* environment variables.
 # Build: docker build -t sfn-activity-worker .
-# Run:   docker run --rm -e SFN_ACTIVITY_ARN=arn:aws:states:... -e AWS_REGION=... sfn-activity-worker
+# Run:   docker run --rm -e SFN_ACTIVITY_ARN=arn:aws:states:... -e SFN_HANDLER=module:function \
+#          -e AWS_REGION=... sfn-activity-worker
+# The image names no handler (SFN_HANDLER is required): set it, or build FROM this image
+# with your code and SFN_HANDLER set (examples/custom-image).
 # (`make image` builds it tagged and labelled with the version in pyproject.toml.)
 
 # The base image, pinned by digest (the multi-platform index) so a rebuild gets the same

@@ -5,10 +5,11 @@ SHELL := /bin/bash
 
 UV_VERSION := 0.13.8
 PYTHON_VERSION := 3.13
-# Tools and emulator live outside the work tree, shared by clones on this machine.
-SFN_WORKER_CACHE ?= $(HOME)/.cache/sfn-worker
-export SFN_WORKER_CACHE
-CACHE_DIR := $(SFN_WORKER_CACHE)
+# Tools and emulator live outside the work tree, shared by clones on this machine. Not
+# SFN_*: the worker refuses an SFN_* variable that is not one of its settings.
+SFNW_CACHE ?= $(HOME)/.cache/sfn-worker
+export SFNW_CACHE
+CACHE_DIR := $(SFNW_CACHE)
 UV_HOME := $(CACHE_DIR)/uv-$(UV_VERSION)
 UV := $(UV_HOME)/bin/uv
 VENV := .venv

@@ -73,8 +73,9 @@ def baseline(kind: str, label: str, concurrency: int, sleep: float, *extra: str)
 
 
 def worker(label: str, **settings: str) -> Contender:
-    """``sfn-worker run`` with these environment variables (defaults for the rest)."""
-    env = {"PYTHONPATH": str(HERE)}
+    """``sfn-worker run`` with these environment variables (the seed handler and defaults
+    for the rest)."""
+    env = {"PYTHONPATH": str(HERE), "SFN_HANDLER": "sfn_worker.examples:seed_handler"}
     env.update(settings)
     return Contender(label, [str(BIN / "sfn-worker"), "run"], env)
 

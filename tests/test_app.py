@@ -239,7 +239,7 @@ def test_keys_and_per_activity_overrides() -> None:
         2,
         "default, capped at the concurrency (2)",
     )
-    assert (notify.concurrency, notify.sources["concurrency"]) == (8, "code")
+    assert (notify.concurrency, notify.sources["concurrency"]) == (8, "app code")
     assert (notify.heartbeat_seconds, notify.sources["heartbeat_seconds"]) == (
         30,
         "environment (SFN_HEARTBEAT_SECONDS)",
@@ -281,7 +281,7 @@ def test_configuration_errors_name_the_variable(
 
 
 def test_a_bad_value_in_code_names_the_activity() -> None:
-    with pytest.raises(SettingsError, match=r"activity 'render': concurrency=0 \(code\)"):
+    with pytest.raises(SettingsError, match=r"activity 'render': concurrency=0 \(app code\)"):
         resolve(_app("render", concurrency=0), _settings(), {})
 
 
@@ -302,9 +302,9 @@ async def test_check_prints_every_activity_and_where_its_settings_came_from(
         "OK: activity 'render' exists (arn:aws:states:us-east-1:123456789012:activity:render)"
         in out
     )
-    assert "concurrency        2 (code)" in out
+    assert "concurrency        2 (app code)" in out
     assert "concurrency        7 (environment (SFN_NOTIFY_CONCURRENCY))" in out
-    assert "handler_mode       process (code)" in out
+    assert "handler_mode       process (app code)" in out
     assert "arn                arn:aws:states:us-east-1:123456789012:activity:notify " in out
     assert "(resolved from the name at start)" in out
 
@@ -347,6 +347,7 @@ async def test_sigterm_with_both_activities_busy_answers_every_token_within_one_
         [str(BIN / "sfn-worker"), "run", "tests.apps:media"],
         fake,
         SFN_ACTIVITY_ARN="",
+        SFN_HANDLER="",  # the app names its handlers
         SFN_HEARTBEAT_SECONDS="0",
         SFN_SHUTDOWN_GRACE_SECONDS=str(grace),
     ) as worker:
@@ -366,7 +367,10 @@ async def test_sigterm_with_both_activities_busy_answers_every_token_within_one_
 async def test_a_failing_lifespan_exits_1_without_polling(fake: FakeStepFunctions) -> None:
     fake.add_activity("render")
     async with worker_process(
-        [str(BIN / "sfn-worker"), "run", "tests.apps:fails_on_entry"], fake, SFN_ACTIVITY_ARN=""
+        [str(BIN / "sfn-worker"), "run", "tests.apps:fails_on_entry"],
+        fake,
+        SFN_ACTIVITY_ARN="",
+        SFN_HANDLER="",
     ) as worker:
         assert await worker.exit_code() == 1
     stopped = [e for e in worker.events if e.get("event") == "worker stopped"]

@@ -13,7 +13,9 @@ import pytest
 
 from sfn_worker.app import load_app
 from sfn_worker.config import ActivityConfig, CallbackQueueConfig, resolve
-from sfn_worker.settings import Settings, env_name
+from sfn_worker.examples import seed_handler
+from sfn_worker.settings import HandlerMode, Settings, env_name, load_settings
+from sfn_worker.worker import single_app
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"
@@ -29,22 +31,68 @@ def test_every_json_file_loads(path: Path) -> None:
     assert json.loads(path.read_text())
 
 
+ENV_EXAMPLE = CONFIG / "worker.env.example"
+
+
+def env_file_lines(path: Path) -> dict[str, str]:
+    """What ``docker run --env-file`` passes: NAME=VALUE lines, verbatim; # starts a comment."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, separator, value = line.partition("=")
+            assert separator, f"not NAME=VALUE: {line!r}"
+            values[name] = value
+    return values
+
+
 def test_env_example_lists_exactly_the_settings() -> None:
-    text = (CONFIG / "worker.env.example").read_text()
-    listed = re.findall(r"^([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE)
+    text = ENV_EXAMPLE.read_text()
+    listed = re.findall(r"^#?([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE)
     assert len(listed) == len(set(listed)), "a variable is listed twice"
     assert set(listed) == SETTING_NAMES
 
 
-def test_env_example_defaults_match_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    text = (CONFIG / "worker.env.example").read_text()
-    values = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.MULTILINE))
-    assert values["SFN_WORKER_NAME"] == ""  # empty = unset: defaults to the hostname
+def test_env_example_shows_only_the_required_values() -> None:
+    """Everything set is required (a placeholder to fill); every default is commented out."""
+    assert set(env_file_lines(ENV_EXAMPLE)) == {"SFN_ACTIVITY_ARN", "SFN_HANDLER"}
+
+
+def _field(name: str) -> str:
+    return "log_level" if name == "LOG_LEVEL" else name.removeprefix("SFN_").lower()
+
+
+def test_env_example_commented_defaults_match_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    text = ENV_EXAMPLE.read_text()
+    commented = dict(re.findall(r"^#([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.MULTILINE))
+    assert commented["SFN_WORKER_NAME"] == ""  # empty = unset: defaults to the hostname
+    defaults = Settings()
+    for name, value in commented.items():
+        if value:
+            field = _field(name)
+            shown = getattr(load_settings({field: value}), field)
+            assert shown == getattr(defaults, field), f"{name}={value} is not the default"
+        else:
+            assert name in {"SFN_SQS_QUEUE_URL", "SFN_APP", "SFN_POLLERS", "SFN_WORKER_NAME"}
+
+
+def test_env_example_loaded_verbatim_changes_nothing_but_the_required_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``docker run --env-file config/worker.env.example``: the same settings as none at all
+    besides the two required ones, so a @non_blocking handler still runs on the loop (it
+    used to set SFN_HANDLER_MODE=thread, which moved such handlers to threads)."""
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    values = env_file_lines(ENV_EXAMPLE)
+    defaults = Settings(activity_arn=values["SFN_ACTIVITY_ARN"], handler=values["SFN_HANDLER"])
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    from_example = Settings()
-    defaults = Settings(activity_arn=values["SFN_ACTIVITY_ARN"])
-    assert from_example == defaults
+    from_file = load_settings()
+    assert from_file == defaults
+    assert from_file.model_fields_set == {"activity_arn", "handler"}
+    (config,) = resolve(single_app(from_file, seed_handler), from_file, values)
+    assert config.handler_mode is HandlerMode.ASYNC  # the seed handler is @non_blocking
+    assert config.sources["handler_mode"] == "the handler is marked @non_blocking"
 
 
 def _container() -> dict[str, Any]:
@@ -56,6 +104,7 @@ def test_ecs_task_definition_fits_grace_into_stop_timeout() -> None:
     container = _container()
     env = {item["name"]: item["value"] for item in container["environment"]}
     assert set(env) <= SETTING_NAMES
+    assert env["SFN_HANDLER"] == "sfn_worker.examples:seed_handler"  # named: it is required
     grace = float(env["SFN_SHUTDOWN_GRACE_SECONDS"])
     assert container["stopTimeout"] <= 120  # the ECS maximum
     assert grace + 5 <= container["stopTimeout"]
@@ -176,6 +225,8 @@ def test_dockerfile_shape() -> None:
     assert re.fullmatch(r"python:3\.13-slim@sha256:[0-9a-f]{64}", base), "pinned by digest"
     assert len(instructions["FROM"]) >= 2, "multi-stage build"
     assert image_command() == ["sfn-worker", "run"]
+    # The base image guesses no handler: the operator or an image FROM it names one.
+    assert not {"SFN_HANDLER", "SFN_APP", "SFN_ACTIVITY_ARN"} & set(image_env())
     assert instructions["STOPSIGNAL"] == ["SIGTERM"]
     assert re.fullmatch(r"\d+(:\d+)?", instructions["USER"][-1]), "numeric non-root user"
     assert not instructions["USER"][-1].startswith("0")

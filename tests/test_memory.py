@@ -32,6 +32,7 @@ async def test_rss_is_flat_over_100k_tasks(fake: FakeStepFunctions) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
     env.update(
         SFN_ACTIVITY_ARN=fake.activity_arn,
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
         SFN_POLLERS="8",
         SFN_CONCURRENCY="32",
         SFN_HEARTBEAT_SECONDS="1",

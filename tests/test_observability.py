@@ -29,6 +29,7 @@ async def test_emf_records_on_stdout_validate_and_logs_stay_on_stderr(
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
     env.update(
         SFN_ACTIVITY_ARN=fake.activity_arn,
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
         SFN_METRICS="emf",
         SFN_METRICS_INTERVAL_SECONDS="1",
         SFN_METRICS_NAMESPACE="TestWorkers",

@@ -79,7 +79,10 @@ async def worker_process(
 ) -> AsyncIterator[WorkerProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
     env.update(
-        SFN_ACTIVITY_ARN=fake.activity_arn, SFN_WORKER_NAME="process-test", SFN_LOG_FORMAT="json"
+        SFN_ACTIVITY_ARN=fake.activity_arn,
+        SFN_HANDLER="sfn_worker.examples:seed_handler",  # required; a test's own wins
+        SFN_WORKER_NAME="process-test",
+        SFN_LOG_FORMAT="json",
     )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(settings)

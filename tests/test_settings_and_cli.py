@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -13,10 +16,20 @@ from sfn_worker.cli import build_runtime, main
 from sfn_worker.config import ActivityConfig
 from sfn_worker.runtime.check import check
 from sfn_worker.runtime.shutdown import failure_reserve_seconds
-from sfn_worker.settings import HandlerMode, SettingsError, load_settings
+from sfn_worker.settings import (
+    HandlerMode,
+    LogLevel,
+    Settings,
+    SettingsError,
+    env_name,
+    load_settings,
+)
 from sfn_worker.testing import DEFAULT_ACTIVITY_ARN, FakeStepFunctions
 
+from .test_process import BIN, REPO
+
 ARN = DEFAULT_ACTIVITY_ARN
+SEED = "sfn_worker.examples:seed_handler"
 
 
 def activity_from_env() -> ActivityConfig:
@@ -28,9 +41,11 @@ def activity_from_env() -> ActivityConfig:
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     settings = load_settings()
     activity = activity_from_env()
-    assert settings.handler == "sfn_worker.examples:seed_handler"
+    assert settings.handler == SEED
+    assert Settings.model_fields["handler"].default is None  # required: none is guessed
     assert (activity.pollers, activity.concurrency, activity.effective_queue_size) == (4, 16, 4)
     assert activity.heartbeat_seconds == 10
     assert settings.shutdown_grace_seconds == 25
@@ -49,6 +64,7 @@ def test_an_explicit_handler_mode_wins_over_non_blocking(
     monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     monkeypatch.setenv("SFN_HANDLER_MODE", mode)
     activity = activity_from_env()
     assert activity.handler_mode is HandlerMode(mode)
@@ -57,6 +73,7 @@ def test_an_explicit_handler_mode_wins_over_non_blocking(
 
 def test_non_blocking_says_where_the_mode_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     assert activity_from_env().sources["handler_mode"] == "the handler is marked @non_blocking"
 
 
@@ -64,6 +81,7 @@ def test_a_default_poller_count_is_capped_at_the_concurrency(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     monkeypatch.setenv("SFN_CONCURRENCY", "2")  # refused before: the default SFN_POLLERS is 4
     activity = activity_from_env()
     assert (activity.pollers, activity.concurrency) == (2, 2)
@@ -84,7 +102,7 @@ def test_a_default_poller_count_is_capped_at_the_concurrency(
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_WORKER_NAME": "x" * 81}, "SFN_WORKER_NAME="),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "no-colon"}, "SFN_HANDLER='no-colon'"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER_MODE": "fork"}, "SFN_HANDLER_MODE='fork'"),
-        ({"SFN_ACTIVITY_ARN": ARN, "LOG_LEVEL": "loud"}, "LOG_LEVEL='LOUD' is invalid"),
+        ({"SFN_ACTIVITY_ARN": ARN, "LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' is invalid"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HEARTBEAT_SECONDS": "-1"}, "SFN_HEARTBEAT_SECONDS"),
     ],
 )
@@ -116,7 +134,10 @@ def _run_cli(
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"SFN_ACTIVITY_ARN": ARN, "SFN_POLLERS": "abc"}, "SFN_POLLERS='abc' is invalid"),
+        (
+            {"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": SEED, "SFN_POLLERS": "abc"},
+            "SFN_POLLERS='abc' is invalid",
+        ),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "nowhere.at_all:fn"}, "cannot import"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": "sfn_worker.examples:missing"}, "no attribute"),
         ({}, "SFN_ACTIVITY_ARN is required"),
@@ -131,7 +152,7 @@ def test_bad_configuration_exits_2_with_one_clear_line(env: dict[str, str], mess
 
 
 def test_missing_region_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {"SFN_ACTIVITY_ARN": ARN, "AWS_REGION": "", "AWS_DEFAULT_REGION": ""}
+    env = {"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": SEED, "AWS_REGION": "", "AWS_DEFAULT_REGION": ""}
     result = _run_cli("check", env=env)
     assert result.returncode == 2
     assert "AWS_REGION" in result.stderr
@@ -141,6 +162,7 @@ async def test_check_against_fake(
     fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     assert await check(load_settings(), [activity_from_env()]) == 0
     assert "OK" in capsys.readouterr().out
     monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn + "-missing")
@@ -159,6 +181,7 @@ async def test_check_warns_about_the_heartbeat_rate(
     fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", fake.activity_arn)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
     monkeypatch.setenv("SFN_CONCURRENCY", "5000")
     monkeypatch.setenv("SFN_HEARTBEAT_SECONDS", "10")
     assert await check(load_settings(), [activity_from_env()]) == 0
@@ -203,6 +226,7 @@ def test_an_http_port_in_use_is_a_configuration_error(fake: FakeStepFunctions) -
             "run",
             env={
                 "SFN_ACTIVITY_ARN": fake.activity_arn,
+                "SFN_HANDLER": SEED,
                 "SFN_HTTP_PORT": str(port),
                 "SFN_HTTP_HOST": "127.0.0.1",
             },
@@ -210,3 +234,299 @@ def test_an_http_port_in_use_is_a_configuration_error(fake: FakeStepFunctions) -
     assert result.returncode == 2
     assert f"SFN_HTTP_PORT={port}: cannot listen" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- the current directory on the import path -------------------------------------------------
+
+HANDLER_MODULE = """
+from sfn_worker import App
+
+
+def render_video(task_input, ctx):
+    return {"rendered": task_input, "by": __name__}
+"""
+APP_MODULE = """
+from sfn_worker import App
+
+app = App()
+
+
+@app.activity("render", concurrency=3)
+def render(task_input, ctx):
+    return {"rendered": task_input}
+"""
+
+
+RENDER = "arn:aws:states:eu-west-1:123456789012:activity:render"
+
+
+@pytest.fixture
+def user_code(tmp_path: Any) -> Any:
+    """A folder holding the user's code, as a newcomer has it: my_jobs.py and media/."""
+    (tmp_path / "my_jobs.py").write_text(HANDLER_MODULE)
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "__init__.py").write_text("")
+    (tmp_path / "media" / "worker.py").write_text(APP_MODULE)
+    return tmp_path
+
+
+def _console_script(*args: str, cwd: Any, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The installed ``sfn-worker`` (not ``python -m``, which puts the cwd on sys.path)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    full_env.pop("PYTHONPATH", None)
+    full_env.update(env)
+    return subprocess.run(
+        [str(BIN / "sfn-worker"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["settings", "media.worker:app"], {}),
+        (["settings"], {"SFN_ACTIVITY_ARN": RENDER, "SFN_HANDLER": "my_jobs:render_video"}),
+        (["settings", "--handler", "my_jobs:render_video"], {"SFN_ACTIVITY_ARN": RENDER}),
+        (["settings"], {"SFN_APP": "media.worker:app"}),
+    ],
+)
+def test_the_console_script_imports_user_code_from_the_current_directory(
+    user_code: Any, args: list[str], env: dict[str, str]
+) -> None:
+    """It used to fail with ``cannot import`` (exit 2): the console script's sys.path[0] is
+    its own bin directory, not the current one."""
+    result = _console_script(*args, cwd=user_code, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "activity 'render'" in result.stdout
+
+
+async def test_run_and_process_mode_import_user_code_from_the_current_directory(
+    fake: FakeStepFunctions, user_code: Any
+) -> None:
+    """``sfn-worker run`` from the folder holding my_jobs.py, in process mode: the spawned
+    handler process imports it too."""
+    task = fake.add_task({"in": "SUCCESS"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    env.pop("PYTHONPATH", None)
+    env.update(
+        SFN_ACTIVITY_ARN=fake.activity_arn,
+        SFN_HANDLER="my_jobs:render_video",
+        SFN_HANDLER_MODE="process",
+        SFN_SHUTDOWN_GRACE_SECONDS="2",
+    )
+    worker = await asyncio.create_subprocess_exec(
+        str(BIN / "sfn-worker"),
+        "run",
+        cwd=user_code,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await fake.wait_for(lambda: task.state != "open", timeout=30)
+        worker.send_signal(signal.SIGTERM)
+        fake.release_polls()
+        _, stderr = await asyncio.wait_for(worker.communicate(), 30)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    assert worker.returncode == 0, stderr.decode(errors="replace")[-2000:]
+    assert task.state == "succeeded"
+    assert json.loads(task.output or "{}") == {"rendered": {"in": "SUCCESS"}, "by": "my_jobs"}
+
+
+async def test_check_imports_user_code_from_the_current_directory_and_labels_the_env(
+    fake: FakeStepFunctions, user_code: Any
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    env.pop("PYTHONPATH", None)
+    env.update(SFN_ACTIVITY_ARN=fake.activity_arn, SFN_HANDLER="my_jobs:render_video")
+    process = await asyncio.create_subprocess_exec(
+        str(BIN / "sfn-worker"),
+        "check",
+        "--concurrency",
+        "3",
+        cwd=user_code,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode(errors="replace")
+    out = stdout.decode()
+    assert "handler            my_jobs:render_video (environment (SFN_HANDLER))" in out
+    assert f"arn                {fake.activity_arn} (environment (SFN_ACTIVITY_ARN))" in out
+    assert "concurrency        3 (flag (--concurrency))" in out
+
+
+# -- where each setting came from -------------------------------------------------------------
+
+
+async def test_check_labels_an_environment_queue_url_as_the_environment(
+    fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """It was labelled "(code)": the single form's queue comes from SFN_SQS_QUEUE_URL."""
+    queue = fake.sqs.add_queue("render-jobs")
+    monkeypatch.setenv("SFN_SQS_QUEUE_URL", queue.url)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
+    settings = load_settings()
+    assert await check(settings, build_runtime(settings, None).configs) == 0
+    out = capsys.readouterr().out
+    assert f"queue_url          {queue.url} (environment (SFN_SQS_QUEUE_URL))" in out
+    assert f"handler            {SEED} (environment (SFN_HANDLER))" in out
+    assert "(code)" not in out
+
+
+# -- flags ------------------------------------------------------------------------------------
+
+
+def test_a_flag_wins_over_its_variable_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SFN_CONCURRENCY", "4")
+    monkeypatch.setenv("LOG_LEVEL", "INFO")
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("SFN_HANDLER", SEED)
+    settings = load_settings({"concurrency": "8", "log_level": "debug", "log_format": None})
+    assert (settings.concurrency, settings.log_level) == (8, LogLevel.DEBUG)
+    assert settings.origin("concurrency") == "flag (--concurrency)"
+    assert settings.origin("log_level") == "flag (--log-level)"
+    assert settings.origin("log_format") == "default"
+    (config,) = build_runtime(settings, None).configs
+    assert config.sources["concurrency"] == "flag (--concurrency)"
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--concurrency", "many"], {}, "--concurrency='many' is invalid"),
+        (["--concurrency", "0"], {}, "--concurrency='0' is invalid"),
+        (
+            ["--log-level", "verbose"],
+            {},
+            "--log-level='verbose' is invalid: expected one of DEBUG, INFO, WARNING, ERROR",
+        ),
+        (["--log-format", "xml"], {}, "--log-format='xml' is invalid: expected one of json"),
+        (["--handler", "no-colon"], {}, "--handler='no-colon' is invalid"),
+        (["--handler", "nowhere.at_all:fn"], {}, "--handler='nowhere.at_all:fn': cannot import"),
+        (
+            ["--concurrency", "2"],
+            {"SFN_POLLERS": "4"},
+            "SFN_POLLERS (4) must not exceed --concurrency (2)",
+        ),
+    ],
+)
+def test_a_flag_is_validated_as_its_variable_is_and_named_in_the_error(
+    flags: list[str], env: dict[str, str], message: str
+) -> None:
+    base = {"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": SEED, **env}
+    result = _run_cli("run", *flags, env=base)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert message in line
+
+
+# -- sfn-worker settings ----------------------------------------------------------------------
+
+
+def test_settings_prints_every_setting_its_value_and_source_without_aws() -> None:
+    env = {
+        "SFN_ACTIVITY_ARN": ARN,
+        "SFN_HEARTBEAT_SECONDS": "5",
+        # Nothing to reach and nothing to print: no AWS call is made, no secret shown.
+        "AWS_ENDPOINT_URL_SFN": "http://127.0.0.1:9",
+        "AWS_ENDPOINT_URL_STS": "http://127.0.0.1:9",
+        "AWS_SECRET_ACCESS_KEY": "do-not-print-this-secret",
+    }
+    result = _run_cli("settings", "--handler", SEED, "--log-level", "debug", env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  SFN_")}
+    assert set(rows) | {"LOG_LEVEL"} == {env_name(field) for field in Settings.model_fields}
+    heartbeat = rows["SFN_HEARTBEAT_SECONDS"].split()[1:]
+    assert heartbeat == ["5", "environment", "(SFN_HEARTBEAT_SECONDS)"]
+    assert rows["SFN_HANDLER"].split()[1:] == [SEED, "flag", "(--handler)"]
+    assert rows["SFN_CONCURRENCY"].split()[1:] == ["16", "default"]
+    (level,) = [line for line in out.splitlines() if line.startswith("  LOG_LEVEL")]
+    assert level.split()[1:] == ["DEBUG", "flag", "(--log-level)"]
+    assert "do-not-print-this-secret" not in out + result.stderr
+    assert f"activity '{ARN.rsplit(':', 1)[-1]}':" in out
+
+
+def test_settings_of_an_app_says_app_code_and_argument() -> None:
+    env = {"PYTHONPATH": str(REPO), "SFN_NOTIFY_CONCURRENCY": "7"}
+    result = _run_cli("settings", "tests.apps:media", env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    (app,) = [line for line in out.splitlines() if line.startswith("  SFN_APP")]
+    assert app.split()[1:] == ["tests.apps:media", "argument"]
+    assert "concurrency        7 (environment (SFN_NOTIFY_CONCURRENCY))" in out
+    assert "(app code)" in out
+    assert "arn                - (resolved from the name at start)" in out
+
+
+# -- help and version -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], ["SFN_ACTIVITY_ARN", "SFN_HANDLER", "example:", "docs/cli.md", "healthcheck"]),
+        (
+            ["run"],
+            [
+                "SFN_ACTIVITY_ARN",
+                "SFN_HANDLER",
+                "SFN_APP",
+                "SFN_CONCURRENCY",
+                "--concurrency",
+                "--log-level",
+                "--log-format",
+                "--handler",
+                "examples:",
+                "docs/cli.md",
+                "exit codes",
+            ],
+        ),
+        (["check"], ["SFN_ACTIVITY_ARN", "AWS_REGION", "example:", "docs/cli.md", "exit codes"]),
+        (["settings"], ["SFN_HANDLER", "no AWS", "examples:", "docs/cli.md"]),
+        (["healthcheck"], ["SFN_HTTP_PORT", "/healthz", "exit codes", "--timeout", "docs/cli.md"]),
+    ],
+)
+def test_help_names_the_variables_an_example_and_what_to_read(
+    args: list[str], expected: list[str], capsys: Any
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--help"])
+    assert exited.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps some lines
+    missing = [text for text in expected if " ".join(text.split()) not in shown]
+    assert missing == []
+
+
+def test_version_is_the_package_version(capsys: Any) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"sfn-worker {version('sfn-activity-worker')}"
+
+
+def test_a_command_is_one_function_in_the_list(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """How another module adds a command (``dev``, say): one ``add_<name>`` function."""
+    from sfn_worker import cli
+
+    def add_hello(commands: Any) -> None:
+        hello = commands.add_parser("hello", help="say hello")
+        hello.set_defaults(command=lambda args, early_signals: print("hello") or 0)
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, add_hello])
+    assert main(["hello"]) == 0
+    assert capsys.readouterr().out == "hello\n"

@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -173,6 +175,20 @@ class App:
         there. Must be importable as module:function, like the handlers."""
         self.process_initializer = function
         return function
+
+
+def importable_from_cwd() -> None:
+    """Put the current directory first on ``sys.path``, as ``python -m``, uvicorn and celery
+    do: the console script's own directory is there instead, so ``sfn-worker run
+    media.worker:app`` from the folder holding ``media/`` could not import it. Spawned
+    handler processes inherit it (multiprocessing passes ``sys.path``). Not with
+    ``python -P`` / PYTHONSAFEPATH, which asks for exactly that not to happen."""
+    if sys.flags.safe_path:
+        return
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
 
 
 def import_object(path: str, what: str) -> Any:

@@ -1,4 +1,6 @@
-"""``sfn-worker``: run the worker, check its configuration, or probe its health endpoint."""
+"""``sfn-worker``: run the worker, check its configuration, show its settings, or probe its
+health endpoint. Each command is one ``add_<name>`` function in ``SUBCOMMANDS``; the help
+texts are in cli_help.py."""
 
 from __future__ import annotations
 
@@ -11,23 +13,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
 
-from . import __version__
-from .app import LoadError, load_app
+from . import __version__, cli_help
+from .app import App, LoadError, importable_from_cwd, load_app
+from .config import resolve
 from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed, truncate
 from .logs import configure_logging
 from .runtime.check import check
 from .runtime.ecs_protection import task_protection
+from .runtime.effective import print_settings
 from .runtime.http import healthcheck, serve_http
 from .runtime.reaper import reaping_orphans
 from .runtime.runtime import Runtime
 from .runtime.signals import Signals
-from .settings import Settings, SettingsError, env_name, load_settings
+from .settings import FLAGS, Settings, SettingsError, load_settings
 from .streams import flush_all, reopen_closed_standard_fds
-from .worker import Worker
+from .worker import single_app
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -91,20 +95,28 @@ def _fail_config(message: str) -> int:
     return EXIT_CONFIG
 
 
-def build_runtime(settings: Settings, app_path: str | None) -> Runtime:
-    """An app (argument or SFN_APP), or the single-activity form (SFN_ACTIVITY_ARN)."""
+def build_app(settings: Settings, app_path: str | None) -> App:
+    """An app (argument or SFN_APP), or the single-source form (SFN_ACTIVITY_ARN and/or
+    SFN_SQS_QUEUE_URL with SFN_HANDLER)."""
     what = "app" if app_path else "SFN_APP"
     app_path = app_path or settings.app
     if app_path is None:
-        return Worker(settings)
-    for field, per_source in (("activity_arn", "ACTIVITY_ARN"), ("sqs_queue_url", "QUEUE_URL")):
+        return single_app(settings)
+    for field, instead in (
+        ("activity_arn", "set it per source with SFN_<KEY>_ACTIVITY_ARN instead"),
+        ("sqs_queue_url", "set it per source with SFN_<KEY>_QUEUE_URL instead"),
+        ("handler", "the app registers each source's handler; unset it"),
+    ):
         if getattr(settings, field) is not None:
-            variable = env_name(field)
             raise SettingsError(
-                f"{variable} is set but the worker runs the app {app_path!r}; "
-                f"set it per source with SFN_<KEY>_{per_source} instead"
+                f"{settings.name_of(field)} is set but the worker runs the app {app_path!r}; "
+                f"{instead}"
             )
-    return Runtime(load_app(app_path, what), settings)
+    return load_app(app_path, what)
+
+
+def build_runtime(settings: Settings, app_path: str | None) -> Runtime:
+    return Runtime(build_app(settings, app_path), settings)
 
 
 async def serve(runtime: Runtime, early_signals: Sequence[int] = ()) -> int:
@@ -162,40 +174,165 @@ def main(argv: list[str] | None = None, early_signals: Sequence[int] = ()) -> in
         flush_all()  # the last lines, within a bound: a stream nobody reads never holds the exit
 
 
-def _main(argv: list[str] | None, early_signals: Sequence[int]) -> int:
+# A command: its parsed arguments and the signals entry.py caught early -> exit code.
+Command = Callable[[argparse.Namespace, Sequence[int]], int]
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _settings_flags() -> argparse.ArgumentParser:
+    """The positional app and the flags that set settings: run, check and settings share
+    them. No argparse ``choices``/``type``: the values go through the settings' own
+    validation, so a flag's error reads as its variable's would, naming the flag."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("app", nargs="?", help="module:app of an sfn_worker.App (default: SFN_APP)")
+    group = flags.add_argument_group("settings (a flag wins over its variable)")
+    group.add_argument(
+        "--handler", metavar="MODULE:FUNCTION", help="the handler of the single form (SFN_HANDLER)"
+    )
+    group.add_argument("--concurrency", metavar="N", help="tasks worked at once (SFN_CONCURRENCY)")
+    group.add_argument(
+        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (LOG_LEVEL)"
+    )
+    group.add_argument("--log-format", metavar="FORMAT", help="json or console (SFN_LOG_FORMAT)")
+    return flags
+
+
+def _subparser(
+    commands: Subcommands,
+    name: str,
+    help_texts: tuple[str, str, str],
+    command: Command,
+    parents: Sequence[argparse.ArgumentParser] = (),
+    *,
+    worker_signals: bool = False,
+) -> argparse.ArgumentParser:
+    """A command's parser. ``worker_signals``: the command hands the signals entry.py
+    caught to a runtime; the others stop on a signal as any program does. ``help_texts``:
+    the line in ``sfn-worker --help``, the description and the epilog of its own help."""
+    summary, description, epilog = help_texts
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        parents=list(parents),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(command=command, worker_signals=worker_signals)
+    return parser
+
+
+def add_run(commands: Subcommands) -> None:
+    _subparser(
+        commands,
+        "run",
+        (cli_help.RUN_SUMMARY, cli_help.RUN, cli_help.RUN_EPILOG),
+        _run,
+        [_settings_flags()],
+        worker_signals=True,
+    )
+
+
+def add_check(commands: Subcommands) -> None:
+    _subparser(
+        commands,
+        "check",
+        (cli_help.CHECK_SUMMARY, cli_help.CHECK, cli_help.CHECK_EPILOG),
+        _check,
+        [_settings_flags()],
+    )
+
+
+def add_settings(commands: Subcommands) -> None:
+    _subparser(
+        commands,
+        "settings",
+        (cli_help.SETTINGS_SUMMARY, cli_help.SETTINGS, cli_help.SETTINGS_EPILOG),
+        _settings,
+        [_settings_flags()],
+    )
+
+
+def add_healthcheck(commands: Subcommands) -> None:
+    health = _subparser(
+        commands,
+        "healthcheck",
+        (cli_help.HEALTHCHECK_SUMMARY, cli_help.HEALTHCHECK, cli_help.HEALTHCHECK_EPILOG),
+        lambda args, _: healthcheck(args.timeout),
+    )
+    health.add_argument(
+        "--timeout", type=float, default=3.0, metavar="SECONDS", help="wait this long (3)"
+    )
+
+
+# One function per command; adding a command is one line here.
+SUBCOMMANDS: list[Callable[[Subcommands], None]] = [
+    add_run,
+    add_check,
+    add_settings,
+    add_healthcheck,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sfn-worker", description="AWS Step Functions activity worker"
+        prog="sfn-worker",
+        description=cli_help.MAIN,
+        epilog=cli_help.MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    app_help = "module:app of an sfn_worker.App (default: SFN_APP, else SFN_ACTIVITY_ARN)"
-    run = commands.add_parser("run", help="work tasks until SIGTERM/SIGINT (settings: SFN_*)")
-    run.add_argument("app", nargs="?", help=app_help)
-    check_command = commands.add_parser(
-        "check", help="validate settings and credentials; DescribeActivity for each activity"
-    )
-    check_command.add_argument("app", nargs="?", help=app_help)
-    health = commands.add_parser("healthcheck", help="exit 0 if the worker's /healthz answers OK")
-    health.add_argument("--timeout", type=float, default=3.0)
-    args = parser.parse_args(argv)
+    commands = parser.add_subparsers(title="commands", dest="name", required=True)
+    for add in SUBCOMMANDS:
+        add(commands)
+    return parser
 
-    if args.command != "run":
+
+def _main(argv: list[str] | None, early_signals: Sequence[int]) -> int:
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "worker_signals", False):
         _default_signal_handling(early_signals)
-    if args.command == "healthcheck":
-        return healthcheck(args.timeout)
+    command: Command = args.command
     try:
-        settings = load_settings()
-        configure_logging(settings.log_level, settings.log_format, settings.worker_name)
-        runtime = build_runtime(settings, args.app)
-        if args.command == "check":
-            return run_async(check(settings, runtime.configs))
-        code = run_async(serve(runtime, early_signals))
-        # The interpreter's last garbage collection walks what a shutdown with thousands of
-        # tasks leaves behind (0.2 s for 10,000 on Python 3.13), past the grace: the process
-        # is leaving, so exempt it all.
-        gc.freeze()
-        return _exit_now_if_threads_linger(code)
+        return command(args, early_signals)
     except (SettingsError, LoadError) as exc:
         return _fail_config(str(exc))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `sfn-worker settings | head`: the reader left; nothing more to say, and nothing
+        # to say it on (Python's own advice: stdout onto /dev/null for the exit's flush).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+
+
+def _load(args: argparse.Namespace) -> tuple[Settings, App]:
+    """Settings (environment, then flags over it) and the app to run; configuration errors
+    raise. The current directory goes on the import path first (user code lives there)."""
+    importable_from_cwd()
+    settings = load_settings({field: getattr(args, field, None) for field in FLAGS})
+    configure_logging(settings.log_level, settings.log_format, settings.worker_name)
+    return settings, build_app(settings, args.app)
+
+
+def _run(args: argparse.Namespace, early_signals: Sequence[int]) -> int:
+    settings, app = _load(args)
+    code = run_async(serve(Runtime(app, settings), early_signals))
+    # The interpreter's last garbage collection walks what a shutdown with thousands of
+    # tasks leaves behind (0.2 s for 10,000 on Python 3.13), past the grace: the process
+    # is leaving, so exempt it all.
+    gc.freeze()
+    return _exit_now_if_threads_linger(code)
+
+
+def _check(args: argparse.Namespace, early_signals: Sequence[int]) -> int:
+    settings, app = _load(args)
+    return run_async(check(settings, Runtime(app, settings).configs))
+
+
+def _settings(args: argparse.Namespace, early_signals: Sequence[int]) -> int:
+    settings, app = _load(args)
+    given = (args.app, "argument") if args.app else None
+    if given is None and settings.app is not None:
+        given = (settings.app, settings.origin("app"))
+    return print_settings(settings, given, resolve(app, settings, os.environ))

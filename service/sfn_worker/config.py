@@ -17,21 +17,26 @@ answer each other's with the wrong handler: a configuration error.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .app import App, Handler, Registration, is_async_handler, is_non_blocking_handler
 from .settings import (
+    DEFAULT_ORIGIN,
     Concurrency,
     HandlerMode,
+    HandlerModeChoice,
     HeartbeatMode,
+    HeartbeatModeChoice,
     HeartbeatSeconds,
     MaxTasksPerChild,
     OnShutdown,
+    OnShutdownChoice,
     Pollers,
     QueueSize,
     Settings,
@@ -39,7 +44,7 @@ from .settings import (
     VisibilitySeconds,
     check_activity_arn,
     check_queue_url,
-    env_name,
+    setting_names,
 )
 
 FIELDS = (
@@ -60,8 +65,8 @@ QUEUE_SUFFIXES = frozenset({*(f.upper() for f in (*FIELDS, *QUEUE_FIELDS)), URL_
 # Activity names: 1-80 characters, none of white space, brackets, wildcards or punctuation
 # that Step Functions refuses.
 NAME_PATTERN = r"[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f]{1,80}"
-DEFAULT = "default"
-CODE = "code"
+DEFAULT = DEFAULT_ORIGIN
+CODE = "app code"
 
 
 class _Options(BaseModel):
@@ -72,18 +77,13 @@ class _Options(BaseModel):
     pollers: Pollers
     queue_size: QueueSize
     heartbeat_seconds: HeartbeatSeconds
-    heartbeat_mode: HeartbeatMode
-    handler_mode: HandlerMode
+    heartbeat_mode: HeartbeatModeChoice
+    handler_mode: HandlerModeChoice
     max_tasks_per_child: MaxTasksPerChild
     visibility_seconds: VisibilitySeconds | None = None
-    on_shutdown: OnShutdown | None = None
+    on_shutdown: OnShutdownChoice | None = None
     token_field: str | None = None
     input_field: str | None = None
-
-    @field_validator("handler_mode", "heartbeat_mode", "on_shutdown", mode="before")
-    @classmethod
-    def _lower(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def queue_name(url: str) -> str:
 
 
 def global_names() -> frozenset[str]:
-    return frozenset(env_name(field) for field in Settings.model_fields)
+    return setting_names()
 
 
 def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[SourceConfig]:
@@ -167,11 +167,13 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
             _check_key(label, key, keys)
         keys[key] = (label, ACTIVITY_SUFFIXES)
         env = _environment(key, ACTIVITY_SUFFIXES, environ)
-        base = _resolve_common(registration, name, key, settings, env)
+        base = _resolve_common(registration, name, key, settings, env, single)
         arn = env.get(f"SFN_{key}_{ARN_SUFFIX}") or (
             registration.ref if registration.ref.startswith("arn:") else None
         )
-        base.sources["arn"] = _source_of(env, f"SFN_{key}_{ARN_SUFFIX}", CODE)
+        base.sources["arn"] = _source_of(
+            env, f"SFN_{key}_{ARN_SUFFIX}", settings.origin("activity_arn") if single else CODE
+        )
         if arn is None:
             base.sources["arn"] = "resolved from the name at start"
         else:
@@ -186,12 +188,14 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
             _check_key(label, key, keys)
         keys[key] = (label, QUEUE_SUFFIXES)
         env = _environment(key, QUEUE_SUFFIXES, environ)
-        base = _resolve_common(registration, name, key, settings, env)
+        base = _resolve_common(registration, name, key, settings, env, single)
         url = env.get(f"SFN_{key}_{URL_SUFFIX}") or registration.ref
         _check_url(url, f"SFN_{key}_{URL_SUFFIX}={url!r}")
-        base.sources["queue_url"] = _source_of(env, f"SFN_{key}_{URL_SUFFIX}", CODE)
+        base.sources["queue_url"] = _source_of(
+            env, f"SFN_{key}_{URL_SUFFIX}", settings.origin("sqs_queue_url") if single else CODE
+        )
         configs.append(CallbackQueueConfig(**base.fields, sources=base.sources, queue_url=url))
-    _check_unknown_variables(environ, keys)
+    check_variables(environ, keys)
     check_distinct(configs)
     return configs
 
@@ -228,6 +232,7 @@ def _resolve_common(
     key: str,
     settings: Settings,
     env: Mapping[str, str],
+    single: bool,
 ) -> _Resolved:
     is_queue = registration.kind == "queue"
     values: dict[str, Any] = {}
@@ -241,7 +246,7 @@ def _resolve_common(
             values[field], sources[field] = registration.options[field], CODE
         elif settings.explicit(default_field):
             values[field] = getattr(settings, default_field)
-            sources[field] = f"environment ({env_name(default_field)})"
+            sources[field] = settings.origin(default_field)
         else:
             values[field], sources[field] = getattr(settings, default_field), DEFAULT
     label = f"{registration.kind} {name!r}"
@@ -264,6 +269,12 @@ def _resolve_common(
         mode, sources["handler_mode"] = HandlerMode.ASYNC, "the handler is async def"
     elif sources["handler_mode"] == DEFAULT and is_non_blocking_handler(registration.handler):
         mode, sources["handler_mode"] = HandlerMode.ASYNC, "the handler is marked @non_blocking"
+    if not single:
+        sources["handler"] = CODE
+    elif settings.handler is not None:
+        sources["handler"] = settings.origin("handler")
+    else:
+        sources["handler"] = "given in code"
     fields = {
         "name": name,
         "key": key,
@@ -307,29 +318,59 @@ def _check_key(label: str, key: str, keys: Mapping[str, tuple[str, frozenset[str
             )
 
 
-def _check_unknown_variables(
+def check_variables(
     environ: Mapping[str, str], keys: Mapping[str, tuple[str, frozenset[str]]]
 ) -> None:
-    """A per-source variable must name a registered activity or queue and a known setting."""
+    """Every ``SFN_*`` variable is a setting, or ``SFN_<KEY>_<SETTING>`` of a registered
+    activity or queue; SettingsError naming the first other one, with the closest valid name.
+    The prefix is the worker's: a variable of its own that it does not know is a mistake
+    (a misspelt name would otherwise be a setting silently left at its default)."""
     known = global_names()
+    per_source = {
+        f"SFN_{key}_{suffix}" for key, (_, suffixes) in keys.items() for suffix in suffixes
+    }
     every_suffix = ACTIVITY_SUFFIXES | QUEUE_SUFFIXES
     for variable in sorted(environ):
-        if not variable.startswith("SFN_") or variable in known:
+        if not variable.upper().startswith("SFN_") or variable in known | per_source:
             continue
+        hint = _did_you_mean(variable.upper(), known | per_source)
+        if variable != variable.upper():
+            # Names are upper-case: a lower-case one would be read for some settings (the
+            # process-wide ones) and not others (per source).
+            raise SettingsError(f"{variable}: not a setting (names are upper-case){hint}")
         rest = variable.removeprefix("SFN_")
         owners = [k for k in keys if rest.startswith(f"{k}_")]
-        if any(rest.removeprefix(f"{k}_") in keys[k][1] for k in owners):
-            continue
         if owners:
             owner = max(owners, key=len)
             label, suffixes = keys[owner]
             raise SettingsError(
                 f"{variable}: {label} has no setting {rest.removeprefix(f'{owner}_')!r} "
-                f"(known: {', '.join(sorted(suffixes))})"
+                f"(known: {', '.join(sorted(suffixes))}){hint}"
             )
-        if any(rest.endswith(f"_{suffix}") for suffix in every_suffix):
+        if keys and any(rest.endswith(f"_{suffix}") for suffix in every_suffix):
             names = ", ".join(label for label, _ in keys.values())
-            raise SettingsError(f"{variable} matches no activity or queue (have: {names})")
+            raise SettingsError(f"{variable} matches no activity or queue (have: {names}){hint}")
+        raise SettingsError(f"{variable}: not a setting{hint or ' (see sfn-worker settings)'}")
+
+
+def _did_you_mean(variable: str, names: frozenset[str] | set[str]) -> str:
+    close = difflib.get_close_matches(variable, sorted(names), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def source_keys(
+    activities: Sequence[str], queues: Sequence[str]
+) -> dict[str, tuple[str, frozenset[str]]]:
+    """Each source's variable key, its label and its settings' suffixes (activities by ARN
+    or name, queues by URL): what ``check_variables`` needs, known before any import."""
+    keys: dict[str, tuple[str, frozenset[str]]] = {}
+    for ref in activities:
+        name = activity_name(ref)
+        keys[activity_key(name)] = (f"activity {name!r}", ACTIVITY_SUFFIXES)
+    for url in queues:
+        name = queue_name(url)
+        keys[activity_key(name)] = (f"queue {name!r}", QUEUE_SUFFIXES)
+    return keys
 
 
 def _check_arn(arn: str, what: str) -> None:
@@ -347,7 +388,9 @@ def _check_url(url: str, what: str) -> None:
 
 
 def _where(source: str) -> str:
-    return source.removeprefix("environment (").removesuffix(")") if "(" in source else source
+    """The variable or flag in ``environment (SFN_X)`` or ``flag (--x)``; else the source."""
+    found = re.fullmatch(r"(?:environment|flag) \((.+)\)", source)
+    return found.group(1) if found else source
 
 
 def _describe(

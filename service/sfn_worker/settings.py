@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Step Functions allows at most 1,000 open GetActivityTask polls per activity ARN.
@@ -107,6 +116,32 @@ class LogLevel(StrEnum):
     ERROR = "ERROR"
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+def choice(kind: type[E]) -> Callable[[object], object]:
+    """A before-validator: any case of a value of ``kind``. An unknown value is refused here,
+    so the error quotes it as the user typed it and lists the valid ones."""
+
+    def parse(value: object) -> object:
+        if not isinstance(value, str) or isinstance(value, kind):
+            return value
+        for member in kind:
+            if member.value.casefold() == value.strip().casefold():
+                return member
+        raise ValueError(f"expected one of {', '.join(m.value for m in kind)} (any case)")
+
+    return parse
+
+
+HandlerModeChoice = Annotated[HandlerMode, BeforeValidator(choice(HandlerMode))]
+HeartbeatModeChoice = Annotated[HeartbeatMode, BeforeValidator(choice(HeartbeatMode))]
+OnShutdownChoice = Annotated[OnShutdown, BeforeValidator(choice(OnShutdown))]
+MetricsChoice = Annotated[MetricsOutput, BeforeValidator(choice(MetricsOutput))]
+LogFormatChoice = Annotated[LogFormat, BeforeValidator(choice(LogFormat))]
+LogLevelChoice = Annotated[LogLevel, BeforeValidator(choice(LogLevel))]
+
+
 def _default_worker_name() -> str:
     return socket.gethostname()[:WORKER_NAME_MAX] or "sfn-worker"
 
@@ -138,21 +173,22 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    # The single-activity form: one activity and its handler. An app (SFN_APP) replaces both.
+    # The single-activity form: one activity and its handler (required: there is no sensible
+    # default handler). An app (SFN_APP) replaces both.
     activity_arn: str | None = None
-    handler: str = "sfn_worker.examples:seed_handler"
+    handler: str | None = None
     app: str | None = None
     # The env-only callback queue (with SFN_HANDLER), and every queue's defaults.
     sqs_queue_url: str | None = None
     sqs_visibility_seconds: VisibilitySeconds = 60
-    sqs_on_shutdown: OnShutdown = OnShutdown.RELEASE
+    sqs_on_shutdown: OnShutdownChoice = OnShutdown.RELEASE
     sqs_token_field: Annotated[str, Field(min_length=1)] = "TaskToken"
     sqs_input_field: Annotated[str, Field(min_length=1)] = "Input"
     pollers: Pollers = DEFAULT_POLLERS
     concurrency: Concurrency = 16
     queue_size: QueueSize = 0
     heartbeat_seconds: HeartbeatSeconds = 10.0
-    heartbeat_mode: HeartbeatMode = HeartbeatMode.TIMER
+    heartbeat_mode: HeartbeatModeChoice = HeartbeatMode.TIMER
     # Process mode: a handler process is replaced after this many tasks (0 = never).
     max_tasks_per_child: MaxTasksPerChild = 0
     shutdown_grace_seconds: Annotated[float, Field(ge=1, le=3_600)] = 25.0
@@ -162,17 +198,17 @@ class Settings(BaseSettings):
     worker_name: Annotated[str, Field(min_length=1, max_length=WORKER_NAME_MAX)] = Field(
         default_factory=_default_worker_name
     )
-    handler_mode: HandlerMode = HandlerMode.THREAD
-    log_level: LogLevel = Field(
+    handler_mode: HandlerModeChoice = HandlerMode.THREAD
+    log_level: LogLevelChoice = Field(
         default=LogLevel.INFO, validation_alias=AliasChoices("LOG_LEVEL", "SFN_LOG_LEVEL")
     )
-    log_format: LogFormat = LogFormat.JSON
+    log_format: LogFormatChoice = LogFormat.JSON
     # Optional HTTP server for /healthz and /metrics; 0 = off.
     http_port: Annotated[int, Field(ge=0, le=65_535)] = 0
     http_host: str = "0.0.0.0"
     # The task input's field holding W3C trace context (tracing with the otel extra).
     trace_context_key: Annotated[str, Field(min_length=1)] = "traceparent"
-    metrics: MetricsOutput = MetricsOutput.PROMETHEUS
+    metrics: MetricsChoice = MetricsOutput.PROMETHEUS
     metrics_interval_seconds: Annotated[float, Field(ge=1, le=3_600)] = 60.0
     metrics_namespace: Annotated[str, Field(min_length=1, max_length=255)] = "SfnActivityWorker"
     metrics_service_name: Annotated[str, Field(min_length=1, max_length=255)] = (
@@ -181,18 +217,6 @@ class Settings(BaseSettings):
     # Protect the ECS task from scale-in while activity tasks are in flight.
     ecs_task_protection: bool = False
     ecs_protection_minutes: Annotated[int, Field(ge=1, le=2_880)] = 60
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
-
-    @field_validator(
-        "log_format", "handler_mode", "heartbeat_mode", "metrics", "sqs_on_shutdown", mode="before"
-    )
-    @classmethod
-    def _lower_choice(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
 
     @field_validator("activity_arn")
     @classmethod
@@ -228,48 +252,122 @@ class Settings(BaseSettings):
             raise ValueError("must not be blank")
         return value
 
-    @model_validator(mode="after")
-    def _pollers_within_concurrency(self) -> Self:
-        # Only two values both set can conflict; a default poller count is capped instead.
-        explicit = self.model_fields_set
-        if "pollers" in explicit and "concurrency" in explicit and self.pollers > self.concurrency:
-            raise ValueError(
-                f"SFN_POLLERS ({self.pollers}) must not exceed SFN_CONCURRENCY ({self.concurrency})"
-                ": a poller only polls with a free slot"
-            )
-        return self
+    # Fields given by a command-line flag (load_settings); the rest came from the
+    # environment (or the constructor) or are defaults.
+    _flags: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     def explicit(self, field: str) -> bool:
-        """Whether ``field`` was given (environment or constructor), not left at its default."""
+        """Whether ``field`` was given (flag, environment or constructor), not a default."""
         return field in self.model_fields_set
+
+    def name_of(self, field: str) -> str:
+        """What the user set ``field`` with: its flag, else its environment variable."""
+        return flag_name(field) if field in self._flags else env_name(field)
+
+    def origin(self, field: str) -> str:
+        """Where ``field``'s value came from, for ``check`` and ``settings``."""
+        if field in self._flags:
+            return f"flag ({flag_name(field)})"
+        if self.explicit(field):
+            return f"environment ({env_name(field)})"
+        return DEFAULT_ORIGIN
 
 
 class SettingsError(Exception):
     """Settings could not be read; the message names the variable and is meant for operators."""
 
 
+DEFAULT_ORIGIN = "default"
+
+# log_level is read from LOG_LEVEL (the name most tools share), or SFN_LOG_LEVEL.
 _ENV_NAMES = {
     "log_level": "LOG_LEVEL",
 }
+ALIASES = {"SFN_LOG_LEVEL": "log_level"}
+
+# The command line's flags (cli.py) and the settings they set: same validation, and a flag
+# wins over its environment variable.
+FLAGS = {
+    "handler": "--handler",
+    "concurrency": "--concurrency",
+    "log_level": "--log-level",
+    "log_format": "--log-format",
+}
+
+
+_FIELD_OF_ALIAS = {**{name: field for field, name in _ENV_NAMES.items()}, **ALIASES}
+
+
+def flag_name(field: str) -> str:
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def env_name(field: str) -> str:
     return _ENV_NAMES.get(field.lower(), f"SFN_{field.upper()}")
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment; raise SettingsError with one readable message."""
+def setting_names() -> frozenset[str]:
+    """Every environment variable a process-wide setting is read from (aliases included)."""
+    return frozenset({*(env_name(field) for field in Settings.model_fields), *ALIASES})
+
+
+def load_settings(flags: Mapping[str, object] | None = None) -> Settings:
+    """Read settings from the environment, with ``flags`` (field -> value as typed; None: not
+    given) over it; raise SettingsError with one readable line naming the variable or flag."""
+    given = {field: value for field, value in (flags or {}).items() if value is not None}
+    _check_aliases_agree()
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise SettingsError(describe_validation_error(exc)) from None
+        raise SettingsError(describe_validation_error(exc, frozenset(given))) from None
+    settings._flags = frozenset(given)
+    _check_pollers_within_concurrency(settings)
+    return settings
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def _check_aliases_agree() -> None:
+    """Two names for one setting, both set, must say the same thing."""
+    for alias, field in ALIASES.items():
+        name = env_name(field)
+        first, second = os.environ.get(name), os.environ.get(alias)
+        if first and second and first.strip().casefold() != second.strip().casefold():
+            raise SettingsError(
+                f"{name}={first!r} and {alias}={second!r} are both set and differ; keep one"
+            )
+
+
+def _check_pollers_within_concurrency(settings: Settings) -> None:
+    # Only two values both set can conflict; a default poller count is capped instead.
+    if (
+        settings.explicit("pollers")
+        and settings.explicit("concurrency")
+        and settings.pollers > settings.concurrency
+    ):
+        raise SettingsError(
+            f"{settings.name_of('pollers')} ({settings.pollers}) must not exceed "
+            f"{settings.name_of('concurrency')} ({settings.concurrency})"
+            ": a poller only polls with a free slot"
+        )
+
+
+def _given_name(field: str, flags: frozenset[str]) -> str:
+    if field in flags:
+        return flag_name(field)
+    name = env_name(field)
+    aliases = [alias for alias, target in ALIASES.items() if target == field]
+    # The alias the user set, when the main name is not set.
+    return next(
+        (alias for alias in aliases if alias in os.environ and name not in os.environ), name
+    )
+
+
+def describe_validation_error(exc: ValidationError, flags: frozenset[str] = frozenset()) -> str:
     problems = []
     for error in exc.errors(include_url=False):
         loc = error.get("loc", ())
         field = str(loc[0]) if loc else ""
+        # An aliased field's errors are located at the alias, whoever gave the value.
+        field = _FIELD_OF_ALIAS.get(field.upper(), field)
         given = error.get("input")
         message = str(error.get("msg", "invalid"))
         if error.get("type") == "missing":
@@ -279,6 +377,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         else:
             shown = given if isinstance(given, str | int | float) else ""
             problems.append(
-                f"{env_name(field)}={shown!r} is invalid: {message.removeprefix('Value error, ')}"
+                f"{_given_name(field, flags)}={shown!r} is invalid: "
+                f"{message.removeprefix('Value error, ')}"
             )
     return "; ".join(problems)

@@ -101,3 +101,147 @@ async def test_a_name_that_resolves_to_another_sources_arn_is_refused_before_any
     with pytest.raises(SettingsError, match=r"activity 'other' .* are both arn:aws:states"):
         await runtime.run(asyncio.Event())
     assert fake.counts.get("GetActivityTask", 0) == 0
+
+
+SEED = "sfn_worker.examples:seed_handler"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        # The single form: a misspelt setting, and a misspelt required one (named, not
+        # reported as missing).
+        (
+            ["run"],
+            {"SFN_ACTIVITY_ARN": ARN + "jobs", "SFN_HANDLER": SEED, "SFN_CONCURENCY": "4"},
+            "SFN_CONCURENCY: not a setting (did you mean SFN_CONCURRENCY?)",
+        ),
+        (
+            ["run"],
+            {"SFN_ACTIVTY_ARN": ARN + "jobs", "SFN_HANDLER": SEED},
+            "SFN_ACTIVTY_ARN: not a setting (did you mean SFN_ACTIVITY_ARN?)",
+        ),
+        (
+            ["check"],
+            {"SFN_SQS_QUEUE_URL": URL + "render-jobs", "SFN_HANDLER": SEED, "SFN_HANDLR": "x"},
+            "SFN_HANDLR: not a setting (did you mean SFN_HANDLER?)",
+        ),
+        # An app: a misspelt global, and a per-activity one, each with the closest name.
+        (
+            ["run", "tests.apps:media"],
+            {"SFN_HEARTBEAT_SECOND": "5"},
+            "SFN_HEARTBEAT_SECOND: not a setting (did you mean SFN_HEARTBEAT_SECONDS?)",
+        ),
+        (
+            ["check", "tests.apps:media"],
+            {"SFN_RENDER_CONCURENCY": "4"},
+            "(did you mean SFN_RENDER_CONCURRENCY?)",
+        ),
+        (
+            ["settings", "tests.apps:media"],
+            {"SFN_RENDR_CONCURRENCY": "4"},
+            "SFN_RENDR_CONCURRENCY matches no activity or queue (have: activity 'render', "
+            "activity 'notify') (did you mean SFN_RENDER_CONCURRENCY?)",
+        ),
+        # Names are upper-case (a lower-case global setting used to be read, a lower-case
+        # per-activity one ignored).
+        (
+            ["run", "tests.apps:media"],
+            {"sfn_render_concurrency": "4"},
+            "sfn_render_concurrency: not a setting (names are upper-case) "
+            "(did you mean SFN_RENDER_CONCURRENCY?)",
+        ),
+        # A variable of the user's own in the worker's prefix (the Makefile's cache
+        # directory was one); with nothing close, the line points at the list.
+        (
+            ["run", "tests.apps:media"],
+            {"SFN_WORKER_CACHE": "/tmp/cache"},
+            "SFN_WORKER_CACHE: not a setting",
+        ),
+        (
+            ["run", "tests.apps:media"],
+            {"SFN_BUILD_ID": "1234"},
+            "SFN_BUILD_ID: not a setting (see sfn-worker settings)",
+        ),
+    ],
+)
+def test_an_unknown_sfn_variable_is_refused_with_the_closest_name(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    """A misspelt SFN_* name used to be ignored: the setting silently kept its default."""
+    result = sfn_worker(*args, **env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "typed", "valid"),
+    [
+        ("LOG_LEVEL", "verbose", "DEBUG, INFO, WARNING, ERROR"),
+        ("SFN_LOG_FORMAT", "Pretty", "json, console"),
+        ("SFN_HANDLER_MODE", "Fork", "async, thread, process"),
+        ("SFN_HEARTBEAT_MODE", "Often", "timer, progress"),
+        ("SFN_METRICS", "StatsD", "prometheus, emf"),
+        ("SFN_SQS_ON_SHUTDOWN", "Drop", "release, fail"),
+        ("SFN_JOBS_HANDLER_MODE", "Fork", "async, thread, process"),  # per activity
+    ],
+)
+def test_an_enum_setting_quotes_the_value_as_typed_and_lists_the_valid_ones(
+    variable: str, typed: str, valid: str
+) -> None:
+    result = sfn_worker("run", SFN_ACTIVITY_ARN=ARN + "jobs", SFN_HANDLER=SEED, **{variable: typed})
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{variable}={typed!r} is invalid: expected one of {valid} (any case)" in line
+
+
+def test_enum_settings_take_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sfn_worker.settings import HandlerMode, LogFormat, LogLevel, MetricsOutput, load_settings
+
+    for name, value in {
+        "LOG_LEVEL": "debug",
+        "SFN_LOG_FORMAT": "CONSOLE",
+        "SFN_HANDLER_MODE": "Process",
+        "SFN_METRICS": " Emf",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.log_level is LogLevel.DEBUG
+    assert settings.log_format is LogFormat.CONSOLE
+    assert settings.handler_mode is HandlerMode.PROCESS
+    assert settings.metrics is MetricsOutput.EMF
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"SFN_ACTIVITY_ARN": ARN + "jobs"}, {"SFN_SQS_QUEUE_URL": URL + "jobs", "SFN_HANDLER": ""}],
+)
+def test_the_single_form_requires_a_handler(env: dict[str, str]) -> None:
+    """It used to default to the demo's seed handler, which failed every real task with
+    NO_SUCCESS_INPUT."""
+    result = sfn_worker("run", **env)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "SFN_HANDLER is required but not set" in line
+    assert "SFN_HANDLER=sfn_worker.examples:seed_handler" in line  # the demo's, as a hint
+
+
+def test_a_handler_set_beside_an_app_is_refused() -> None:
+    """The app names each source's handler; a SFN_HANDLER beside it would be ignored."""
+    result = sfn_worker("run", "tests.apps:media", SFN_HANDLER=SEED)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "SFN_HANDLER is set but the worker runs the app 'tests.apps:media'" in line
+
+
+def test_log_level_under_both_its_names_must_agree() -> None:
+    """Two names for one setting: LOG_LEVEL used to win silently over SFN_LOG_LEVEL."""
+    base = {"SFN_ACTIVITY_ARN": ARN + "jobs", "SFN_HANDLER": SEED}
+    result = sfn_worker("settings", LOG_LEVEL="info", SFN_LOG_LEVEL="DEBUG", **base)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "LOG_LEVEL='info' and SFN_LOG_LEVEL='DEBUG' are both set and differ" in line
+    agreeing = sfn_worker("settings", LOG_LEVEL="debug", SFN_LOG_LEVEL="DEBUG", **base)
+    assert agreeing.returncode == 0, agreeing.stderr

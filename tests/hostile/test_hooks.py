@@ -21,7 +21,7 @@ def run(app: str) -> list[str]:
     return [str(BIN / "sfn-worker"), "run", app]
 
 
-APP = {"SFN_ACTIVITY_ARN": ""}  # the app names its activities
+APP = {"SFN_ACTIVITY_ARN": "", "SFN_HANDLER": ""}  # the app names its activities
 
 
 @pytest.mark.parametrize("app", ["tests.apps:never_yields", "tests.apps:stubborn_entry"])

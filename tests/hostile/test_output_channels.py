@@ -155,6 +155,7 @@ async def worker(
     port = free_port()
     env.update(
         SFN_ACTIVITY_ARN=fake.activity_arn,
+        SFN_HANDLER="sfn_worker.examples:seed_handler",  # required; a test's own wins
         SFN_WORKER_NAME="streams-test",
         SFN_SHUTDOWN_GRACE_SECONDS=str(GRACE),
         SFN_HEARTBEAT_SECONDS="1",

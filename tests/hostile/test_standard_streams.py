@@ -33,6 +33,7 @@ async def test_closed_standard_streams_at_start_still_serve_and_exit_0(
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
     env.update(
         SFN_ACTIVITY_ARN=fake.activity_arn,
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
         SFN_SHUTDOWN_GRACE_SECONDS="2",
         SFN_METRICS="emf",  # stdout is written too (at the end at least)
         SFN_METRICS_INTERVAL_SECONDS="1",

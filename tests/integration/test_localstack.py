@@ -37,7 +37,8 @@ def worker_process(
     """``sfn-worker run`` as a real subprocess; killed if a test leaves it running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
     env.update(aws)
-    env.update(SFN_ACTIVITY_ARN=flow.activity_arn, SFN_WORKER_NAME="integration", **settings)
+    env.update(SFN_ACTIVITY_ARN=flow.activity_arn, SFN_WORKER_NAME="integration")
+    env.update(SFN_HANDLER="sfn_worker.examples:seed_handler", **settings)
     process = subprocess.Popen(
         [str(WORKER_BIN), "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -276,7 +277,8 @@ def queue_worker_process(
     """``sfn-worker run`` for the flow's callback queue (SFN_SQS_QUEUE_URL, no activity)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
     env.update(aws)
-    env.update(SFN_SQS_QUEUE_URL=flow.queue_url, SFN_WORKER_NAME="integration", **settings)
+    env.update(SFN_SQS_QUEUE_URL=flow.queue_url, SFN_WORKER_NAME="integration")
+    env.update(SFN_HANDLER="sfn_worker.examples:seed_handler", **settings)
     process = subprocess.Popen(
         [str(WORKER_BIN), "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

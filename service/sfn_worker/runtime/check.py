@@ -65,9 +65,9 @@ def describe_config(config: SourceConfig) -> list[str]:
     """One line per setting: its value and where it came from."""
     sources = config.sources
     queue = config.queue_size or f"0 = pollers ({config.pollers})"
-    lines = [f"handler            {import_path(config.handler)}"]
+    lines = [f"handler            {import_path(config.handler)} ({sources['handler']})"]
     if isinstance(config, ActivityConfig):
-        lines.append(f"arn                {config.arn} ({sources['arn']})")
+        lines.append(f"arn                {config.arn or '-'} ({sources['arn']})")
     if isinstance(config, CallbackQueueConfig):
         lines.append(f"queue_url          {config.queue_url} ({sources['queue_url']})")
         lines += [
