@@ -71,7 +71,11 @@ async def test_emf_records_on_stdout_validate_and_logs_stay_on_stderr(
     assert logs
     assert not any("_aws" in log for log in logs)  # metrics never land in the log stream
 
-    per_activity = [r for r in records if r.get("Activity") == "fake-activity" and "Error" not in r]
+    per_activity = [
+        r
+        for r in records
+        if (r.get("Source"), r.get("Kind")) == ("fake-activity", "activity") and "Error" not in r
+    ]
     assert sum(r["TasksSucceeded"] for r in per_activity) == 2
     assert sum(r["TasksFailed"] for r in per_activity) == 1
     assert all(r["ServiceName"] == "sfn-activity-worker" for r in per_activity)
@@ -79,7 +83,7 @@ async def test_emf_records_on_stdout_validate_and_logs_stay_on_stderr(
     assert all(0 <= r["SlotsBusy"] <= 100 for r in per_activity)
     by_error = [r for r in records if "Error" in r]
     assert [(r["Error"], r["TasksFailed"]) for r in by_error] == [("NO_SUCCESS_INPUT", 1)]
-    assert any("EventLoopLag" in r and "Activity" not in r for r in records)
+    assert any("EventLoopLag" in r and "Source" not in r for r in records)
 
 
 # -- dashboards and autoscaling ---------------------------------------------------------------
@@ -138,7 +142,7 @@ def test_cloudwatch_dashboard_is_a_put_dashboard_body_over_real_metrics() -> Non
 
 def _exported_metric_names() -> set[str]:
     metrics = Metrics()
-    activity = metrics.for_activity("a")
+    activity = metrics.for_source("a", "activity")
     activity.task_failed("E")
     activity.poll_error("C")
     activity.heartbeat_failed("C")
@@ -172,6 +176,6 @@ def test_autoscaling_tracks_busy_slots_next_to_the_backlog() -> None:
     assert policy["PolicyType"] == "TargetTrackingScaling"
     spec = policy["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]
     assert (spec["Namespace"], spec["MetricName"]) == ("SfnActivityWorker", "SlotsBusy")
-    assert {d["Name"] for d in spec["Dimensions"]} == {"ServiceName", "Activity"}
+    assert {d["Name"] for d in spec["Dimensions"]} == {"ServiceName", "Source", "Kind"}
     assert spec["Unit"] == "Percent"
     assert 0 < policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] < 100

@@ -316,10 +316,11 @@ class Runtime:
             )
 
     def _worker(self, config: SourceConfig, parts: SourceParts) -> SourceWorker:
+        metrics = self.metrics.for_source(config.name, config.kind)
         if isinstance(config, ActivityConfig):
-            return ActivityWorker(config, parts, self.metrics.for_activity(config.name))
+            return ActivityWorker(config, parts, metrics)
         assert isinstance(config, CallbackQueueConfig)
-        return CallbackQueueWorker(config, parts, self.metrics.for_queue(config.name))
+        return CallbackQueueWorker(config, parts, metrics)
 
     async def _publish_emf(self, accessory: Accessory) -> None:
         settings = self.settings
