@@ -190,7 +190,9 @@ class Runtime:
         on, LifespanFailed when the lifespan fails (or is stopped) on entry, before any
         poll, WorkerCrashed after a defect in the worker itself.
         """
-        self._tracing = setup_tracing(self.settings.trace_context_key)
+        self._tracing = setup_tracing(
+            self.settings.trace_context_key, service_name=self.settings.metrics_service_name
+        )
         followers = [
             asyncio.create_task(_follow(event, action))
             for event, action in ((stop, self.request_stop), (force_stop, self.request_forced_stop))
