@@ -118,6 +118,10 @@ class Runtime:
         self._stdout: OutputStream | None = None
 
     # -- what operations ask -----------------------------------------------------------------
+    def sources(self) -> Sequence[SourceWorker]:
+        """The source workers, once serving (what the metrics outputs read)."""
+        return self._sources
+
     def in_flight(self) -> int:
         return sum(s.in_flight() for s in self._sources)
 
@@ -333,7 +337,7 @@ class Runtime:
             )
         publisher = EmfPublisher(
             self.metrics,
-            lambda: self._sources,
+            self.sources,
             namespace=settings.metrics_namespace,
             service_name=settings.metrics_service_name,
             output=self._stdout,
