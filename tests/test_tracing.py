@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sfn_worker.otel_config import check_otel_environment
 from sfn_worker.settings import SettingsError
-from sfn_worker.testing import FakeStepFunctions
+from sfn_worker.testing import FakeStepFunctions, Fault
 
 from . import traced_handlers
 from .conftest import running_worker
@@ -403,3 +403,25 @@ def test_otel_configurations_the_sdk_cannot_run_name_their_variable(
 ) -> None:
     with pytest.raises(SettingsError, match=variable):
         check_otel_environment(environ, emf=emf)
+
+
+async def test_a_delete_sqs_refuses_shows_as_not_deleted_in_the_task_trace(
+    fake: FakeStepFunctions, spans: InMemorySpanExporter
+) -> None:
+    queue = fake.sqs.add_queue("render-jobs")
+    task, message = fake.sqs.add_callback_task({}, queue=queue)
+    fake.inject("DeleteMessageBatch", Fault.error("AccessDenied", 403))
+
+    async def handler(task_input: Any, ctx: Any) -> Any:
+        return {"ok": True}
+
+    async with running_worker(fake, handler, activity_arn=None, sqs_queue_url=queue.url):
+        await fake.wait_for(lambda: bool(fake.calls_of("DeleteMessageBatch")))
+    # The worker stopped: the task (and its span) ended, its message is still there.
+    assert task.state == "succeeded"
+    assert not message.deleted
+    (span,) = _by_name(spans.get_finished_spans(), "process render-jobs")
+    (event,) = [e for e in span.events if e.name == "sfn_worker.sqs.delete"]
+    assert (event.attributes or {})["sfn_worker.sqs.deleted"] is False
+    (delete,) = _by_name(spans.get_finished_spans(), "delete render-jobs")
+    assert [link.context.span_id for link in delete.links] == [span.context.span_id]
