@@ -141,7 +141,7 @@ async def running_worker(
 def sample(runtime: Runtime, name: str, **labels: str) -> float:
     """A metric's value for the runtime's (first) activity, 0 when never set."""
     source = runtime.configs[0]
-    labels.setdefault("activity", source.name if source.kind == "activity" else "")
-    labels.setdefault("queue", source.name if source.kind == "queue" else "")
+    labels.setdefault("source", source.name)
+    labels.setdefault("kind", source.kind)
     value = runtime.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value

@@ -322,9 +322,9 @@ async def test_metrics_and_health_per_activity(fake: FakeStepFunctions) -> None:
         await fake.wait_for(lambda: fake.open_polls == 2 + 3, timeout=30)
         _, metrics = await get(f"http://127.0.0.1:{port}/metrics")
         status, health = await get(f"http://127.0.0.1:{port}/healthz")
-    assert 'sfn_worker_tasks_succeeded_total{activity="notify",queue=""} 1.0' in metrics
-    assert 'sfn_worker_concurrency{activity="render",queue=""} 2.0' in metrics
-    assert 'sfn_worker_polls_open{activity="render",queue=""}' in metrics
+    assert 'sfn_worker_tasks_succeeded_total{kind="activity",source="notify"} 1.0' in metrics
+    assert 'sfn_worker_concurrency{kind="activity",source="render"} 2.0' in metrics
+    assert 'sfn_worker_polls_open{kind="activity",source="render"}' in metrics
     assert status == 200
     body = json.loads(health)
     assert set(body["activities"]) == {"render", "notify"}

@@ -256,8 +256,8 @@ async def test_activities_and_queues_in_one_process(fake: FakeStepFunctions) -> 
         body = runtime.metrics.render().decode()
     assert json.loads(activity_task.output or "") == {"rendered": "render"}
     assert json.loads(callback_task.output or "") == {"notified": "notify-jobs", "queue_url": url}
-    assert 'sfn_worker_tasks_succeeded_total{activity="",queue="notify-jobs"} 1.0' in body
-    assert 'sfn_worker_tasks_succeeded_total{activity="render",queue=""} 1.0' in body
+    assert 'sfn_worker_tasks_succeeded_total{kind="queue",source="notify-jobs"} 1.0' in body
+    assert 'sfn_worker_tasks_succeeded_total{kind="activity",source="render"} 1.0' in body
 
 
 async def test_a_queue_name_can_be_overridden_from_the_environment(

@@ -76,10 +76,11 @@ async def test_healthz_and_metrics(fake: FakeStepFunctions) -> None:
 
         status, metrics = await get(f"{url}/metrics")
         assert status == 200
-        # Labels in alphabetical order, as Prometheus renders them; queue is empty.
-        assert 'sfn_worker_tasks_succeeded_total{activity="fake-activity",queue=""} 1.0' in metrics
-        failure = 'error="NO_SUCCESS_INPUT",queue=""} 1.0'
-        assert 'sfn_worker_tasks_failed_total{activity="fake-activity",' + failure in metrics
+        # Labels in alphabetical order, as Prometheus renders them.
+        source = 'kind="activity",source="fake-activity"'
+        assert f"sfn_worker_tasks_succeeded_total{{{source}}} 1.0" in metrics
+        failure = f'error="NO_SUCCESS_INPUT",{source}}} 1.0'
+        assert "sfn_worker_tasks_failed_total{" + failure in metrics
         for name in (
             "sfn_worker_tasks_started_total",
             "sfn_worker_tasks_in_flight",

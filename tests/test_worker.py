@@ -243,7 +243,7 @@ async def test_short_tasks_do_not_pile_up_heartbeat_entries() -> None:
         def task_gone(self, answer: str) -> None:
             raise AssertionError("no beat is ever due")
 
-    heartbeats = Heartbeats(cast(Any, None), 3600.0, Metrics().for_activity("a"))
+    heartbeats = Heartbeats(cast(Any, None), 3600.0, Metrics().for_source("a", "activity"))
     for _ in range(10_000):
         await heartbeats.stop(heartbeats.start(ShortTask()))
     assert heartbeats.scheduled() <= 128

@@ -8,7 +8,8 @@ from opentelemetry import trace
 
 from sfn_worker import TaskContext, TaskFailed
 
-tracer = trace.get_tracer("tests.traced_handlers")
+tracer_name = "tests.traced_handlers"
+tracer = trace.get_tracer(tracer_name)
 
 
 def traced(task_input: Any, ctx: TaskContext) -> Any:
@@ -41,3 +42,9 @@ def noisy(task_input: Any, ctx: TaskContext) -> Any:
         thread.start()
         thread.join()
     return {"pid": os.getpid()}
+
+
+def waits_for_shutdown(task_input: Any, ctx: TaskContext) -> Any:
+    """Runs (heartbeated) until the worker stops, in any mode."""
+    ctx.shutdown_requested.wait(60)
+    return {"ok": True}

@@ -1,14 +1,20 @@
 """Prometheus metrics: one registry per process (so tests and embedders never collide). Every
-per-source series has two labels, ``activity`` and ``queue``: the activity's or the callback
-queue's name, the other one empty; ``for_activity`` / ``for_queue`` bind them once."""
+per-source series has two labels: ``source``, the source's name (the activity's name, or the
+callback queue's), and ``kind``, ``activity`` or ``queue``; ``for_source`` binds them once.
+
+Each metric is declared once, here. Other outputs (EMF, runtime/emf.py) read a source's
+values through ``SourceMetrics.totals``, never a sample by its name: a renamed metric is a
+type error there, not a series that silently reads 0."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-A = ["activity", "queue"]
+SOURCE_LABELS = ("source", "kind")
+A = list(SOURCE_LABELS)
 
 
 class Metrics:
@@ -146,14 +152,10 @@ class Metrics:
             "sfn_worker_event_loop_lag_seconds", "How late the last loop timer fired", registry=r
         )
 
-    def for_activity(self, name: str) -> SourceMetrics:
-        """The activity's bound series (one object per source, shared by its readers)."""
-        return self._source((name, ""))
-
-    def for_queue(self, name: str) -> SourceMetrics:
-        return self._source(("", name))
-
-    def _source(self, labels: tuple[str, str]) -> SourceMetrics:
+    def for_source(self, name: str, kind: str) -> SourceMetrics:
+        """The source's bound series (one object per source, shared by its readers);
+        ``kind`` is ``activity`` or ``queue``."""
+        labels = (name, kind)
         if labels not in self._sources:
             self._sources[labels] = SourceMetrics(self, labels)
         return self._sources[labels]
@@ -171,7 +173,7 @@ class SourceMetrics:
     """The series of one source, its labels bound once (no label lookup per task)."""
 
     def __init__(self, metrics: Metrics, labels: tuple[str, str]) -> None:
-        self.labels = labels  # (activity, queue)
+        self.labels = labels  # (source, kind)
         self._metrics = metrics
         self._lags: list[float] = []
         self._lags_seen = 0
@@ -214,7 +216,56 @@ class SourceMetrics:
         elif (slot := random.randrange(self._lags_seen)) < LAG_SAMPLE_SIZE:
             self._lags[slot] = seconds
 
+    def totals(self) -> SourceTotals:
+        """The source's counters since start, read from the declared metrics."""
+        return SourceTotals(
+            tasks_started=_value(self.tasks_started),
+            tasks_succeeded=_value(self.tasks_succeeded),
+            tasks_gone=_value(self.tasks_gone),
+            tasks_stalled=_value(self.tasks_stalled),
+            tasks_released=_value(self.tasks_released),
+            handler_process_deaths=_value(self.handler_process_deaths),
+            tasks_failed=self._by_label(self._metrics.tasks_failed, "error"),
+            poll_errors=self._by_label(self._metrics.poll_errors, "code"),
+        )
+
+    def _by_label(self, counter: Counter, label: str) -> dict[str, float]:
+        """This source's totals of ``counter``, by its other label."""
+        source = dict(zip(SOURCE_LABELS, self.labels, strict=True))
+        return {
+            sample.labels[label]: sample.value
+            for family in counter.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+            and all(sample.labels.get(k) == v for k, v in source.items())
+        }
+
     def take_heartbeat_lags(self) -> list[float]:
         """The lags observed since the last call (a sample when there were many)."""
         lags, self._lags, self._lags_seen = self._lags, [], 0
         return lags
+
+
+@dataclass(frozen=True)
+class SourceTotals:
+    """A source's counter totals since start (outputs that report per interval take the
+    difference between two of these)."""
+
+    tasks_started: float
+    tasks_succeeded: float
+    tasks_gone: float
+    tasks_stalled: float
+    tasks_released: float
+    handler_process_deaths: float
+    tasks_failed: dict[str, float]  # by error name
+    poll_errors: dict[str, float]  # by error code
+
+
+def _value(counter: Counter) -> float:
+    """A bound counter's total (``collect`` is the public way to read it)."""
+    return next(
+        sample.value
+        for family in counter.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )

@@ -2,18 +2,32 @@
 
 Spans, following the messaging conventions for consumers:
 
-- ``process <activity>`` (CONSUMER) per task: messaging.system, messaging.operation.type
-  and .name ("process"), messaging.destination.name (the activity or queue name),
-  aws.step_functions.activity.arn, sfn_worker.activity.name, sfn_worker.worker.name,
+- ``process <source>`` (CONSUMER) per task: messaging.system ("aws.stepfunctions" for an
+  activity, "aws_sqs" for a callback queue), messaging.operation.type and .name
+  ("process"), messaging.destination.name (the source's name: the activity's or the
+  queue's), sfn_worker.source.name and sfn_worker.source.kind ("activity" or "queue"),
+  aws.step_functions.activity.arn (activities), messaging.message.id and
+  sfn_worker.queue.url (callback queues), sfn_worker.worker.name,
   sfn_worker.task.token_hash, sfn_worker.handler.mode, sfn_worker.outcome and, on failure,
-  error.type and an ERROR status. Its parent is the W3C trace context in the task input
-  (the field SFN_TRACE_CONTEXT_KEY names, "traceparent" by default) when there is one.
-- ``handler <activity>`` (INTERNAL), its child, around the handler call; the handler's own
+  error.type, an ERROR status and an ``exception`` event with exception.type only (never a
+  message: it may quote the payload). Its parent is the W3C trace context in the task
+  input (the field SFN_TRACE_CONTEXT_KEY names, "traceparent" by default) when there is one.
+- ``handler <source>`` (INTERNAL), its child, around the handler call; the handler's own
   spans are children of it, in process mode too (the context crosses with the call).
-- SendTaskHeartbeat / SendTaskSuccess / SendTaskFailure (CLIENT), children of the task
-  span, from opentelemetry-instrumentation-botocore's aiobotocore instrumentor. Long polls
-  are not traced.
+- SendTaskHeartbeat / SendTaskSuccess / SendTaskFailure and the SQS ChangeMessageVisibility
+  calls (CLIENT), children of their own task's span, from
+  opentelemetry-instrumentation-botocore's aiobotocore instrumentor. Long polls
+  (GetActivityTask, ReceiveMessage) are not traced.
+- ``delete <queue>`` (INTERNAL): one DeleteMessageBatch settles up to ten tasks' messages,
+  so it is a root span of its own with a link to each task's span (the SQS CLIENT span is
+  its child), and each task's span gets a ``sfn_worker.sqs.delete`` event saying whether
+  its message was deleted.
 Never the task token, the input, the output or a cause.
+
+When the worker configures the SDK (no provider set before it, as opentelemetry-instrument
+or an embedder would), the resource's service.name is SFN_METRICS_SERVICE_NAME's value
+unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES names one (``default_service_name``);
+its handler processes inherit it.
 
 Export is an accessory: spans leave in batches from the SDK's own thread, never on a task's
 way to its answer, and the SDK is shut down within a bound the worker sets (``close_sdk``),
@@ -27,7 +41,7 @@ import atexit
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 import structlog
@@ -48,13 +62,27 @@ TRACER_NAME = "sfn_worker"
 _W3C = TraceContextTextMapPropagator()
 
 
-def configure_sdk() -> bool:
+def default_service_name(name: str | None, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Name the service ``name`` (the SDK would say ``unknown_service:python``) unless the
+    user named it: OTEL_SERVICE_NAME, or service.name in OTEL_RESOURCE_ATTRIBUTES. Set in
+    the environment, so handler processes (which configure their own SDK) inherit it."""
+    if not name or environ.get("OTEL_SERVICE_NAME", "").strip():
+        return
+    attributes = environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    keys = {pair.split("=", 1)[0].strip() for pair in attributes.split(",") if "=" in pair}
+    if "service.name" not in keys:
+        environ["OTEL_SERVICE_NAME"] = name
+
+
+def configure_sdk(service_name: str | None = None) -> bool:
     """The SDK's own configuration from OTEL_* (otel_config.py checked it at start), unless a
     provider is set already (say, under ``opentelemetry-instrument``). The extra ships the
     OTLP/HTTP exporter, so OTLP means http/protobuf unless OTEL_EXPORTER_OTLP_PROTOCOL says
-    otherwise. True when this call configured it: the worker then owns the providers."""
+    otherwise; ``service_name`` is the default service.name. True when this call configured
+    it: the worker then owns the providers."""
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         return False
+    default_service_name(service_name)
     os.environ.setdefault("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     if not os.environ.get("OTEL_TRACES_EXPORTER"):
         os.environ["OTEL_TRACES_EXPORTER"] = "otlp"  # asked for by an OTLP endpoint
@@ -108,6 +136,15 @@ def attached(carrier: dict[str, str] | None) -> Iterator[None]:
         otel_context.detach(token)
 
 
+def _failed(span: trace.Span, error: str) -> None:
+    """A failure by its type: the error name (the handler's exception class, or the error
+    it chose), never its message or cause, which may quote the payload; so not
+    ``record_exception``, which records both (and the stack)."""
+    span.set_attribute("error.type", error)
+    span.add_event("exception", {"exception.type": error})
+    span.set_status(Status(StatusCode.ERROR, error))
+
+
 class _HandlerSpan:
     def __init__(self, span: trace.Span) -> None:
         self._span = span
@@ -124,9 +161,7 @@ class _HandlerSpan:
         if result.cancelled():
             self._span.set_status(Status(StatusCode.ERROR, "cancelled"))
         elif (error := result.exception()) is not None:
-            name = error_name(error)
-            self._span.set_attribute("error.type", name)
-            self._span.set_status(Status(StatusCode.ERROR, name))
+            _failed(self._span, error_name(error))
         self._span.end()
 
 
@@ -145,8 +180,7 @@ class _TaskSpan:
     def end(self, outcome: str, error: str | None = None) -> None:
         self._span.set_attribute("sfn_worker.outcome", outcome)
         if error is not None:
-            self._span.set_attribute("error.type", error)
-            self._span.set_status(Status(StatusCode.ERROR, error))
+            _failed(self._span, error)
         self._span.end()
 
 
@@ -161,8 +195,8 @@ class OtelTracing:
         self._tracer = trace.get_tracer(TRACER_NAME, __version__)
 
     @classmethod
-    def configure(cls, trace_context_key: str) -> OtelTracing:
-        owned = configure_sdk()
+    def configure(cls, trace_context_key: str, service_name: str | None = None) -> OtelTracing:
+        owned = configure_sdk(service_name)
         instrumentor = AiobotocoreInstrumentor()  # type: ignore[no-untyped-call]
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument()
@@ -213,3 +247,36 @@ class OtelTracing:
 
     def untraced(self) -> contextlib.AbstractContextManager[None]:
         return suppress_instrumentation()
+
+    def current(self) -> trace.Span | None:
+        span = trace.get_current_span()
+        return span if span.get_span_context().is_valid else None
+
+    @contextlib.contextmanager
+    def batch(
+        self, name: str, members: Sequence[object | None], attributes: dict[str, str | int]
+    ) -> Iterator[None]:
+        # One call for several tasks belongs to no one task's trace: the messaging
+        # conventions make a batch operation its own span, linked to the context of each
+        # message it acts on (a parent can be only one of them). Each task's trace then
+        # shows its delete as an event (``event``), and the batch span leads to the others.
+        links = [
+            trace.Link(member.get_span_context())
+            for member in members
+            if isinstance(member, trace.Span)
+        ]
+        span = self._tracer.start_span(
+            name,
+            context=otel_context.Context(),  # a root, whichever task's context runs this
+            kind=SpanKind.INTERNAL,  # the SQS call under it is the CLIENT span
+            links=links,
+            attributes=attributes,
+        )
+        with trace.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
+            yield
+
+    def event(self, member: object | None, name: str, attributes: dict[str, str | bool]) -> None:
+        if isinstance(member, trace.Span) and member.is_recording():
+            member.add_event(name, attributes)

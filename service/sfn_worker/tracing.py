@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -56,6 +56,22 @@ class Tracing(Protocol):
              task_input: Any) -> TaskSpan: ...  # fmt: skip
     def carrier(self) -> dict[str, str] | None: ...
     def untraced(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def current(self) -> object | None:
+        """The current span (a task's, where its runner works), for a later batch call
+        made for several tasks; None without one."""
+        ...
+
+    def batch(
+        self, name: str, members: Sequence[object | None], attributes: dict[str, str | int]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Around one call made for several tasks (DeleteMessageBatch): a span of its own,
+        linked to each member's span (``current`` when the member asked), current inside."""
+        ...
+
+    def event(self, member: object | None, name: str, attributes: dict[str, str | bool]) -> None:
+        """An event on a member's span (still open): what the batch did for it."""
+        ...
 
     async def close(self, timeout_seconds: float) -> bool:
         """Export what is left and stop, within ``timeout_seconds``; False if that was not
@@ -102,6 +118,17 @@ class NoTracing:
     def untraced(self) -> contextlib.AbstractContextManager[None]:
         return _NO_CONTEXT
 
+    def current(self) -> object | None:
+        return None
+
+    def batch(
+        self, name: str, members: Sequence[object | None], attributes: dict[str, str | int]
+    ) -> contextlib.AbstractContextManager[None]:
+        return _NO_CONTEXT
+
+    def event(self, member: object | None, name: str, attributes: dict[str, str | bool]) -> None:
+        pass
+
     async def close(self, timeout_seconds: float) -> bool:
         return True
 
@@ -109,8 +136,15 @@ class NoTracing:
 NO_TRACING = NoTracing()
 
 
-def setup_tracing(trace_context_key: str, environ: Mapping[str, str] | None = None) -> Tracing:
-    """OpenTelemetry tracing when the environment asks for it and the extra is installed."""
+def setup_tracing(
+    trace_context_key: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    service_name: str | None = None,
+) -> Tracing:
+    """OpenTelemetry tracing when the environment asks for it and the extra is installed;
+    ``service_name`` (the worker passes SFN_METRICS_SERVICE_NAME) is the resource's
+    service.name unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES names one."""
     environ = os.environ if environ is None else environ
     if not tracing_requested(environ):
         return NO_TRACING
@@ -124,7 +158,7 @@ def setup_tracing(trace_context_key: str, environ: Mapping[str, str] | None = No
         )
         return NO_TRACING
     try:
-        return otel.OtelTracing.configure(trace_context_key)
+        return otel.OtelTracing.configure(trace_context_key, service_name)
     except Exception as exc:  # what otel_config.py cannot see: an exporter's own checks
         raise SettingsError(
             f"OpenTelemetry cannot start from the OTEL_* variables: {describe(exc)}"

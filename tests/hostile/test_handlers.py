@@ -260,7 +260,7 @@ async def test_stuck_threads_keep_their_slots_and_make_the_worker_unhealthy(
             assert status == 503
             assert json.loads(body)["activities"]["fake-activity"]["handlers_stuck"] == 2
             _, metrics = await get(f"{url}/metrics")
-            gauge = 'sfn_worker_handlers_stuck{activity="fake-activity",queue=""} 2.0'
+            gauge = 'sfn_worker_handlers_stuck{kind="activity",source="fake-activity"} 2.0'
             assert gauge in metrics
             mistakes.release_stuck.set()  # the threads return: their slots come back
             await fake.wait_for(lambda: all(t.state == "succeeded" for t in later))

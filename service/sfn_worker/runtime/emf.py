@@ -5,11 +5,12 @@ records to **stdout**; its log lines go to **stderr**. With the awslogs driver (
 collector of the container's output into CloudWatch Logs) CloudWatch extracts the records
 into metrics of SFN_METRICS_NAMESPACE, no agent needed:
 
-- per activity, dimensions ServiceName + Activity (a callback queue: ServiceName + Queue):
-  TasksStarted, TasksSucceeded, TasksFailed, TasksGone, TasksStalled, TasksReleased,
-  PollErrors (counts in the interval); TasksInFlight, Concurrency, QueueDepth,
-  HandlersStuck (at the end of it); SlotsBusy (TasksInFlight / Concurrency, percent: the
-  scaling signal); HeartbeatLagP99 (seconds, when heartbeats ran);
+- per source (an activity or a callback queue), dimensions ServiceName + Source (its name)
+  + Kind (``activity`` or ``queue``): TasksStarted, TasksSucceeded, TasksFailed, TasksGone,
+  TasksStalled, TasksReleased, HandlerProcessDeaths, PollErrors (counts in the interval);
+  TasksInFlight, Concurrency, QueueDepth, HandlersStuck (at the end of it); SlotsBusy
+  (TasksInFlight / Concurrency, percent: the scaling signal); HeartbeatLagP99 (seconds,
+  when heartbeats ran);
 - per source and failure, the same dimensions + Error: TasksFailed;
 - per process, dimension ServiceName: EventLoopLag (seconds).
 
@@ -21,7 +22,7 @@ the worker knows where it writes.
 Records leave through an ``OutputStream`` (streams.py): a stdout nobody reads never blocks
 the loop (a full buffer drops an interval's records, counted by the ``emf`` accessory), and
 a broken stdout stops the metrics, said once, never the worker. Dimension values come from
-users (error names, activity names) and are made valid first (``dimension_value``); the
+users (error names, source names) and are made valid first (``dimension_value``); the
 namespace and ServiceName are checked at start (settings.py).
 """
 
@@ -35,9 +36,8 @@ from typing import Protocol
 
 from aws_embedded_metrics.logger.metrics_context import MetricsContext
 from aws_embedded_metrics.serializers.log_serializer import LogSerializer
-from prometheus_client import Counter
 
-from ..metrics import Metrics
+from ..metrics import Metrics, SourceTotals
 from ..tasks.source_worker import SourceWorker
 
 # CloudWatch's Dimension (API reference): a value is 1-1024 ASCII characters, no control
@@ -46,14 +46,20 @@ from ..tasks.source_worker import SourceWorker
 MAX_DIMENSION_VALUE = 1024
 BLANK_DIMENSION = "(blank)"
 
-COUNTS = {
-    "TasksStarted": "sfn_worker_tasks_started_total",
-    "TasksSucceeded": "sfn_worker_tasks_succeeded_total",
-    "TasksGone": "sfn_worker_tasks_gone_total",
-    "TasksStalled": "sfn_worker_tasks_stalled_total",
-    "TasksReleased": "sfn_worker_tasks_released_total",
+# The counts of a source's record, each read from its declared counter (metrics.py); a
+# record gives the difference since the previous one.
+COUNTS: dict[str, Callable[[SourceTotals], float]] = {
+    "TasksStarted": lambda t: t.tasks_started,
+    "TasksSucceeded": lambda t: t.tasks_succeeded,
+    "TasksGone": lambda t: t.tasks_gone,
+    "TasksStalled": lambda t: t.tasks_stalled,
+    "TasksReleased": lambda t: t.tasks_released,
+    "HandlerProcessDeaths": lambda t: t.handler_process_deaths,
 }
-DIMENSION = {"activity": "Activity", "queue": "Queue"}
+# A source's dimensions beside ServiceName: its name and its kind (activity | queue), the
+# ``source`` and ``kind`` labels of /metrics. The kind tells an activity and a callback queue
+# of the same name apart.
+SOURCE_DIMENSION, KIND_DIMENSION = "Source", "Kind"
 
 
 class Output(Protocol):
@@ -106,17 +112,14 @@ class EmfPublisher:
 
     def _source_records(self, source: SourceWorker) -> list[str]:
         name, kind = source.name, source.source.kind
-        labels = {"activity": "", "queue": "", kind: name}
-        dimensions = {"ServiceName": self._service, DIMENSION[kind]: name}
+        dimensions = {"ServiceName": self._service, SOURCE_DIMENSION: name, KIND_DIMENSION: kind}
         record = self._context(dimensions)
-        registry = self._metrics.registry
-        for metric, sample in COUNTS.items():
-            total = registry.get_sample_value(sample, labels) or 0.0
-            record.put_metric(metric, self._delta((kind, name, metric), total), "Count")
-        failures = self._label_totals(self._metrics.tasks_failed, labels, "error")
+        totals = source.metrics.totals()
+        for metric, read in COUNTS.items():
+            record.put_metric(metric, self._delta((kind, name, metric), read(totals)), "Count")
         # Error names that differ only where CloudWatch cannot show it share one record.
         per_value: dict[str, float] = {}
-        for error, total in failures.items():
+        for error, total in totals.tasks_failed.items():
             delta = self._delta((kind, name, "TasksFailed", error), total)
             value = dimension_value(error)
             per_value[value] = per_value.get(value, 0.0) + delta
@@ -127,7 +130,7 @@ class EmfPublisher:
                 by_error.put_metric("TasksFailed", delta, "Count")
                 lines += LogSerializer.serialize(by_error)
         record.put_metric("TasksFailed", sum(per_value.values()), "Count")
-        polls = self._label_totals(self._metrics.poll_errors, labels, "code")
+        polls = totals.poll_errors
         record.put_metric(
             "PollErrors",
             sum(self._delta((kind, name, "PollErrors", code), n) for code, n in polls.items()),
@@ -152,17 +155,6 @@ class EmfPublisher:
     def _delta(self, key: tuple[str, ...], total: float) -> float:
         previous, self._previous[key] = self._previous.get(key, 0.0), total
         return max(0.0, total - previous)
-
-    @staticmethod
-    def _label_totals(counter: Counter, labels: dict[str, str], label: str) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for family in counter.collect():
-            for sample in family.samples:
-                if sample.name.endswith("_total") and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    totals[sample.labels[label]] = sample.value
-        return totals
 
 
 def dimension_value(text: str) -> str:

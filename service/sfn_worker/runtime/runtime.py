@@ -118,6 +118,10 @@ class Runtime:
         self._stdout: OutputStream | None = None
 
     # -- what operations ask -----------------------------------------------------------------
+    def sources(self) -> Sequence[SourceWorker]:
+        """The source workers, once serving (what the metrics outputs read)."""
+        return self._sources
+
     def in_flight(self) -> int:
         return sum(s.in_flight() for s in self._sources)
 
@@ -190,7 +194,9 @@ class Runtime:
         on, LifespanFailed when the lifespan fails (or is stopped) on entry, before any
         poll, WorkerCrashed after a defect in the worker itself.
         """
-        self._tracing = setup_tracing(self.settings.trace_context_key)
+        self._tracing = setup_tracing(
+            self.settings.trace_context_key, service_name=self.settings.metrics_service_name
+        )
         followers = [
             asyncio.create_task(_follow(event, action))
             for event, action in ((stop, self.request_stop), (force_stop, self.request_forced_stop))
@@ -316,10 +322,11 @@ class Runtime:
             )
 
     def _worker(self, config: SourceConfig, parts: SourceParts) -> SourceWorker:
+        metrics = self.metrics.for_source(config.name, config.kind)
         if isinstance(config, ActivityConfig):
-            return ActivityWorker(config, parts, self.metrics.for_activity(config.name))
+            return ActivityWorker(config, parts, metrics)
         assert isinstance(config, CallbackQueueConfig)
-        return CallbackQueueWorker(config, parts, self.metrics.for_queue(config.name))
+        return CallbackQueueWorker(config, parts, metrics)
 
     async def _publish_emf(self, accessory: Accessory) -> None:
         settings = self.settings
@@ -330,7 +337,7 @@ class Runtime:
             )
         publisher = EmfPublisher(
             self.metrics,
-            lambda: self._sources,
+            self.sources,
             namespace=settings.metrics_namespace,
             service_name=settings.metrics_service_name,
             output=self._stdout,

@@ -37,6 +37,7 @@ from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
 from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff, Retry
 from ..settings import OnShutdown
+from ..tracing import NO_TRACING, Tracing
 from .receiver import OpenReceives, Receiver
 from .source import Ended
 from .source_worker import Intake, SourceParts, SourceWorker
@@ -67,13 +68,16 @@ class CallbackSource:
         metrics: SourceMetrics,
         accessory: Accessory,
         backoff: Backoff = SEND_BACKOFF,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.answers_at_shutdown = config.on_shutdown is OnShutdown.FAIL
         self._config = config
         self._sfn = sfn
         self._metrics = metrics
         self._backoff = backoff
-        self._calls = SqsCalls(sqs, config.queue_url, accessory, backoff)
+        self._calls = SqsCalls(
+            sqs, config.queue_url, accessory, backoff, queue_name=config.name, tracing=tracing
+        )
         self.receives = OpenReceives()
         self._running: dict[str, Task] = {}  # by message id
         self._probing = asyncio.Semaphore(MAX_PROBING)
@@ -197,6 +201,7 @@ class CallbackQueueWorker(SourceWorker):
             metrics=metrics,
             accessory=parts.accessories.get("sqs_housekeeping"),
             backoff=parts.send_backoff,
+            tracing=parts.tracing,
         )
         self._queue_config = config
         super().__init__(config, parts, metrics, self._callback, queue_url=config.queue_url)
@@ -214,6 +219,7 @@ class CallbackQueueWorker(SourceWorker):
                 receives=self._callback.receives,
                 slots=self._slots,
                 ready=self._invoker.wait_ready,
+                untraced=parts.tracing.untraced,
                 queue=self._queue,
                 stopping=parts.stopping,
                 stop_requested=parts.stop_requested,

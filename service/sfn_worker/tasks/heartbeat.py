@@ -4,6 +4,11 @@ Between beats a token costs a heap entry, not a coroutine or a timer of its own:
 long tasks are one timer and a heap of 10,000 entries. A beat that is due runs as a short
 task that sends it (retrying while transient), then goes back on the heap. Throttled
 beats are paced (tasks/pacing.py).
+
+Each beat runs in its own task's context, captured when the task starts (a Context object
+per entry, sharing the task's values): its log lines carry its token, and with tracing on
+its SendTaskHeartbeat span is a child of its own task's span, not of whichever task
+started the timer.
 """
 
 from __future__ import annotations
@@ -61,12 +66,13 @@ class Beat:
     call: no heartbeat may race the answer."""
 
     __slots__ = (
-        "checked_at", "due", "last_ok", "progress_seen", "sending", "sent", "stalled",
-        "stopped", "task",
+        "checked_at", "context", "due", "last_ok", "progress_seen", "sending", "sent",
+        "stalled", "stopped", "task",
     )  # fmt: skip
 
-    def __init__(self, task: Beating, now: float) -> None:
+    def __init__(self, task: Beating, now: float, context: contextvars.Context) -> None:
         self.task = task
+        self.context = context  # the task's: its beats run in it (log context, trace span)
         self.due = now
         self.last_ok = now  # the task's start counts as a beat at the service
         self.checked_at = now  # when progress was last looked at (progress mode)
@@ -103,8 +109,9 @@ class Heartbeats:
         self._progress_mode = progress_mode
         self._backoff = backoff
         self._heap: list[Beat] = []
-        # The source's log context (worker, activity), captured from its first task.
-        self._context: contextvars.Context | None = None
+        # The timer's context holds nothing: the timer only picks due beats, and each
+        # beat's work runs in the beat's own context.
+        self._context = contextvars.Context()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._stopped_in_heap = 0
@@ -116,10 +123,9 @@ class Heartbeats:
         )
 
     def start(self, task: Beating) -> Beat:
-        """The task's first beat is due one interval from now."""
-        if self._context is None:
-            self._context = contextvars.copy_context()
-        beat = Beat(task, asyncio.get_running_loop().time())
+        """The task's first beat is due one interval from now; its beats run in the
+        caller's context (the task's)."""
+        beat = Beat(task, asyncio.get_running_loop().time(), contextvars.copy_context())
         self._active += 1
         self._schedule(beat)
         return beat
@@ -183,7 +189,7 @@ class Heartbeats:
             if beat.stopped:
                 self._stopped_in_heap -= 1
                 continue
-            if not self._progressed(beat, now):
+            if not beat.context.run(self._progressed, beat, now):
                 self._schedule(beat)
             elif self._pacer.active():
                 self._pacer.queue(beat)
@@ -196,9 +202,9 @@ class Heartbeats:
             self._waiting.append(beat)
             return
         self._sending += 1
-        assert self._context is not None
-        beat.sent = sent = asyncio.create_task(self._send(beat), context=self._context.copy())
-        sent.add_done_callback(functools.partial(self._sent, beat))
+        # In the beat's own context: one send at a time per beat, so never entered twice.
+        beat.sent = sent = asyncio.create_task(self._send(beat), context=beat.context)
+        sent.add_done_callback(functools.partial(self._sent, beat), context=beat.context)
 
     def _sent(self, beat: Beat, sent: asyncio.Task[bool | None]) -> None:
         beat.sent = None

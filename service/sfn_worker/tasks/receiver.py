@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -72,6 +73,7 @@ class Receiver(IntakeLoop):
         receives: OpenReceives,
         slots: Slots,
         ready: Callable[[], Awaitable[None]],
+        untraced: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
         queue: asyncio.Queue[Task | None],
         stopping: asyncio.Event,
         stop_requested: asyncio.Event,
@@ -95,6 +97,7 @@ class Receiver(IntakeLoop):
         self._visibility = visibility_seconds
         self._accept = accept
         self._receives = receives
+        self._untraced = untraced
 
     async def _fetch(self, count: int) -> list[Task]:
         messages = await self._receive(count)
@@ -105,13 +108,16 @@ class Receiver(IntakeLoop):
         self._metrics.polls_open.inc()
         receive = self._receives.opened()
         try:
-            response = await self._client.receive_message(
-                QueueUrl=self._queue_url,
-                MaxNumberOfMessages=count,
-                WaitTimeSeconds=WAIT_SECONDS,
-                VisibilityTimeout=self._visibility,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
-            )
+            # A long poll is not a trace (an empty one every 20 s per receiver): as for
+            # GetActivityTask, the instrumentation is off for this call.
+            with self._untraced():
+                response = await self._client.receive_message(
+                    QueueUrl=self._queue_url,
+                    MaxNumberOfMessages=count,
+                    WaitTimeSeconds=WAIT_SECONDS,
+                    VisibilityTimeout=self._visibility,
+                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                )
         finally:
             self._receives.closed(receive)
             self._metrics.polls_open.dec()

@@ -350,6 +350,7 @@ class TaskRunner:
             return NO_SPAN
         attributes = {
             "sfn_worker.source.name": settings.source_name,
+            "sfn_worker.source.kind": self._source.kind,
             "sfn_worker.worker.name": settings.worker_name,
             "sfn_worker.task.token_hash": record.token_hash,
             "sfn_worker.handler.mode": self._invoker.mode.value,

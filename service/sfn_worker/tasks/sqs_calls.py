@@ -25,6 +25,7 @@ from ..aws import SQSClient
 from ..bulkhead import Accessory
 from ..errors import API_ERRORS, STALE_RECEIPT_CODES, ErrorKind, classify, describe, error_code
 from ..retry import SEND_BACKOFF, Backoff, Retry
+from ..tracing import NO_TRACING, Tracing
 from .task import SqsMessage
 
 log = structlog.get_logger("sfn_worker.sqs")
@@ -45,6 +46,7 @@ class _Stale(Exception):
 class _Delete:
     message: SqsMessage
     done: asyncio.Future[bool]
+    span: object | None = None  # the task's span, which records what became of its delete
 
 
 class SqsCalls:
@@ -54,9 +56,14 @@ class SqsCalls:
         queue_url: str,
         accessory: Accessory,
         backoff: Backoff = SEND_BACKOFF,
+        *,
+        queue_name: str = "",
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._client = client
         self._url = queue_url
+        self._queue_name = queue_name
+        self._tracing = tracing
         self._accessory = accessory
         self._backoff = backoff
         self._pending: list[_Delete] = []
@@ -133,7 +140,8 @@ class SqsCalls:
     def delete_soon(self, message: SqsMessage) -> asyncio.Future[bool]:
         """Delete the message (its latest receipt handle) in the next batch; the future says
         whether SQS took it."""
-        entry = _Delete(message, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        entry = _Delete(message, loop.create_future(), self._tracing.current())
         self._pending.append(entry)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_soon())
@@ -145,11 +153,23 @@ class SqsCalls:
             await asyncio.shield(self._flusher)
 
     async def _flush_soon(self) -> None:
+        # Started by one task's delete, it serves every task's: no token of its own.
+        structlog.contextvars.unbind_contextvars("token")
         while self._pending:
             if len(self._pending) < BATCH_SIZE:
                 await asyncio.sleep(BATCH_WAIT_SECONDS)
             batch, self._pending = self._pending[:BATCH_SIZE], self._pending[BATCH_SIZE:]
-            await self._delete_batch(batch)
+            attributes: dict[str, str | int] = {
+                "messaging.system": "aws_sqs",
+                "messaging.operation.type": "settle",
+                "messaging.operation.name": "delete",
+                "messaging.destination.name": self._queue_name,
+                "messaging.batch.message_count": len(batch),
+            }
+            with self._tracing.batch(
+                f"delete {self._queue_name}", [e.span for e in batch], attributes
+            ):
+                await self._delete_batch(batch)
 
     async def _delete_batch(self, batch: list[_Delete]) -> None:
         loop = asyncio.get_running_loop()
@@ -172,7 +192,7 @@ class SqsCalls:
             else:
                 self._accessory.recovered()
                 for ok in answer.get("Successful", []):
-                    waiting.pop(ok["Id"]).done.set_result(True)
+                    self._settled(waiting.pop(ok["Id"]), True)
                 for bad in answer.get("Failed", []):
                     # A stale handle or a request fault will not heal; the rest is retried.
                     code = bad.get("Code", "")
@@ -191,8 +211,16 @@ class SqsCalls:
             )
             await retry.wait(delay)
 
-    @staticmethod
-    def _finish(entries: dict[str, _Delete], ok: bool, reason: str) -> None:
+    def _settled(self, entry: _Delete, ok: bool) -> None:
+        if not entry.done.done():
+            entry.done.set_result(ok)
+        self._tracing.event(
+            entry.span,
+            "sfn_worker.sqs.delete",
+            {"messaging.message.id": entry.message.message_id, "sfn_worker.sqs.deleted": ok},
+        )
+
+    def _finish(self, entries: dict[str, _Delete], ok: bool, reason: str) -> None:
         for entry in entries.values():
             if not ok:
                 log.warning(
@@ -201,5 +229,4 @@ class SqsCalls:
                     message_id=entry.message.message_id,
                     reason=reason,
                 )
-            if not entry.done.done():
-                entry.done.set_result(ok)
+            self._settled(entry, ok)
