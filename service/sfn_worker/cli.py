@@ -17,6 +17,7 @@ import structlog
 
 from . import __version__
 from .app import LoadError, load_app
+from .dev.command import add_dev_command
 from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed, truncate
 from .logs import configure_logging
 from .runtime.check import check
@@ -177,10 +178,13 @@ def _main(argv: list[str] | None, early_signals: Sequence[int]) -> int:
     check_command.add_argument("app", nargs="?", help=app_help)
     health = commands.add_parser("healthcheck", help="exit 0 if the worker's /healthz answers OK")
     health.add_argument("--timeout", type=float, default=3.0)
+    add_dev_command(commands)
     args = parser.parse_args(argv)
 
     if args.command != "run":
         _default_signal_handling(early_signals)
+    if (command_main := getattr(args, "command_main", None)) is not None:
+        return int(command_main(args))
     if args.command == "healthcheck":
         return healthcheck(args.timeout)
     try:
