@@ -1,0 +1,171 @@
+"""``sfn-worker dev`` end to end: a temporary project with a handler module, LocalStack from
+the cached environment, an execution through ``sfn-worker dev start``, an edit picked up by
+the next execution, and Ctrl-C leaving no process of the session behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.localstack, pytest.mark.slow, pytest.mark.timeout(400)]
+
+HANDLER = """
+def handler(task_input, ctx):
+    return {{"version": {version}, "input": task_input}}
+"""
+# LocalStack's first start on a busy machine, a worker start, an execution: generous bounds.
+STARTUP_SECONDS = 240.0
+STEP_SECONDS = 90.0
+
+
+class Lines:
+    """Every line a process writes, read by a thread; waited for by pattern, never slept on."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        try:
+            while True:
+                line = self._queue.get(timeout=timeout)
+                if line is None:
+                    raise AssertionError(f"output ended before {pattern!r}")
+                self.seen.append(line)
+                if found := re.search(pattern, line):
+                    return found
+        except queue.Empty:
+            tail = "\n".join(self.seen[-40:])
+            raise AssertionError(f"no line matched {pattern!r} in {timeout}s:\n{tail}") from None
+
+    def rest(self) -> str:
+        """Everything, once the process has closed its output."""
+        self._thread.join(timeout=30)
+        while (line := self._queue.get_nowait() if not self._queue.empty() else None) is not None:
+            self.seen.append(line)
+        return "\n".join(self.seen)
+
+    def close(self) -> None:
+        self._thread.join(timeout=30)
+        self._stream.close()
+
+
+def environment() -> dict[str, str]:
+    # The user's shell: nothing of AWS, no worker settings (the LocalStack cache is kept).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SFN_"))}
+    if "SFN_WORKER_CACHE" in os.environ:
+        env["SFN_WORKER_CACHE"] = os.environ["SFN_WORKER_CACHE"]
+    return env
+
+
+def dev_start(project: Path, payload: object) -> dict[str, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "sfn_worker", "dev", "start", json.dumps(payload)],
+        cwd=project,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=STEP_SECONDS,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dict(line.split(None, 1) for line in done.stdout.splitlines() if line.strip())
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "my_jobs.py").write_text(HANDLER.format(version=1))
+    return tmp_path
+
+
+@pytest.fixture
+def dev(project: Path) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sfn_worker", "dev", "my_jobs:handler"],
+        cwd=project,
+        env=environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    lines = Lines(process.stdout)
+    try:
+        yield process, lines
+    finally:
+        if process.poll() is None:  # the test failed midway: leave nothing behind
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+            process.kill()
+            process.wait()
+        lines.close()
+
+
+def test_dev_runs_an_execution_reloads_on_an_edit_and_stops_everything(
+    project: Path, dev: tuple[subprocess.Popen[str], Lines]
+) -> None:
+    process, lines = dev
+    port = int(lines.wait_for(r"LocalStack at http://127\.0\.0\.1:(\d+)", STARTUP_SECONDS)[1])
+    lines.wait_for(r"^export AWS_ENDPOINT_URL_SFN=http://127\.0\.0\.1:\d+$", STEP_SECONDS)
+    lines.wait_for(r"^export SFN_ACTIVITY_ARN=\S+:activity:dev-my_jobs-handler$", STEP_SECONDS)
+    lines.wait_for(r"worker started: pid \d+, generation 1", STEP_SECONDS)
+    assert (project / ".sfn-worker-dev" / "session.json").exists()
+
+    first = dev_start(project, {"in": "SUCCESS"})
+    assert first["status"] == "SUCCEEDED"
+    assert json.loads(first["output"]) == {"version": 1, "input": {"in": "SUCCESS"}}
+
+    # An edit of a different length: nothing may serve the old code from a cache.
+    (project / "my_jobs.py").write_text(HANDLER.format(version=2) + "# edited\n")
+    lines.wait_for(r"changed: my_jobs\.py", STEP_SECONDS)
+    lines.wait_for(r"worker stopped: exit code 0", STEP_SECONDS)
+    lines.wait_for(r"worker started: pid \d+, generation 2", STEP_SECONDS)
+
+    second = dev_start(project, {"in": 2})
+    assert second["status"] == "SUCCEEDED"
+    assert json.loads(second["output"]) == {"version": 2, "input": {"in": 2}}
+
+    # A mistake in the code stops nothing: the error is shown, the next save is picked up.
+    (project / "my_jobs.py").write_text("def handler(task_input, ctx:\n")
+    lines.wait_for(r"cannot load 'my_jobs:handler'", STEP_SECONDS)
+    lines.wait_for(r"waiting for a change", STEP_SECONDS)
+    (project / "my_jobs.py").write_text(HANDLER.format(version=3))
+    lines.wait_for(r"worker started: pid \d+, generation 3", STEP_SECONDS)
+    third = dev_start(project, {"in": 3})
+    assert json.loads(third["output"]) == {"version": 3, "input": {"in": 3}}
+
+    session = psutil.Process(process.pid).children(recursive=True)
+    assert len(session) >= 2  # LocalStack and the worker, at least
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=STEP_SECONDS) == 0
+    output = lines.rest()
+    assert "nothing of this session runs any more" in output
+    _, alive = psutil.wait_procs(session, timeout=10)
+    left = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], f"left running: {left}"
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
+        pass
+    assert not (project / ".sfn-worker-dev" / "session.json").exists()
