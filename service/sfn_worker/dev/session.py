@@ -85,14 +85,15 @@ def find(project: Path, environ: dict[str, str]) -> tuple[Path, Session]:
 
 def claim(path: Path) -> None:
     """Refuses when another live session owns the directory; a stale file is replaced."""
+    other: Session | None = None
     with contextlib.suppress(SessionError):
         other = read(path)
-        if other.pid != os.getpid() and alive(other.pid):
-            raise SessionError(
-                f"another `sfn-worker dev` (pid {other.pid}, LocalStack at "
-                f"{other.endpoint_url}) runs from this directory: stop it first (Ctrl-C in its "
-                "shell), or run this one from another directory"
-            )
+    if other is not None and other.pid != os.getpid() and alive(other.pid):
+        raise SessionError(
+            f"another `sfn-worker dev` (pid {other.pid}, LocalStack at "
+            f"{other.endpoint_url}) runs from this directory: stop it first (Ctrl-C in its "
+            "shell), or run this one from another directory"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     # Never committed by mistake: the directory ignores itself, as .mypy_cache does.
     (path.parent / ".gitignore").write_text("*\n")
