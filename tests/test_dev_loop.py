@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -99,35 +100,60 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def dev(project: Path) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sfn_worker", "dev", "my_jobs:handler"],
-        cwd=project,
-        env=environment(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    lines = Lines(process.stdout)
-    try:
-        yield process, lines
-    finally:
-        if process.poll() is None:  # the test failed midway: leave nothing behind
-            for child in psutil.Process(process.pid).children(recursive=True):
+class Dev:
+    """One `sfn-worker dev my_jobs:handler` in a project, as a user's shell runs it."""
+
+    def __init__(self, project: Path, **settings: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sfn_worker", "dev", "my_jobs:handler"],
+            cwd=project,
+            env={**environment(), **settings},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        self.lines = Lines(self.process.stdout)
+
+    def session(self) -> list[psutil.Process]:
+        """Every process the dev command started, and theirs."""
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def close(self) -> None:
+        if self.process.poll() is None:  # the test failed midway: leave nothing behind
+            for child in self.session():
                 child.kill()
-            process.kill()
-            process.wait()
-        lines.close()
+            self.process.kill()
+            self.process.wait()
+        self.lines.close()
+
+
+@pytest.fixture
+def start_dev() -> Iterator[Callable[..., Dev]]:
+    started: list[Dev] = []
+
+    def start(project: Path, **settings: str) -> Dev:
+        started.append(Dev(project, **settings))
+        return started[-1]
+
+    yield start
+    for dev in started:
+        dev.close()
+
+
+def assert_all_gone(session: list[psutil.Process]) -> None:
+    _, alive = psutil.wait_procs(session, timeout=10)
+    left = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], f"left running: {left}"
 
 
 def test_dev_runs_an_execution_reloads_on_an_edit_and_stops_everything(
-    project: Path, dev: tuple[subprocess.Popen[str], Lines]
+    project: Path, start_dev: Callable[..., Dev]
 ) -> None:
-    process, lines = dev
+    dev = start_dev(project)
+    process, lines = dev.process, dev.lines
     port = int(lines.wait_for(r"LocalStack at http://127\.0\.0\.1:(\d+)", STARTUP_SECONDS)[1])
     lines.wait_for(r"^export AWS_ENDPOINT_URL_SFN=http://127\.0\.0\.1:\d+$", STEP_SECONDS)
     lines.wait_for(r"^export SFN_ACTIVITY_ARN=\S+:activity:dev-my_jobs-handler$", STEP_SECONDS)
@@ -157,15 +183,69 @@ def test_dev_runs_an_execution_reloads_on_an_edit_and_stops_everything(
     third = dev_start(project, {"in": 3})
     assert json.loads(third["output"]) == {"version": 3, "input": {"in": 3}}
 
-    session = psutil.Process(process.pid).children(recursive=True)
+    session = dev.session()
     assert len(session) >= 2  # LocalStack and the worker, at least
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=STEP_SECONDS) == 0
     output = lines.rest()
     assert "nothing of this session runs any more" in output
-    _, alive = psutil.wait_procs(session, timeout=10)
-    left = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert left == [], f"left running: {left}"
+    assert_all_gone(session)
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
         pass
     assert not (project / ".sfn-worker-dev" / "session.json").exists()
+
+
+SLOW_HANDLER = """
+import asyncio
+
+
+async def handler(task_input, ctx):
+    await asyncio.sleep(600)
+    return {"version": 1}
+"""
+
+
+def test_a_task_running_at_a_reload_runs_again_on_the_new_code(
+    tmp_path: Path, start_dev: Callable[..., Dev]
+) -> None:
+    (tmp_path / "my_jobs.py").write_text(SLOW_HANDLER)
+    dev = start_dev(tmp_path, SFN_SHUTDOWN_GRACE_SECONDS="3")
+    dev.lines.wait_for(r"worker started: pid \d+, generation 1", STARTUP_SECONDS)
+    with ThreadPoolExecutor(1) as pool:
+        execution = pool.submit(dev_start, tmp_path, {"in": "slow"})
+        dev.lines.wait_for(r"task started", STEP_SECONDS)
+        (tmp_path / "my_jobs.py").write_text(HANDLER.format(version=2))
+        # Answered Worker.Shutdown by the stopping worker, retried by the dev state machine.
+        dev.lines.wait_for(r"Worker\.Shutdown", STEP_SECONDS)
+        dev.lines.wait_for(r"worker started: pid \d+, generation 2", STEP_SECONDS)
+        ended = execution.result(timeout=STEP_SECONDS)
+    assert ended["status"] == "SUCCEEDED"
+    assert json.loads(ended["output"]) == {"version": 2, "input": {"in": "slow"}}
+
+
+def test_a_second_ctrl_c_does_not_wait_for_the_grace(
+    tmp_path: Path, start_dev: Callable[..., Dev]
+) -> None:
+    (tmp_path / "my_jobs.py").write_text(SLOW_HANDLER)
+    # A grace far longer than this test's bounds: only the second signal can end it in time.
+    dev = start_dev(tmp_path, SFN_SHUTDOWN_GRACE_SECONDS="900")
+    dev.lines.wait_for(r"worker started: pid \d+, generation 1", STARTUP_SECONDS)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "sfn_worker", "dev", "start", "{}"],
+        cwd=tmp_path,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        dev.lines.wait_for(r"task started", STEP_SECONDS)
+        session = dev.session()
+        dev.process.send_signal(signal.SIGINT)
+        dev.lines.wait_for(r"stopping the worker", STEP_SECONDS)
+        dev.process.send_signal(signal.SIGINT)
+        assert dev.process.wait(timeout=STEP_SECONDS) == 0
+        assert "nothing of this session runs any more" in dev.lines.rest()
+        assert_all_gone(session)
+    finally:
+        runner.kill()
+        runner.wait()
