@@ -133,6 +133,7 @@ def test_the_worker_never_gets_the_shells_aws_settings_or_task_sources() -> None
     assert env["SFN_CONCURRENCY"] == "3"  # the user's own settings are kept
     assert env["SFN_LOG_FORMAT"] == "json"
     assert env["SFN_SHUTDOWN_GRACE_SECONDS"] == "10"
+    assert env["SFN_SQS_VISIBILITY_SECONDS"] == "10"
 
 
 def test_export_lines_reach_every_source_of_an_app() -> None:

@@ -80,9 +80,9 @@ def environment() -> dict[str, str]:
     return env
 
 
-def dev_start(project: Path, payload: object) -> dict[str, str]:
+def dev_start(project: Path, payload: object, *options: str) -> dict[str, str]:
     done = subprocess.run(
-        [sys.executable, "-m", "sfn_worker", "dev", "start", json.dumps(payload)],
+        [sys.executable, "-m", "sfn_worker", "dev", "start", json.dumps(payload), *options],
         cwd=project,
         env=environment(),
         capture_output=True,
@@ -103,9 +103,9 @@ def project(tmp_path: Path) -> Path:
 class Dev:
     """One `sfn-worker dev my_jobs:handler` in a project, as a user's shell runs it."""
 
-    def __init__(self, project: Path, **settings: str) -> None:
+    def __init__(self, project: Path, target: str, **settings: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sfn_worker", "dev", "my_jobs:handler"],
+            [sys.executable, "-m", "sfn_worker", "dev", target],
             cwd=project,
             env={**environment(), **settings},
             stdin=subprocess.DEVNULL,
@@ -134,8 +134,8 @@ class Dev:
 def start_dev() -> Iterator[Callable[..., Dev]]:
     started: list[Dev] = []
 
-    def start(project: Path, **settings: str) -> Dev:
-        started.append(Dev(project, **settings))
+    def start(project: Path, target: str = "my_jobs:handler", **settings: str) -> Dev:
+        started.append(Dev(project, target, **settings))
         return started[-1]
 
     yield start
@@ -249,3 +249,35 @@ def test_a_second_ctrl_c_does_not_wait_for_the_grace(
     finally:
         runner.kill()
         runner.wait()
+
+
+APP = """
+from sfn_worker import App
+
+app = App()
+
+
+@app.activity("greet")
+def greet(task_input, ctx):
+    return {"hello": task_input["name"]}
+
+
+@app.callback_queue("https://sqs.us-east-1.amazonaws.com/123456789012/render-jobs")
+async def render(task_input, ctx):
+    return {"rendered": task_input}
+"""
+
+
+def test_an_app_gets_each_activity_and_callback_queue_with_a_machine(
+    tmp_path: Path, start_dev: Callable[..., Dev]
+) -> None:
+    (tmp_path / "media.py").write_text(APP)
+    dev = start_dev(tmp_path, "media:app", SFN_RENDER_JOBS_QUEUE_URL="https://sqs.example/x")
+    dev.lines.wait_for(r"^export SFN_GREET_ACTIVITY_ARN=\S+:activity:greet$", STARTUP_SECONDS)
+    # The queue is LocalStack's, whatever the shell said.
+    dev.lines.wait_for(r"^export SFN_RENDER_JOBS_QUEUE_URL=http://\S+/render-jobs$", STEP_SECONDS)
+    dev.lines.wait_for(r"worker started: pid \d+, generation 1", STEP_SECONDS)
+    greeted = dev_start(tmp_path, {"name": "Ada"}, "--activity", "greet")
+    assert json.loads(greeted["output"]) == {"hello": "Ada"}
+    rendered = dev_start(tmp_path, {"frame": 1}, "--activity", "render-jobs")
+    assert json.loads(rendered["output"]) == {"rendered": {"frame": 1}}

@@ -20,8 +20,14 @@ from .resources import REGION, Created, Resources
 from .session import Session, export_lines, write
 
 # Set in the worker unless the user's environment says otherwise. The grace outlasts the
-# dev LocalStack's short activity poll, so a stopping worker leaves no poll behind.
-WORKER_DEFAULTS = {"SFN_LOG_FORMAT": "console", "SFN_SHUTDOWN_GRACE_SECONDS": "10"}
+# dev LocalStack's short activity poll, so a stopping worker leaves no poll behind. An SQS
+# receive (20 s) can outlast it and hide a message for a worker that is gone: for the
+# visibility timeout, so a short one.
+WORKER_DEFAULTS = {
+    "SFN_LOG_FORMAT": "console",
+    "SFN_SHUTDOWN_GRACE_SECONDS": "10",
+    "SFN_SQS_VISIBILITY_SECONDS": "10",
+}
 # After the grace (and after a second signal), the worker still gets this long to leave.
 EXIT_MARGIN_SECONDS = 5.0
 # Where the worker's tasks come from is the session's, never the shell's (a real AWS account).
@@ -175,7 +181,10 @@ class Supervisor:
         for item in self.session.sources:
             self.say(f"{item.kind} {item.name}: {item.address}")
             self.say(f"  state machine {item.machine_arn}")
-        self.say("run an execution from another shell: sfn-worker dev start '{\"in\": 1}'")
+        pick = (
+            f" --activity {self.session.sources[0].name}" if len(self.session.sources) > 1 else ""
+        )
+        self.say(f"run an execution from another shell: sfn-worker dev start '{{}}'{pick}")
 
     async def _start(self, created: list[Created]) -> asyncio.subprocess.Process:
         env = worker_environment(self.target, created, self.session.endpoint_url, self.environ)
