@@ -82,16 +82,22 @@ def child_environment(project: Path, base: dict[str, str]) -> dict[str, str]:
 
 
 def discover(path: str, project: Path, env: dict[str, str], timeout: float = 120.0) -> Target:
-    done = subprocess.run(
-        [sys.executable, "-m", "sfn_worker.dev.discover", path],
-        cwd=project,
-        env=child_environment(project, env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sfn_worker.dev.discover", path],
+            cwd=project,
+            env=child_environment(project, env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DiscoveryError(
+            f"cannot load {path!r}: importing it took more than {timeout:.0f} s "
+            "(does the module do work at import?)"
+        ) from None
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         why = done.stderr.strip() or f"exit code {done.returncode}"

@@ -114,6 +114,7 @@ class Supervisor:
         self.say = say
         self.changed = asyncio.Event()
         self.generation = 0
+        self.announced: set[str] = set()  # state machines whose source was printed
 
     def _grace(self) -> float:
         default = WORKER_DEFAULTS["SFN_SHUTDOWN_GRACE_SECONDS"]
@@ -145,6 +146,14 @@ class Supervisor:
             self.generation += 1
             if self.generation == 1:
                 self._print_exports()
+            for item in created:
+                if item.machine_arn not in self.announced:
+                    self.announced.add(item.machine_arn)
+                    self.say(f"{item.source.kind} {item.source.name}: {item.address}")
+                    self.say(f"  state machine {item.machine_arn}")
+            if self.generation == 1:
+                pick = f" --activity {created[0].source.name}" if len(created) > 1 else ""
+                self.say(f"run an execution from another shell: sfn-worker dev start '{{}}'{pick}")
             worker = await self._start(created)
             try:
                 await first(worker.wait(), self.changed.wait(), stop.wait())
@@ -163,6 +172,7 @@ class Supervisor:
         """The target again, as the code now says (a reload may add sources); a target
         that does not load waits for the next change."""
         while not stop.is_set():
+            self.changed.clear()  # before loading: a save meanwhile is another attempt
             try:
                 self.target = await asyncio.to_thread(
                     discover, self.target.path, self.project, self.environ
@@ -170,7 +180,6 @@ class Supervisor:
                 return
             except DiscoveryError as exc:
                 self.say(f"{exc}\nsfn-worker dev: waiting for a change")
-                self.changed.clear()
                 await first(self.changed.wait(), stop.wait())
 
     def _print_exports(self) -> None:
@@ -178,13 +187,6 @@ class Supervisor:
         for line in export_lines(self.session, self.session_path):
             print(line, flush=True)
         print(flush=True)
-        for item in self.session.sources:
-            self.say(f"{item.kind} {item.name}: {item.address}")
-            self.say(f"  state machine {item.machine_arn}")
-        pick = (
-            f" --activity {self.session.sources[0].name}" if len(self.session.sources) > 1 else ""
-        )
-        self.say(f"run an execution from another shell: sfn-worker dev start '{{}}'{pick}")
 
     async def _start(self, created: list[Created]) -> asyncio.subprocess.Process:
         env = worker_environment(self.target, created, self.session.endpoint_url, self.environ)
