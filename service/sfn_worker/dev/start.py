@@ -66,7 +66,8 @@ def start(
     status = described["status"]
     print(f"status    {status}")
     if status == "SUCCEEDED":
-        print(f"output    {json.dumps(json.loads(described.get('output') or 'null'))}")
+        output = json.loads(described.get("output") or "null")
+        print(f"output    {json.dumps(output, ensure_ascii=False)}")
         return 0
     for field in ("error", "cause"):
         if described.get(field):
