@@ -143,8 +143,8 @@ def start_dev() -> Iterator[Callable[..., Dev]]:
         dev.close()
 
 
-def assert_all_gone(session: list[psutil.Process]) -> None:
-    _, alive = psutil.wait_procs(session, timeout=10)
+def assert_all_gone(session: list[psutil.Process], timeout: float = 10.0) -> None:
+    _, alive = psutil.wait_procs(session, timeout=timeout)
     left = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == [], f"left running: {left}"
 
@@ -281,3 +281,25 @@ def test_an_app_gets_each_activity_and_callback_queue_with_a_machine(
     assert json.loads(greeted["output"]) == {"hello": "Ada"}
     rendered = dev_start(tmp_path, {"frame": 1}, "--activity", "render-jobs")
     assert json.loads(rendered["output"]) == {"rendered": {"frame": 1}}
+
+
+def test_the_dev_command_killed_outright_takes_its_worker_and_localstack_along(
+    project: Path, start_dev: Callable[..., Dev]
+) -> None:
+    dev = start_dev(project)
+    dev.lines.wait_for(r"worker started: pid \d+, generation 1", STARTUP_SECONDS)
+    session = dev.session()
+    dev.process.kill()  # no cleanup of its own: the kernel's parent-death signals do it
+    dev.process.wait()
+    assert_all_gone(session, timeout=STEP_SECONDS)  # the worker drains first (SIGTERM)
+    done = subprocess.run(
+        [sys.executable, "-m", "sfn_worker", "dev", "start", "{}"],
+        cwd=project,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=STEP_SECONDS,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "has ended" in done.stderr
