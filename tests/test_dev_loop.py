@@ -303,3 +303,17 @@ def test_the_dev_command_killed_outright_takes_its_worker_and_localstack_along(
     )
     assert done.returncode == 2
     assert "has ended" in done.stderr
+
+
+def test_localstack_ending_on_its_own_ends_the_session_and_says_so(
+    project: Path, start_dev: Callable[..., Dev]
+) -> None:
+    dev = start_dev(project)
+    pid = int(dev.lines.wait_for(r"LocalStack at \S+ \(port \d+, pid (\d+)\)", STARTUP_SECONDS)[1])
+    dev.lines.wait_for(r"worker started: pid \d+, generation 1", STEP_SECONDS)
+    session = dev.session()
+    os.kill(pid, signal.SIGKILL)
+    dev.lines.wait_for(r"LocalStack exited on its own", STEP_SECONDS)
+    assert dev.process.wait(timeout=STEP_SECONDS) == 1
+    assert "nothing of this session runs any more" in dev.lines.rest()
+    assert_all_gone(session)

@@ -132,10 +132,7 @@ async def _session(
     try:
         await first(asyncio.shield(starting), stop.wait())
         if stop.is_set():
-            emulator.abort()
-            with contextlib.suppress(EmulatorError):
-                await starting
-            return EXIT_OK
+            return EXIT_OK  # the start is abandoned and undone on the way out
         try:
             starting.result()
         except EmulatorError as exc:
@@ -154,24 +151,47 @@ async def _session(
         write(session_path, session)
         resources = await asyncio.to_thread(Resources, emulator.endpoint_url)
         supervisor = Supervisor(target, project, environ, resources, session, session_path, say)
+        emulator_gone = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             if reload:
                 group.create_task(supervisor.watch(stop))
+            group.create_task(_watch_emulator(emulator, stop, emulator_gone))
             await supervisor.run(stop, force)
-            stop.set()  # ends the watcher
-        return EXIT_OK
+            stop.set()  # ends the watchers
+        return EXIT_FAILURE if emulator_gone.is_set() else EXIT_OK
     finally:
         remove(session_path)
         await _stop_emulator(emulator, starting, force)
         say("stopped the worker and LocalStack; nothing of this session runs any more")
 
 
+async def _watch_emulator(emulator: LocalStack, stop: asyncio.Event, gone: asyncio.Event) -> None:
+    """LocalStack ending on its own ends the session (its log's tail says why)."""
+    try:
+        pidfd = os.pidfd_open(emulator.pid)  # readable when it exits: no polling
+    except (AttributeError, OSError):
+        return  # not Linux: not watched
+    loop = asyncio.get_running_loop()
+    loop.add_reader(pidfd, gone.set)
+    try:
+        await first(gone.wait(), stop.wait())
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    if gone.is_set() and not stop.is_set():
+        say(f"LocalStack exited on its own; stopping. Its last lines:\n{emulator.log_tail()}")
+        stop.set()
+
+
 async def _stop_emulator(
     emulator: LocalStack, starting: asyncio.Future[Any], force: asyncio.Event
 ) -> None:
-    emulator.abort()
+    emulator.abort()  # a start still in its thread stops what it started, then ends
+    await first(asyncio.shield(starting), force.wait())
+    if not starting.done():
+        emulator.kill()  # a second signal while it stops: no more waiting
     with contextlib.suppress(EmulatorError):
-        await starting  # a start in its thread ends (aborted) before the stop
+        await starting
     stopping = asyncio.ensure_future(asyncio.to_thread(emulator.stop))
     if force.is_set():
         emulator.kill()
