@@ -4,6 +4,7 @@ machine, from another shell; prints how it ended."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -62,7 +63,11 @@ def start(
         )["executionArn"]
     )
     print(f"execution {execution_arn}", flush=True)
-    described = wait_for_end(sfn, execution_arn)
+    try:
+        described = wait_for_end(sfn, execution_arn)
+    except KeyboardInterrupt:
+        print("stopped waiting; the execution goes on", file=sys.stderr)
+        return 130
     status = described["status"]
     print(f"status    {status}")
     if status == "SUCCEEDED":
