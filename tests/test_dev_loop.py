@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,11 +123,15 @@ class Dev:
         return psutil.Process(self.process.pid).children(recursive=True)
 
     def close(self) -> None:
-        if self.process.poll() is None:  # the test failed midway: leave nothing behind
-            for child in self.session():
-                child.kill()
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:  # as a user would: Ctrl-C
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=STEP_SECONDS)
+            except subprocess.TimeoutExpired:  # leave nothing behind
+                for child in self.session():
+                    child.kill()
+                self.process.kill()
+                self.process.wait()
         self.lines.close()
 
 
@@ -289,6 +294,8 @@ def test_the_dev_command_killed_outright_takes_its_worker_and_localstack_along(
     dev = start_dev(project)
     dev.lines.wait_for(r"worker started: pid \d+, generation 1", STARTUP_SECONDS)
     session = dev.session()
+    # What a killed session leaves behind by design: LocalStack's temporary directory.
+    boot = next(arg for p in session for arg in p.cmdline() if arg.endswith("localstack_boot.py"))
     dev.process.kill()  # no cleanup of its own: the kernel's parent-death signals do it
     dev.process.wait()
     assert_all_gone(session, timeout=STEP_SECONDS)  # the worker drains first (SIGTERM)
@@ -303,6 +310,7 @@ def test_the_dev_command_killed_outright_takes_its_worker_and_localstack_along(
     )
     assert done.returncode == 2
     assert "has ended" in done.stderr
+    shutil.rmtree(Path(boot).parent)
 
 
 def test_localstack_ending_on_its_own_ends_the_session_and_says_so(
