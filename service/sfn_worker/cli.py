@@ -20,6 +20,7 @@ import structlog
 from . import __version__, cli_help
 from .app import App, LoadError, importable_from_cwd, load_app
 from .config import resolve
+from .dev.command import add_dev_command
 from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed, truncate
 from .logs import configure_logging
 from .runtime.check import check
@@ -271,6 +272,7 @@ SUBCOMMANDS: list[Callable[[Subcommands], None]] = [
     add_check,
     add_settings,
     add_healthcheck,
+    add_dev_command,
 ]
 
 

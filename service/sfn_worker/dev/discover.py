@@ -1,0 +1,128 @@
+"""What a target (``module:handler`` or ``module:app``) serves, asked of a fresh process.
+
+The dev command never imports the user's code itself: the code changes under it, may fail
+to import, or have side effects. ``python -m sfn_worker.dev.discover TARGET`` (run in the
+project, with it on sys.path) prints one JSON line; ``discover`` runs it and reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Activity names: 1-80 characters (config.NAME_PATTERN); the module and function say whose.
+MAX_NAME = 80
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "activity" | "queue"
+    name: str  # the activity's or queue's name, created in LocalStack under it
+    key: str  # SFN_<KEY>_* of the app's per-source settings ("" in the single form)
+
+
+@dataclass(frozen=True)
+class Target:
+    path: str
+    form: str  # "handler" | "app"
+    sources: tuple[Source, ...]
+    watch_dir: Path  # the directory of the target's module
+
+
+class DiscoveryError(Exception):
+    """The target cannot be loaded; the message says why (the import's own error)."""
+
+
+def single_activity_name(path: str) -> str:
+    module, _, function = path.partition(":")
+    return f"dev-{module}-{function}"[:MAX_NAME]
+
+
+def _describe(path: str) -> dict[str, Any]:
+    from ..app import App, LoadError, import_object
+    from ..config import activity_key, activity_name, queue_name
+
+    if ":" not in path:
+        raise LoadError(f"{path!r}: expected module:handler or module:app")
+    target = import_object(path, "target")
+    module = sys.modules[path.partition(":")[0]]
+    watch_dir = str(Path(module.__file__ or ".").resolve().parent)
+    if isinstance(target, App):
+        sources = [
+            {"kind": "activity", "name": activity_name(r.ref)} for r in target.activities
+        ] + [{"kind": "queue", "name": queue_name(r.ref)} for r in target.queues]
+        for source in sources:
+            source["key"] = activity_key(source["name"])
+        if not sources:
+            raise LoadError(f"{path!r}: the app registers no activity and no callback queue")
+        return {"form": "app", "sources": sources, "watch_dir": watch_dir}
+    if not callable(target):
+        raise LoadError(f"{path!r} is a {type(target).__name__}: not a handler nor an App")
+    name = single_activity_name(path)
+    return {
+        "form": "handler",
+        "sources": [{"kind": "activity", "name": name, "key": ""}],
+        "watch_dir": watch_dir,
+    }
+
+
+def child_environment(project: Path, base: dict[str, str]) -> dict[str, str]:
+    """The project first on sys.path; no bytecode written, so an edit saved within the
+    second of the last import is never hidden by a stale .pyc."""
+    env = dict(base)
+    paths = [str(project), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def discover(path: str, project: Path, env: dict[str, str], timeout: float = 120.0) -> Target:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sfn_worker.dev.discover", path],
+            cwd=project,
+            env=child_environment(project, env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DiscoveryError(
+            f"cannot load {path!r}: importing it took more than {timeout:.0f} s "
+            "(does the module do work at import?)"
+        ) from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        why = done.stderr.strip() or f"exit code {done.returncode}"
+        raise DiscoveryError(f"cannot load {path!r}: {why}")
+    found = json.loads(lines[-1])
+    return Target(
+        path=path,
+        form=found["form"],
+        sources=tuple(Source(**source) for source in found["sources"]),
+        watch_dir=Path(found["watch_dir"]),
+    )
+
+
+def main() -> int:
+    from ..app import LoadError
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        described = _describe(sys.argv[1])
+    except LoadError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(json.dumps(described))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

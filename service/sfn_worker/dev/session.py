@@ -1,0 +1,137 @@
+"""A dev session's state file (how ``sfn-worker dev start`` in another shell finds it) and
+the ``export`` lines that point another shell at it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .resources import REGION, Created
+
+DIRECTORY = ".sfn-worker-dev"
+FILE = "session.json"
+SESSION_VARIABLE = "SFN_DEV_SESSION"  # set by the export lines; else ./.sfn-worker-dev/
+
+
+class SessionError(Exception):
+    """No usable session; the message says what to run."""
+
+
+@dataclass
+class SourceRecord:
+    kind: str
+    name: str
+    key: str
+    address: str
+    machine_arn: str
+
+
+@dataclass
+class Session:
+    pid: int
+    endpoint_url: str
+    port: int
+    region: str = REGION
+    target: str = ""
+    sources: list[SourceRecord] = field(default_factory=list)
+
+    def record(self, created: list[Created]) -> None:
+        self.sources = [
+            SourceRecord(c.source.kind, c.source.name, c.source.key, c.address, c.machine_arn)
+            for c in created
+        ]
+
+
+def default_path(project: Path) -> Path:
+    return project / DIRECTORY / FILE
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read(path: Path) -> Session:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SessionError(
+            f"no dev session at {path}: start one with `sfn-worker dev module:handler` in this "
+            f"directory, or export the lines it printed ({SESSION_VARIABLE})"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise SessionError(f"cannot read the dev session {path}: {exc}") from None
+    sources = [SourceRecord(**source) for source in data.pop("sources", [])]
+    return Session(**data, sources=sources)
+
+
+def find(project: Path, environ: dict[str, str]) -> tuple[Path, Session]:
+    path = Path(environ.get(SESSION_VARIABLE) or default_path(project))
+    session = read(path)
+    if not alive(session.pid):
+        raise SessionError(f"the dev session in {path} has ended (pid {session.pid} is gone)")
+    return path, session
+
+
+def claim(path: Path) -> None:
+    """Refuses when another live session owns the directory; a stale file is replaced."""
+    other: Session | None = None
+    with contextlib.suppress(SessionError):
+        other = read(path)
+    if other is not None and other.pid != os.getpid() and alive(other.pid):
+        raise SessionError(
+            f"another `sfn-worker dev` (pid {other.pid}, LocalStack at "
+            f"{other.endpoint_url}) runs from this directory: stop it first (Ctrl-C in its "
+            "shell), or run this one from another directory"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Never committed by mistake: the directory ignores itself, as .mypy_cache does.
+    (path.parent / ".gitignore").write_text("*\n")
+
+
+def write(path: Path, session: Session) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(asdict(session), indent=2) + "\n")
+    partial.replace(path)  # a reader never sees half a file
+
+
+def remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def export_lines(session: Session, path: Path) -> list[str]:
+    """What another shell needs to reach this session's LocalStack and sources."""
+    url = session.endpoint_url
+    values = {
+        "AWS_ENDPOINT_URL_SFN": url,
+        "AWS_ENDPOINT_URL_SQS": url,
+        "AWS_ENDPOINT_URL_STS": url,
+        "AWS_REGION": session.region,
+        "AWS_DEFAULT_REGION": session.region,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        SESSION_VARIABLE: str(path),
+    }
+    single = any(not source.key for source in session.sources)
+    values["SFN_HANDLER" if single else "SFN_APP"] = session.target
+    for source in session.sources:
+        if not source.key:  # the single form
+            values["SFN_ACTIVITY_ARN"] = source.address
+            values["SFN_DEV_MACHINE_ARN"] = source.machine_arn
+        else:
+            suffix = "ACTIVITY_ARN" if source.kind == "activity" else "QUEUE_URL"
+            values[f"SFN_{source.key}_{suffix}"] = source.address
+            values[f"SFN_DEV_{source.key}_MACHINE_ARN"] = source.machine_arn
+    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
