@@ -102,7 +102,12 @@ def discover(path: str, project: Path, env: dict[str, str], timeout: float = 120
     if done.returncode != 0 or not lines:
         why = done.stderr.strip() or f"exit code {done.returncode}"
         raise DiscoveryError(f"cannot load {path!r}: {why}")
-    found = json.loads(lines[-1])
+    try:
+        found = json.loads(lines[-1])
+    except ValueError:
+        raise DiscoveryError(
+            f"cannot load {path!r}: its discovery printed {lines[-1][:200]!r}, not its answer"
+        ) from None
     return Target(
         path=path,
         form=found["form"],
@@ -115,12 +120,18 @@ def main() -> int:
     from ..app import LoadError
 
     sys.path.insert(0, os.getcwd())
-    try:
-        described = _describe(sys.argv[1])
-    except LoadError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    print(json.dumps(described))
+    # The answer gets stdout to itself: what the module prints, at import or at exit
+    # (atexit, a thread), goes to stderr instead.
+    answer = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with answer:
+        try:
+            described = _describe(sys.argv[1])
+        except LoadError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        answer.write(json.dumps(described) + "\n")
     return 0
 
 

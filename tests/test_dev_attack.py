@@ -1,0 +1,87 @@
+"""`sfn-worker dev` attacked from outside: user code that prints at exit, and a session that
+stops while `dev start` waits. Each case failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from sfn_worker.dev.discover import discover
+from sfn_worker.dev.session import Session, SourceRecord, default_path, write
+from sfn_worker.dev.start import start
+
+AT_EXIT = """\
+import atexit
+import threading
+
+print("loading jobs")  # a debug print at import
+atexit.register(lambda: print("goodbye from jobs"))  # output after discovery's answer
+
+
+def handler(task_input, ctx):
+    return task_input
+"""
+
+
+def test_a_module_that_prints_at_exit_is_still_discovered(tmp_path: Path) -> None:
+    # Before: discovery read its answer from stdout's last line, the module's goodbye, and
+    # `sfn-worker dev` (or a running session, on the next save) crashed on JSONDecodeError.
+    (tmp_path / "jobs.py").write_text(AT_EXIT)
+    target = discover("jobs:handler", tmp_path, dict(os.environ))
+    assert target.form == "handler"
+    assert [source.name for source in target.sources] == ["dev-jobs-handler"]
+
+
+class _OneAnswer(BaseHTTPRequestHandler):
+    """Answers StartExecution; the server then goes away, as a stopped session's does."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps(
+            {"executionArn": "arn:aws:states:us-east-1:000000000000:execution:m:e", "startDate": 0}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def session_that_stops(tmp_path: Path) -> Iterator[Path]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OneAnswer)
+    port = server.server_address[1]
+    machine = "arn:aws:states:us-east-1:000000000000:stateMachine:m"
+    session = Session(pid=os.getpid(), endpoint_url=f"http://127.0.0.1:{port}", port=port)
+    session.sources = [SourceRecord("activity", "a", "", "arn:a", machine)]
+    write(default_path(tmp_path), session)
+
+    def answer_once() -> None:
+        server.handle_request()
+        server.server_close()  # the session's LocalStack is gone: connections refused
+
+    serving = threading.Thread(target=answer_once)
+    serving.start()
+    yield tmp_path
+    serving.join()
+
+
+def test_dev_start_says_the_session_is_gone_without_a_traceback(
+    session_that_stops: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: EndpointConnectionError escaped with a 150-line traceback.
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # refused at once, not after retries
+    code = start("{}", None, session_that_stops, {})
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "lost the dev session" in captured.err
+    assert "Traceback" not in captured.err
