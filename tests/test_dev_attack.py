@@ -85,3 +85,25 @@ def test_dev_start_says_the_session_is_gone_without_a_traceback(
     assert code == 1
     assert "lost the dev session" in captured.err
     assert "Traceback" not in captured.err
+
+
+def test_the_dev_export_lines_are_not_refused_by_the_worker() -> None:
+    # Before: `sfn-worker run` in a shell holding the export lines (as docs/dev.md suggests),
+    # and a second `sfn-worker dev` started from it, exited 2: "SFN_DEV_MACHINE_ARN: not a
+    # setting".
+    from sfn_worker.config import check_variables, source_keys
+
+    exported = {
+        "SFN_DEV_SESSION": "/p/.sfn-worker-dev/session.json",
+        "SFN_DEV_MACHINE_ARN": "arn:aws:states:us-east-1:000000000000:stateMachine:m",
+        "SFN_DEV_RENDER_MACHINE_ARN": "arn:aws:states:us-east-1:000000000000:stateMachine:r",
+    }
+    check_variables(exported, source_keys(["render"], []))
+
+
+def test_a_misspelt_setting_beside_the_dev_exports_is_still_refused() -> None:
+    from sfn_worker.config import check_variables, source_keys
+    from sfn_worker.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="SFN_DEV_SESION"):
+        check_variables({"SFN_DEV_SESION": "x"}, source_keys(["render"], []))
