@@ -3,6 +3,7 @@ stops while `dev start` waits. Each case failed before its fix."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from sfn_worker.dev.discover import discover
+from sfn_worker.dev.discover import Source, Target, discover
+from sfn_worker.dev.resources import Created
 from sfn_worker.dev.session import Session, SourceRecord, default_path, write
 from sfn_worker.dev.start import start
+from sfn_worker.dev.supervisor import Supervisor
 
 AT_EXIT = """\
 import atexit
@@ -107,3 +110,41 @@ def test_a_misspelt_setting_beside_the_dev_exports_is_still_refused() -> None:
 
     with pytest.raises(SettingsError, match="SFN_DEV_SESION"):
         check_variables({"SFN_DEV_SESION": "x"}, source_keys(["render"], []))
+
+
+class _FakeResources:
+    """What LocalStack would create, without LocalStack: the worker exits before any call."""
+
+    def ensure(self, sources: tuple[Source, ...]) -> list[Created]:
+        arn = "arn:aws:states:us-east-1:000000000000"
+        return [Created(s, f"{arn}:activity:{s.name}", f"{arn}:stateMachine:m") for s in sources]
+
+
+async def test_without_reload_a_worker_that_exits_ends_the_session(tmp_path: Path) -> None:
+    # Before: "waiting for a change to start it again", forever: with --no-reload no change
+    # ever comes, LocalStack stays up and every execution hangs.
+    (tmp_path / "jobs.py").write_text("def handler(task_input, ctx):\n    return task_input\n")
+    target = Target(
+        path="jobs:handler",
+        form="handler",
+        sources=(Source("activity", "dev-jobs-handler", ""),),
+        watch_dir=tmp_path,
+    )
+    environ = {**os.environ, "SFN_CONCURENCY": "4"}  # misspelt: the worker exits 2 at start
+    session = Session(pid=os.getpid(), endpoint_url="http://127.0.0.1:9", port=9)
+    said: list[str] = []
+    supervisor = Supervisor(
+        target,
+        tmp_path,
+        environ,
+        _FakeResources(),  # type: ignore[arg-type]
+        session,
+        default_path(tmp_path),
+        said.append,
+        reload=False,
+    )
+    stop, force = asyncio.Event(), asyncio.Event()
+    async with asyncio.timeout(50):  # the worker's start and refusal, on a busy machine
+        await supervisor.run(stop, force)
+    assert supervisor.gave_up
+    assert any("without --reload nothing restarts it" in line for line in said)

@@ -160,7 +160,9 @@ async def _session(
         )
         write(session_path, session)
         resources = await asyncio.to_thread(Resources, emulator.endpoint_url)
-        supervisor = Supervisor(target, project, environ, resources, session, session_path, say)
+        supervisor = Supervisor(
+            target, project, environ, resources, session, session_path, say, reload=reload
+        )
         emulator_gone = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             if reload:
@@ -168,7 +170,7 @@ async def _session(
             group.create_task(_watch_emulator(emulator, stop, emulator_gone))
             await supervisor.run(stop, force)
             stop.set()  # ends the watchers
-        return EXIT_FAILURE if emulator_gone.is_set() else EXIT_OK
+        return EXIT_FAILURE if emulator_gone.is_set() or supervisor.gave_up else EXIT_OK
     finally:
         remove(session_path)
         await _stop_emulator(emulator, starting, force)

@@ -104,8 +104,12 @@ class Supervisor:
         session: Session,
         session_path: Path,
         say: Say,
+        *,
+        reload: bool = True,
     ) -> None:
         self.target = target
+        self.reload = reload
+        self.gave_up = False  # the worker exited and nothing would restart it
         self.project = project
         self.environ = dict(environ)
         self.resources = resources
@@ -157,6 +161,15 @@ class Supervisor:
             worker = await self._start(created)
             try:
                 await first(worker.wait(), self.changed.wait(), stop.wait())
+                if worker.returncode is not None and not self.reload:
+                    # No watcher: no change will ever come; waiting would leave LocalStack
+                    # running and every execution hanging.
+                    self.say(
+                        f"worker exited with code {worker.returncode}; without --reload "
+                        "nothing restarts it: stopping the session"
+                    )
+                    self.gave_up = True
+                    return
                 if worker.returncode is not None:
                     self.say(
                         f"worker exited with code {worker.returncode}; "
