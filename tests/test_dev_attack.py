@@ -15,7 +15,15 @@ import pytest
 
 from sfn_worker.dev.discover import Source, Target, discover
 from sfn_worker.dev.resources import Created
-from sfn_worker.dev.session import Session, SourceRecord, default_path, write
+from sfn_worker.dev.session import (
+    Session,
+    SessionError,
+    SourceRecord,
+    claim,
+    default_path,
+    find,
+    write,
+)
 from sfn_worker.dev.start import start
 from sfn_worker.dev.supervisor import Supervisor
 
@@ -148,3 +156,36 @@ async def test_without_reload_a_worker_that_exits_ends_the_session(tmp_path: Pat
         await supervisor.run(stop, force)
     assert supervisor.gave_up
     assert any("without --reload nothing restarts it" in line for line in said)
+
+
+def test_a_second_session_is_refused_while_the_first_still_starts(tmp_path: Path) -> None:
+    # Before: the first session wrote its file only once LocalStack was up (10-60 s); a
+    # second `sfn-worker dev` started meanwhile ran too, and the first to stop removed the
+    # other's session file (`dev start`: "no dev session" while one ran).
+    path = default_path(tmp_path)
+    with claim(path), pytest.raises(SessionError, match="still starting"):
+        claim(path)
+    claim(path).close()  # the first one's end frees the directory
+
+
+def test_a_killed_sessions_pid_reused_by_another_process_is_not_a_session(
+    tmp_path: Path,
+) -> None:
+    # Before: after a reboot or a container restart, the pid in a killed session's file
+    # often belongs to another process: `sfn-worker dev` was refused for good and `dev start`
+    # talked to a LocalStack that was gone.
+    path = default_path(tmp_path)
+    claim(path).close()  # a session ran here, then was killed: its lock is free
+    write(path, Session(pid=os.getppid(), endpoint_url="http://127.0.0.1:9", port=9))
+    with pytest.raises(SessionError, match="has ended"):
+        find(tmp_path, {})
+    claim(path).close()  # replaced, not refused
+
+
+def test_a_session_file_of_another_shape_is_replaced_not_a_traceback(tmp_path: Path) -> None:
+    path = default_path(tmp_path)
+    path.parent.mkdir()
+    path.write_text('{"pid": 1, "written_by": "a later version"}')
+    with pytest.raises(SessionError, match="cannot read the dev session"):
+        find(tmp_path, {})
+    claim(path).close()

@@ -101,24 +101,26 @@ def run(path: str, reload: bool, project: Path) -> int:
     environ = dict(os.environ)
     session_path = default_path(project)
     try:
-        claim(session_path)
-        target = discover(path, project, environ)
-        ensure_installed()
+        lock = claim(session_path)
     except SessionError as exc:
         print(f"sfn-worker dev: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except DiscoveryError as exc:
-        print(f"sfn-worker dev: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except EmulatorError as exc:
-        print(f"sfn-worker dev: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
-    try:
-        return asyncio.run(_session(target, reload, project, environ, session_path))
-    finally:
-        remove(session_path)
+    with lock:  # released last, after the session file is gone
+        try:
+            target = discover(path, project, environ)
+            ensure_installed()
+        except DiscoveryError as exc:
+            print(f"sfn-worker dev: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except EmulatorError as exc:
+            print(f"sfn-worker dev: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except KeyboardInterrupt:
+            return 130
+        try:
+            return asyncio.run(_session(target, reload, project, environ, session_path))
+        finally:
+            remove(session_path)
 
 
 async def _session(
