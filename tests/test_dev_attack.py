@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sfn_worker.dev.discover import Source, Target, discover
+from sfn_worker.dev.discover import Source, Target, discover, discover_unless
 from sfn_worker.dev.resources import Created
 from sfn_worker.dev.session import (
     Session,
@@ -189,3 +189,28 @@ def test_a_session_file_of_another_shape_is_replaced_not_a_traceback(tmp_path: P
     with pytest.raises(SessionError, match="cannot read the dev session"):
         find(tmp_path, {})
     claim(path).close()
+
+
+async def test_a_stop_during_a_slow_reimport_ends_it_at_once(tmp_path: Path) -> None:
+    # Before: a save that made the import slow (a model loaded at import), then SIGTERM, and
+    # even a second one: the session went on until the import ended (up to 120 s).
+    ready = tmp_path / "ready"
+    os.mkfifo(ready)
+    (tmp_path / "slow.py").write_text(
+        "import os, time\n"
+        f"with open({str(ready)!r}, 'w') as ready:\n"
+        "    ready.write(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+        "def handler(task_input, ctx):\n"
+        "    return task_input\n"
+    )
+    stop = asyncio.Event()
+    loading = asyncio.ensure_future(
+        discover_unless(stop, "slow:handler", tmp_path, dict(os.environ))
+    )
+    pid = int(await asyncio.to_thread(ready.read_text))  # the import has begun
+    stop.set()
+    async with asyncio.timeout(30):  # the import alone would take 600 s
+        assert await loading is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the importing process is gone, not left behind

@@ -7,6 +7,8 @@ project, with it on sys.path) prints one JSON line; ``discover`` runs it and rea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -81,26 +83,21 @@ def child_environment(project: Path, base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def discover(path: str, project: Path, env: dict[str, str], timeout: float = 120.0) -> Target:
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "sfn_worker.dev.discover", path],
-            cwd=project,
-            env=child_environment(project, env),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise DiscoveryError(
-            f"cannot load {path!r}: importing it took more than {timeout:.0f} s "
-            "(does the module do work at import?)"
-        ) from None
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        why = done.stderr.strip() or f"exit code {done.returncode}"
+def _command(path: str) -> list[str]:
+    return [sys.executable, "-m", "sfn_worker.dev.discover", path]
+
+
+def _too_slow(path: str, timeout: float) -> DiscoveryError:
+    return DiscoveryError(
+        f"cannot load {path!r}: importing it took more than {timeout:.0f} s "
+        "(does the module do work at import?)"
+    )
+
+
+def _answer(path: str, returncode: int, stdout: str, stderr: str) -> Target:
+    lines = stdout.strip().splitlines()
+    if returncode != 0 or not lines:
+        why = stderr.strip() or f"exit code {returncode}"
         raise DiscoveryError(f"cannot load {path!r}: {why}")
     try:
         found = json.loads(lines[-1])
@@ -114,6 +111,60 @@ def discover(path: str, project: Path, env: dict[str, str], timeout: float = 120
         sources=tuple(Source(**source) for source in found["sources"]),
         watch_dir=Path(found["watch_dir"]),
     )
+
+
+def discover(path: str, project: Path, env: dict[str, str], timeout: float = 120.0) -> Target:
+    try:
+        done = subprocess.run(
+            _command(path),
+            cwd=project,
+            env=child_environment(project, env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise _too_slow(path, timeout) from None
+    return _answer(path, done.returncode, done.stdout, done.stderr)
+
+
+async def discover_unless(
+    stop: asyncio.Event, path: str, project: Path, env: dict[str, str], timeout: float = 120.0
+) -> Target | None:
+    """``discover`` during a session: ``stop`` (a signal) ends a slow import at once (None).
+    The child has its own session: a Ctrl-C reaches the dev command, which ends it, instead
+    of printing the import's KeyboardInterrupt as a load error."""
+    child = await asyncio.create_subprocess_exec(
+        *_command(path),
+        cwd=project,
+        env=child_environment(project, env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    talking = asyncio.ensure_future(child.communicate())
+    stopping = asyncio.ensure_future(stop.wait())
+    ended = False  # by the import's own end (not by a stop or the timeout)
+    try:
+        await asyncio.wait(
+            {talking, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        ended = talking.done()
+    finally:
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+        if not talking.done():
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+        stdout, stderr = await talking
+    if not ended:
+        if stop.is_set():
+            return None
+        raise _too_slow(path, timeout)
+    return _answer(path, child.returncode or 0, stdout.decode(), stderr.decode())
 
 
 def main() -> int:

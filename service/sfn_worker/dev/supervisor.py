@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .discover import DiscoveryError, Target, child_environment, discover
+from .discover import DiscoveryError, Target, child_environment, discover_unless
 from .resources import REGION, Created, Resources
 from .session import Session, export_lines, write
 
@@ -187,9 +187,9 @@ class Supervisor:
         while not stop.is_set():
             self.changed.clear()  # before loading: a save meanwhile is another attempt
             try:
-                self.target = await asyncio.to_thread(
-                    discover, self.target.path, self.project, self.environ
-                )
+                target = await discover_unless(stop, self.target.path, self.project, self.environ)
+                if target is not None:  # None: stopped during a slow import
+                    self.target = target
                 return
             except DiscoveryError as exc:
                 self.say(f"{exc}\nsfn-worker dev: waiting for a change")
