@@ -214,3 +214,30 @@ async def test_a_stop_during_a_slow_reimport_ends_it_at_once(tmp_path: Path) -> 
         assert await loading is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the importing process is gone, not left behind
+
+
+def test_a_misspelt_setting_is_refused_before_localstack_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: LocalStack started (10-60 s), then each worker exited 2 and the session said
+    # "waiting for a change to start it again": no save fixes an environment variable.
+    from sfn_worker.dev import command
+
+    (tmp_path / "jobs.py").write_text("def handler(task_input, ctx):\n    return task_input\n")
+    monkeypatch.setenv("SFN_CONCURENCY", "4")
+
+    def no_localstack() -> None:
+        raise AssertionError("LocalStack started for a session the worker refuses")
+
+    monkeypatch.setattr(command, "ensure_installed", no_localstack)
+    assert command.run("jobs:handler", False, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "SFN_CONCURENCY: not a setting (did you mean SFN_CONCURRENCY?)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_correct_setting_is_not_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "jobs.py").write_text("def handler(task_input, ctx):\n    return task_input\n")
+    monkeypatch.setenv("SFN_CONCURRENCY", "4")
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", "arn:aws:states:eu-west-1:123456789012:activity:x")
+    assert discover("jobs:handler", tmp_path, dict(os.environ)).refused is None

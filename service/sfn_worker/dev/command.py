@@ -108,6 +108,9 @@ def run(path: str, reload: bool, project: Path) -> int:
     with lock:  # released last, after the session file is gone
         try:
             target = discover(path, project, environ)
+            if target.refused:  # the worker would exit 2 at each start: say it once, now
+                print(f"sfn-worker dev: the worker refuses: {target.refused}", file=sys.stderr)
+                return EXIT_CONFIG
             ensure_installed()
         except DiscoveryError as exc:
             print(f"sfn-worker dev: {exc}", file=sys.stderr)

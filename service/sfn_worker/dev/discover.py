@@ -34,6 +34,7 @@ class Target:
     form: str  # "handler" | "app"
     sources: tuple[Source, ...]
     watch_dir: Path  # the directory of the target's module
+    refused: str | None = None  # the worker's refusal of its settings, as it would say it
 
 
 class DiscoveryError(Exception):
@@ -110,6 +111,7 @@ def _answer(path: str, returncode: int, stdout: str, stderr: str) -> Target:
         form=found["form"],
         sources=tuple(Source(**source) for source in found["sources"]),
         watch_dir=Path(found["watch_dir"]),
+        refused=found.get("refused"),
     )
 
 
@@ -167,6 +169,47 @@ async def discover_unless(
     return _answer(path, child.returncode or 0, stdout.decode(), stderr.decode())
 
 
+def _refusal(path: str, described: dict[str, Any]) -> str | None:
+    """What the worker would say of its settings (a misspelt SFN_* name, a bad value) in
+    this session, said before LocalStack starts rather than by each worker it would run."""
+    from ..app import LoadError
+    from ..cli import build_app
+    from ..config import resolve
+    from ..settings import SettingsError, load_settings
+    from .resources import Created
+    from .supervisor import worker_environment
+
+    target = Target(
+        path=path,
+        form=described["form"],
+        sources=tuple(Source(**source) for source in described["sources"]),
+        watch_dir=Path(described["watch_dir"]),
+    )
+    arn, url = "arn:aws:states:us-east-1:000000000000", "http://127.0.0.1:1/queue/us-east-1"
+    created = [
+        Created(
+            source,
+            f"{arn}:activity:{source.name}"
+            if source.kind == "activity"
+            else f"{url}/000000000000/{source.name}",
+            f"{arn}:stateMachine:dev",
+        )
+        for source in target.sources
+    ]
+    env = worker_environment(target, created, "http://127.0.0.1:1", os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        settings = load_settings()
+        app = build_app(settings, path if target.form == "app" else None)
+        resolve(app, settings, os.environ)
+    except (SettingsError, LoadError) as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - advice only: anything else is the worker's to say
+        return None
+    return None
+
+
 def main() -> int:
     from ..app import LoadError
 
@@ -182,6 +225,7 @@ def main() -> int:
         except LoadError as exc:
             print(str(exc), file=sys.stderr)
             return 2
+        described["refused"] = _refusal(sys.argv[1], described)
         answer.write(json.dumps(described) + "\n")
     return 0
 
