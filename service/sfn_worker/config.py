@@ -64,6 +64,9 @@ ACTIVITY_SUFFIXES = frozenset({*(f.upper() for f in FIELDS), ARN_SUFFIX})
 QUEUE_SUFFIXES = frozenset({*(f.upper() for f in (*FIELDS, *QUEUE_FIELDS)), URL_SUFFIX})
 # Activity names: 1-80 characters, none of white space, brackets, wildcards or punctuation
 # that Step Functions refuses.
+# What `sfn-worker dev` exports for other shells (the session file, each source's state
+# machine): not settings, yet documented to sit beside a `sfn-worker run` in the same shell.
+DEV_EXPORTS = re.compile(r"SFN_DEV_(SESSION|(.+_)?MACHINE_ARN)")
 NAME_PATTERN = r"[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f]{1,80}"
 DEFAULT = DEFAULT_ORIGIN
 CODE = "app code"
@@ -332,6 +335,8 @@ def check_variables(
     every_suffix = ACTIVITY_SUFFIXES | QUEUE_SUFFIXES
     for variable in sorted(environ):
         if not variable.upper().startswith("SFN_") or variable in known | per_source:
+            continue
+        if DEV_EXPORTS.fullmatch(variable):
             continue
         hint = _did_you_mean(variable.upper(), known | per_source)
         if variable != variable.upper():

@@ -101,24 +101,29 @@ def run(path: str, reload: bool, project: Path) -> int:
     environ = dict(os.environ)
     session_path = default_path(project)
     try:
-        claim(session_path)
-        target = discover(path, project, environ)
-        ensure_installed()
+        lock = claim(session_path)
     except SessionError as exc:
         print(f"sfn-worker dev: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except DiscoveryError as exc:
-        print(f"sfn-worker dev: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except EmulatorError as exc:
-        print(f"sfn-worker dev: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
-    try:
-        return asyncio.run(_session(target, reload, project, environ, session_path))
-    finally:
-        remove(session_path)
+    with lock:  # released last, after the session file is gone
+        try:
+            target = discover(path, project, environ)
+            if target.refused:  # the worker would exit 2 at each start: say it once, now
+                print(f"sfn-worker dev: the worker refuses: {target.refused}", file=sys.stderr)
+                return EXIT_CONFIG
+            ensure_installed()
+        except DiscoveryError as exc:
+            print(f"sfn-worker dev: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except EmulatorError as exc:
+            print(f"sfn-worker dev: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except KeyboardInterrupt:
+            return 130
+        try:
+            return asyncio.run(_session(target, reload, project, environ, session_path))
+        finally:
+            remove(session_path)
 
 
 async def _session(
@@ -160,7 +165,9 @@ async def _session(
         )
         write(session_path, session)
         resources = await asyncio.to_thread(Resources, emulator.endpoint_url)
-        supervisor = Supervisor(target, project, environ, resources, session, session_path, say)
+        supervisor = Supervisor(
+            target, project, environ, resources, session, session_path, say, reload=reload
+        )
         emulator_gone = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             if reload:
@@ -168,7 +175,7 @@ async def _session(
             group.create_task(_watch_emulator(emulator, stop, emulator_gone))
             await supervisor.run(stop, force)
             stop.set()  # ends the watchers
-        return EXIT_FAILURE if emulator_gone.is_set() else EXIT_OK
+        return EXIT_FAILURE if emulator_gone.is_set() or supervisor.gave_up else EXIT_OK
     finally:
         remove(session_path)
         await _stop_emulator(emulator, starting, force)

@@ -7,6 +7,8 @@ project, with it on sys.path) prints one JSON line; ``discover`` runs it and rea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -32,6 +34,7 @@ class Target:
     form: str  # "handler" | "app"
     sources: tuple[Source, ...]
     watch_dir: Path  # the directory of the target's module
+    refused: str | None = None  # the worker's refusal of its settings, as it would say it
 
 
 class DiscoveryError(Exception):
@@ -81,10 +84,41 @@ def child_environment(project: Path, base: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _command(path: str) -> list[str]:
+    return [sys.executable, "-m", "sfn_worker.dev.discover", path]
+
+
+def _too_slow(path: str, timeout: float) -> DiscoveryError:
+    return DiscoveryError(
+        f"cannot load {path!r}: importing it took more than {timeout:.0f} s "
+        "(does the module do work at import?)"
+    )
+
+
+def _answer(path: str, returncode: int, stdout: str, stderr: str) -> Target:
+    lines = stdout.strip().splitlines()
+    if returncode != 0 or not lines:
+        why = stderr.strip() or f"exit code {returncode}"
+        raise DiscoveryError(f"cannot load {path!r}: {why}")
+    try:
+        found = json.loads(lines[-1])
+    except ValueError:
+        raise DiscoveryError(
+            f"cannot load {path!r}: its discovery printed {lines[-1][:200]!r}, not its answer"
+        ) from None
+    return Target(
+        path=path,
+        form=found["form"],
+        sources=tuple(Source(**source) for source in found["sources"]),
+        watch_dir=Path(found["watch_dir"]),
+        refused=found.get("refused"),
+    )
+
+
 def discover(path: str, project: Path, env: dict[str, str], timeout: float = 120.0) -> Target:
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "sfn_worker.dev.discover", path],
+            _command(path),
             cwd=project,
             env=child_environment(project, env),
             stdin=subprocess.DEVNULL,
@@ -94,33 +128,105 @@ def discover(path: str, project: Path, env: dict[str, str], timeout: float = 120
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise DiscoveryError(
-            f"cannot load {path!r}: importing it took more than {timeout:.0f} s "
-            "(does the module do work at import?)"
-        ) from None
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        why = done.stderr.strip() or f"exit code {done.returncode}"
-        raise DiscoveryError(f"cannot load {path!r}: {why}")
-    found = json.loads(lines[-1])
-    return Target(
-        path=path,
-        form=found["form"],
-        sources=tuple(Source(**source) for source in found["sources"]),
-        watch_dir=Path(found["watch_dir"]),
+        raise _too_slow(path, timeout) from None
+    return _answer(path, done.returncode, done.stdout, done.stderr)
+
+
+async def discover_unless(
+    stop: asyncio.Event, path: str, project: Path, env: dict[str, str], timeout: float = 120.0
+) -> Target | None:
+    """``discover`` during a session: ``stop`` (a signal) ends a slow import at once (None).
+    The child has its own session: a Ctrl-C reaches the dev command, which ends it, instead
+    of printing the import's KeyboardInterrupt as a load error."""
+    child = await asyncio.create_subprocess_exec(
+        *_command(path),
+        cwd=project,
+        env=child_environment(project, env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
+    talking = asyncio.ensure_future(child.communicate())
+    stopping = asyncio.ensure_future(stop.wait())
+    ended = False  # by the import's own end (not by a stop or the timeout)
+    try:
+        await asyncio.wait(
+            {talking, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        ended = talking.done()
+    finally:
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+        if not talking.done():
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+        stdout, stderr = await talking
+    if not ended:
+        if stop.is_set():
+            return None
+        raise _too_slow(path, timeout)
+    return _answer(path, child.returncode or 0, stdout.decode(), stderr.decode())
+
+
+def _refusal(path: str, described: dict[str, Any]) -> str | None:
+    """What the worker would say of its settings (a misspelt SFN_* name, a bad value) in
+    this session, said before LocalStack starts rather than by each worker it would run."""
+    from ..app import LoadError
+    from ..cli import build_app
+    from ..config import resolve
+    from ..settings import SettingsError, load_settings
+    from .resources import Created
+    from .supervisor import worker_environment
+
+    target = Target(
+        path=path,
+        form=described["form"],
+        sources=tuple(Source(**source) for source in described["sources"]),
+        watch_dir=Path(described["watch_dir"]),
+    )
+    arn, url = "arn:aws:states:us-east-1:000000000000", "http://127.0.0.1:1/queue/us-east-1"
+    created = [
+        Created(
+            source,
+            f"{arn}:activity:{source.name}"
+            if source.kind == "activity"
+            else f"{url}/000000000000/{source.name}",
+            f"{arn}:stateMachine:dev",
+        )
+        for source in target.sources
+    ]
+    env = worker_environment(target, created, "http://127.0.0.1:1", os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        settings = load_settings()
+        app = build_app(settings, path if target.form == "app" else None)
+        resolve(app, settings, os.environ)
+    except (SettingsError, LoadError) as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - advice only: anything else is the worker's to say
+        return None
+    return None
 
 
 def main() -> int:
     from ..app import LoadError
 
     sys.path.insert(0, os.getcwd())
-    try:
-        described = _describe(sys.argv[1])
-    except LoadError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    print(json.dumps(described))
+    # The answer gets stdout to itself: what the module prints, at import or at exit
+    # (atexit, a thread), goes to stderr instead.
+    answer = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with answer:
+        try:
+            described = _describe(sys.argv[1])
+        except LoadError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        described["refused"] = _refusal(sys.argv[1], described)
+        answer.write(json.dumps(described) + "\n")
     return 0
 
 

@@ -4,17 +4,19 @@ the ``export`` lines that point another shell at it."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .resources import REGION, Created
 
 DIRECTORY = ".sfn-worker-dev"
 FILE = "session.json"
+LOCK = "lock"  # held by the running session for its whole life
 SESSION_VARIABLE = "SFN_DEV_SESSION"  # set by the export lines; else ./.sfn-worker-dev/
 
 
@@ -71,32 +73,70 @@ def read(path: Path) -> Session:
         ) from None
     except (OSError, ValueError) as exc:
         raise SessionError(f"cannot read the dev session {path}: {exc}") from None
-    sources = [SourceRecord(**source) for source in data.pop("sources", [])]
-    return Session(**data, sources=sources)
+    try:
+        sources = [SourceRecord(**source) for source in data.pop("sources", [])]
+        return Session(**data, sources=sources)
+    except (TypeError, AttributeError) as exc:  # another version's file, or not ours
+        raise SessionError(f"cannot read the dev session {path}: {exc}") from None
+
+
+def _held(lock_path: Path) -> bool:
+    """Whether a live session holds the directory's lock (released by the kernel when its
+    process ends, even killed: unlike a pid, never reused)."""
+    try:
+        with open(lock_path) as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return True  # a session from before the lock: its pid alone says
+    except BlockingIOError:
+        return True
+    return False
 
 
 def find(project: Path, environ: dict[str, str]) -> tuple[Path, Session]:
     path = Path(environ.get(SESSION_VARIABLE) or default_path(project))
     session = read(path)
-    if not alive(session.pid):
-        raise SessionError(f"the dev session in {path} has ended (pid {session.pid} is gone)")
+    if not alive(session.pid) or not _held(path.parent / LOCK):
+        raise SessionError(
+            f"the dev session in {path} has ended (pid {session.pid} no longer runs it)"
+        )
     return path, session
 
 
-def claim(path: Path) -> None:
-    """Refuses when another live session owns the directory; a stale file is replaced."""
-    other: Session | None = None
-    with contextlib.suppress(SessionError):
-        other = read(path)
-    if other is not None and other.pid != os.getpid() and alive(other.pid):
-        raise SessionError(
-            f"another `sfn-worker dev` (pid {other.pid}, LocalStack at "
-            f"{other.endpoint_url}) runs from this directory: stop it first (Ctrl-C in its "
-            "shell), or run this one from another directory"
-        )
+def claim(path: Path) -> IO[str]:
+    """The directory's lock, held for the session's life (close it at the end): a second
+    `sfn-worker dev` here is refused from its first instant, not only once the first one's
+    LocalStack is up; a stale session file (its process killed) is replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Never committed by mistake: the directory ignores itself, as .mypy_cache does.
     (path.parent / ".gitignore").write_text("*\n")
+    locked_before = (path.parent / LOCK).exists()
+    lock = open(path.parent / LOCK, "a")  # noqa: SIM115 - returned, closed by the caller
+    other: Session | None = None
+    with contextlib.suppress(SessionError):
+        other = read(path)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        which = (
+            f"pid {other.pid}, LocalStack at {other.endpoint_url}"
+            if other is not None and alive(other.pid)
+            else "still starting"
+        )
+        raise _another(which) from None
+    if not locked_before and other is not None and other.pid != os.getpid() and alive(other.pid):
+        # A session of a version without the lock: its live pid is all there is to go by.
+        lock.close()
+        raise _another(f"pid {other.pid}, LocalStack at {other.endpoint_url}")
+    return lock
+
+
+def _another(which: str) -> SessionError:
+    return SessionError(
+        f"another `sfn-worker dev` ({which}) runs from this directory: stop it first "
+        "(Ctrl-C in its shell), or run this one from another directory"
+    )
 
 
 def write(path: Path, session: Session) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from .resources import TASK_TIMEOUT_SECONDS, client
 from .session import Session, SessionError, SourceRecord, find
 
@@ -55,19 +57,30 @@ def start(
         raise StartError(str(exc)) from None
     source = choose(session, activity)
     sfn = client("stepfunctions", session.endpoint_url)
-    execution_arn = str(
-        sfn.start_execution(
-            stateMachineArn=source.machine_arn,
-            name=f"dev-{uuid.uuid4().hex[:12]}",
-            input=json.dumps(payload),
-        )["executionArn"]
-    )
+    try:
+        execution_arn = str(
+            sfn.start_execution(
+                stateMachineArn=source.machine_arn,
+                name=f"dev-{uuid.uuid4().hex[:12]}",
+                input=json.dumps(payload),
+            )["executionArn"]
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise StartError(f"cannot start an execution at {session.endpoint_url}: {exc}") from None
     print(f"execution {execution_arn}", flush=True)
     try:
         described = wait_for_end(sfn, execution_arn)
     except KeyboardInterrupt:
         print("stopped waiting; the execution goes on", file=sys.stderr)
         return 130
+    except (BotoCoreError, ClientError) as exc:
+        # The session stopped while we waited (its LocalStack, and the execution, are gone).
+        print(
+            f"sfn-worker dev start: lost the dev session at {session.endpoint_url} while "
+            f"waiting (has it stopped?): {exc}",
+            file=sys.stderr,
+        )
+        return 1
     status = described["status"]
     print(f"status    {status}")
     if status == "SUCCEEDED":

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .discover import DiscoveryError, Target, child_environment, discover
+from .discover import DiscoveryError, Target, child_environment, discover_unless
 from .resources import REGION, Created, Resources
 from .session import Session, export_lines, write
 
@@ -104,8 +104,12 @@ class Supervisor:
         session: Session,
         session_path: Path,
         say: Say,
+        *,
+        reload: bool = True,
     ) -> None:
         self.target = target
+        self.reload = reload
+        self.gave_up = False  # the worker exited and nothing would restart it
         self.project = project
         self.environ = dict(environ)
         self.resources = resources
@@ -157,6 +161,15 @@ class Supervisor:
             worker = await self._start(created)
             try:
                 await first(worker.wait(), self.changed.wait(), stop.wait())
+                if worker.returncode is not None and not self.reload:
+                    # No watcher: no change will ever come; waiting would leave LocalStack
+                    # running and every execution hanging.
+                    self.say(
+                        f"worker exited with code {worker.returncode}; without --reload "
+                        "nothing restarts it: stopping the session"
+                    )
+                    self.gave_up = True
+                    return
                 if worker.returncode is not None:
                     self.say(
                         f"worker exited with code {worker.returncode}; "
@@ -174,9 +187,9 @@ class Supervisor:
         while not stop.is_set():
             self.changed.clear()  # before loading: a save meanwhile is another attempt
             try:
-                self.target = await asyncio.to_thread(
-                    discover, self.target.path, self.project, self.environ
-                )
+                target = await discover_unless(stop, self.target.path, self.project, self.environ)
+                if target is not None:  # None: stopped during a slow import
+                    self.target = target
                 return
             except DiscoveryError as exc:
                 self.say(f"{exc}\nsfn-worker dev: waiting for a change")
