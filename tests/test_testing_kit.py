@@ -233,3 +233,11 @@ def test_the_plugin_runs_a_teams_tests_with_no_asyncio_configuration(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{passed} passed" in result.stdout, result.stdout
+
+
+def test_an_exception_without_a_message_is_named_once() -> None:
+    def bare(task_input: Any, ctx: TaskContext) -> None:
+        raise KeyboardInterrupt
+
+    outcome = run_handler_sync(bare, {})
+    assert outcome == Failure("KeyboardInterrupt", "handler raised KeyboardInterrupt")

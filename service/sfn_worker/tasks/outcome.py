@@ -126,4 +126,4 @@ def _describe(exc: BaseException) -> str:
         message = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task
         message = "<the exception's message could not be read>"
-    return f"{name}: {message}" if message else f"{name} raised"
+    return f"{name}: {message}" if message else name  # "handler raised KeyError"
