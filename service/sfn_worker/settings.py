@@ -156,6 +156,8 @@ MaxTasksPerChild = Annotated[int, Field(ge=0, le=1_000_000)]
 # SQS allows 0-43,200 s. It is pushed out every third of it, so seconds are enough; a minute
 # or more keeps the ChangeMessageVisibility calls rare.
 VisibilitySeconds = Annotated[int, Field(ge=2, le=43_200)]
+# SFN_HTTP_PORT, as the worker and `sfn-worker healthcheck` both read it; 0 = off.
+HttpPort = Annotated[int, Field(ge=0, le=65_535)]
 DEFAULT_POLLERS = 4
 
 
@@ -204,7 +206,7 @@ class Settings(BaseSettings):
     )
     log_format: LogFormatChoice = LogFormat.JSON
     # Optional HTTP server for /healthz and /metrics; 0 = off.
-    http_port: Annotated[int, Field(ge=0, le=65_535)] = 0
+    http_port: HttpPort = 0
     http_host: str = "0.0.0.0"
     # The task input's field holding W3C trace context (tracing with the otel extra).
     trace_context_key: Annotated[str, Field(min_length=1)] = "traceparent"
