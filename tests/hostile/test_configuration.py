@@ -245,3 +245,31 @@ def test_log_level_under_both_its_names_must_agree() -> None:
     assert "LOG_LEVEL='info' and SFN_LOG_LEVEL='DEBUG' are both set and differ" in line
     agreeing = sfn_worker("settings", LOG_LEVEL="debug", SFN_LOG_LEVEL="DEBUG", **base)
     assert agreeing.returncode == 0, agreeing.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        # config/worker.env.example's line uncommented: docker --env-file keeps the comment.
+        (
+            "AWS_ENDPOINT_URL_SFN",
+            "http://localhost:4566   # an emulator such as LocalStack",
+            "Port could not be cast to integer value as '4566   '",
+        ),
+        ("AWS_ENDPOINT_URL", "localhost:4566", "Invalid endpoint: localhost:4566"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_an_endpoint_url_botocore_cannot_use_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, command: str, name: str, value: str, reason: str
+) -> None:
+    for other in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_STS"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, value)
+    result = sfn_worker(
+        command, SFN_ACTIVITY_ARN=ARN + "render", SFN_HANDLER="sfn_worker.examples:seed_handler"
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"sfn-worker: configuration error: {name}={value!r} is invalid: {reason}"
+    ]
