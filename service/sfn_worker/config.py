@@ -45,6 +45,7 @@ from .settings import (
     check_activity_arn,
     check_queue_url,
     setting_names,
+    without_userinfo,
 )
 
 FIELDS = (
@@ -384,7 +385,7 @@ def _check_url(url: str, what: str) -> None:
     try:
         check_queue_url(url)
     except ValueError as exc:
-        raise SettingsError(f"{what} is invalid: {exc}") from None
+        raise SettingsError(without_userinfo(f"{what} is invalid: {exc}")) from None
 
 
 def _where(source: str) -> str:

@@ -54,7 +54,18 @@ def check_dimension_value(value: str) -> str:
     return value
 
 
+# A URL's user:password@. SQS authenticates by signature and never reads it; a queue URL
+# is printed (settings, check) and logged, so one carrying it is refused, and masked.
+USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def without_userinfo(text: str) -> str:
+    return USERINFO.sub("***@", text)
+
+
 def check_queue_url(value: str) -> str:
+    if USERINFO.search(value):
+        raise ValueError("must not carry user:password@ (SQS never reads it; it would be logged)")
     if not re.fullmatch(QUEUE_URL_PATTERN, value):
         raise ValueError(
             "expected an SQS queue URL like https://sqs.<region>.amazonaws.com/<account>/<name>"
@@ -378,6 +389,7 @@ def describe_validation_error(exc: ValidationError, flags: frozenset[str] = froz
             problems.append(message.removeprefix("Value error, "))
         else:
             shown = given if isinstance(given, str | int | float) else ""
+            shown = without_userinfo(shown) if isinstance(shown, str) else shown
             problems.append(
                 f"{_given_name(field, flags)}={shown!r} is invalid: "
                 f"{message.removeprefix('Value error, ')}"

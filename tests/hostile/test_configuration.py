@@ -273,3 +273,32 @@ def test_an_endpoint_url_botocore_cannot_use_is_one_line_and_exit_2(
     assert result.stderr.strip().splitlines() == [
         f"sfn-worker: configuration error: {name}={value!r} is invalid: {reason}"
     ]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SFN_SQS_QUEUE_URL": "https://admin:hunter2@sqs.us-east-1.amazonaws.com/123456789012/q"},
+        {
+            "SFN_SQS_QUEUE_URL": URL + "q",
+            "SFN_Q_QUEUE_URL": "https://admin:hunter2@sqs.us-east-1.amazonaws.com/123456789012/r",
+        },
+    ],
+)
+@pytest.mark.parametrize("command", ["settings", "run"])
+def test_a_queue_url_carrying_a_password_is_refused_without_showing_it(
+    command: str, env: dict[str, str]
+) -> None:
+    """SQS never reads user:password@; the URL is printed by settings and check and logged
+    at start, so it is refused, masked in the one line."""
+    result = sfn_worker(
+        command,
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",  # were it not refused: nothing leaves the host
+        **env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "QUEUE_URL='https://***@sqs." in line
+    assert "must not carry user:password@" in line
