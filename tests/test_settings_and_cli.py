@@ -557,6 +557,13 @@ def test_help_names_the_variables_an_example_and_what_to_read(
     assert missing == []
 
 
+def test_no_command_names_the_commands(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "required: {run,check,settings,healthcheck}" in capsys.readouterr().err
+
+
 def test_version_is_the_package_version(capsys: Any) -> None:
     from importlib.metadata import version
 

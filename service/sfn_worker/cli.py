@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="name", required=True)
     for add in SUBCOMMANDS:
         add(commands)
+    # What a missing command is called ("required: name" said nothing): the choices.
+    commands.metavar = "{" + ",".join(commands.choices) + "}"
     return parser
 
 
