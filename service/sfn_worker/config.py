@@ -179,6 +179,8 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
             base.sources["arn"] = "resolved from the name at start"
         else:
             _check_arn(arn, f"SFN_{key}_{ARN_SUFFIX}={arn!r}")
+        if single:
+            _check_agree(env, f"SFN_{key}_{ARN_SUFFIX}", "SFN_ACTIVITY_ARN", registration.ref)
         configs.append(ActivityConfig(**base.fields, sources=base.sources, arn=arn))
     for registration in app.queues:
         _check_url(registration.ref, f"callback queue {registration.ref!r}")
@@ -192,6 +194,8 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         base = _resolve_common(registration, name, key, settings, env, single)
         url = env.get(f"SFN_{key}_{URL_SUFFIX}") or registration.ref
         _check_url(url, f"SFN_{key}_{URL_SUFFIX}={url!r}")
+        if single:
+            _check_agree(env, f"SFN_{key}_{URL_SUFFIX}", "SFN_SQS_QUEUE_URL", registration.ref)
         base.sources["queue_url"] = _source_of(
             env, f"SFN_{key}_{URL_SUFFIX}", settings.origin("sqs_queue_url") if single else CODE
         )
@@ -199,6 +203,19 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
     check_variables(environ, keys)
     check_distinct(configs)
     return configs
+
+
+def _check_agree(env: Mapping[str, str], variable: str, setting: str, value: str) -> None:
+    """The single form's source is the setting's value: its per-source variable naming
+    another one would leave the source the user set unworked without a word."""
+    other = env.get(variable)
+    if other is not None and other != value:
+        raise SettingsError(
+            without_userinfo(
+                f"{setting}={value!r} and {variable}={other!r} both name this source and "
+                "differ; keep one"
+            )
+        )
 
 
 def check_distinct(configs: Sequence[SourceConfig]) -> None:

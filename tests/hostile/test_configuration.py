@@ -302,3 +302,34 @@ def test_a_queue_url_carrying_a_password_is_refused_without_showing_it(
     [line] = result.stderr.strip().splitlines()
     assert "QUEUE_URL='https://***@sqs." in line
     assert "must not carry user:password@" in line
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        (
+            {"SFN_ACTIVITY_ARN": ARN + "render", "SFN_RENDER_ACTIVITY_ARN": ARN + "other"},
+            ("SFN_ACTIVITY_ARN=", "SFN_RENDER_ACTIVITY_ARN="),
+        ),
+        (
+            {"SFN_SQS_QUEUE_URL": URL + "jobs", "SFN_JOBS_QUEUE_URL": URL + "other"},
+            ("SFN_SQS_QUEUE_URL=", "SFN_JOBS_QUEUE_URL="),
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["settings", "run"])
+def test_the_single_form_refuses_its_source_named_twice_differently(
+    command: str, env: dict[str, str], names: tuple[str, str]
+) -> None:
+    """The per-source variable silently won: the worker served 'other' while the log and
+    SFN_ACTIVITY_ARN said 'render', and 'render' was left unworked."""
+    result = sfn_worker(
+        command,
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",  # were it not refused: nothing leaves the host
+        **env,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert all(name in line for name in names)
+    assert "differ; keep one" in line
