@@ -351,24 +351,26 @@ def check_variables(
     for variable in sorted(environ):
         if not variable.upper().startswith("SFN_") or variable in known | per_source:
             continue
+        # A name with a line break or an escape sequence is shown quoted: still one line.
+        shown = variable if variable.isprintable() else repr(variable)
         hint = _did_you_mean(variable.upper(), known | per_source)
         if variable != variable.upper():
             # Names are upper-case: a lower-case one would be read for some settings (the
             # process-wide ones) and not others (per source).
-            raise SettingsError(f"{variable}: not a setting (names are upper-case){hint}")
+            raise SettingsError(f"{shown}: not a setting (names are upper-case){hint}")
         rest = variable.removeprefix("SFN_")
         owners = [k for k in keys if rest.startswith(f"{k}_")]
         if owners:
             owner = max(owners, key=len)
             label, suffixes = keys[owner]
             raise SettingsError(
-                f"{variable}: {label} has no setting {rest.removeprefix(f'{owner}_')!r} "
+                f"{shown}: {label} has no setting {rest.removeprefix(f'{owner}_')!r} "
                 f"(known: {', '.join(sorted(suffixes))}){hint}"
             )
         if keys and any(rest.endswith(f"_{suffix}") for suffix in every_suffix):
             names = ", ".join(label for label, _ in keys.values())
-            raise SettingsError(f"{variable} matches no activity or queue (have: {names}){hint}")
-        raise SettingsError(f"{variable}: not a setting{hint or ' (see sfn-worker settings)'}")
+            raise SettingsError(f"{shown} matches no activity or queue (have: {names}){hint}")
+        raise SettingsError(f"{shown}: not a setting{hint or ' (see sfn-worker settings)'}")
 
 
 def _did_you_mean(variable: str, names: frozenset[str] | set[str]) -> str:

@@ -282,7 +282,7 @@ class Settings(BaseSettings):
         if field in self._flags:
             return f"flag ({flag_name(field)})"
         if self.explicit(field):
-            return f"environment ({env_name(field)})"
+            return f"environment ({_given_name(field, frozenset())})"
         return DEFAULT_ORIGIN
 
 
@@ -369,8 +369,9 @@ def _given_name(field: str, flags: frozenset[str]) -> str:
     name = env_name(field)
     aliases = [alias for alias, target in ALIASES.items() if target == field]
     # The alias the user set, when the main name is not set.
+    # An empty variable counts as unset (env_ignore_empty), here too.
     return next(
-        (alias for alias in aliases if alias in os.environ and name not in os.environ), name
+        (alias for alias in aliases if os.environ.get(alias) and not os.environ.get(name)), name
     )
 
 

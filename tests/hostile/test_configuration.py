@@ -333,3 +333,34 @@ def test_the_single_form_refuses_its_source_named_twice_differently(
     [line] = result.stderr.strip().splitlines()
     assert all(name in line for name in names)
     assert "differ; keep one" in line
+
+
+@pytest.mark.parametrize("name", ["SFN_X\nSFN_Y", "SFN_X\x1b[2J", "SFN_X\r"])
+def test_an_unknown_name_with_control_characters_is_one_quoted_line(name: str) -> None:
+    """A line break in a name split the one line in two; an escape sequence reached the
+    terminal as it was."""
+    result = sfn_worker(
+        "settings",
+        SFN_ACTIVITY_ARN=ARN + "render",
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
+        **{name: "1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "\x1b" not in result.stderr
+    assert f"configuration error: {name!r}: not a setting" in result.stderr
+
+
+def test_the_source_of_log_level_is_the_name_that_set_it() -> None:
+    """LOG_LEVEL= (empty: unset, as docker --env-file writes it) beside SFN_LOG_LEVEL=debug
+    was labelled as coming from LOG_LEVEL."""
+    result = sfn_worker(
+        "settings",
+        SFN_ACTIVITY_ARN=ARN + "render",
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
+        LOG_LEVEL="",
+        SFN_LOG_LEVEL="debug",
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if "LOG_LEVEL " in line]
+    assert line.split()[1:] == ["DEBUG", "environment", "(SFN_LOG_LEVEL)"]
