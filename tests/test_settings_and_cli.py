@@ -344,8 +344,12 @@ async def test_run_and_process_mode_import_user_code_from_the_current_directory(
 
 # Modules a user may well have beside their handlers, named like modules the worker imports
 # after the current directory is on the path: in the worker (uvloop when the loop starts,
-# stringprep at the first request) and in a handler process (nearly everything).
-SHADOWS = ("uvloop", "stringprep", "json", "logging", "asyncio", "secrets", "queue", "resource")
+# stringprep at the first request) and in a handler process (nearly everything, and what
+# multiprocessing's `python -c` start imports: types, signal, socket).
+SHADOWS = (
+    *("uvloop", "stringprep", "json", "logging", "asyncio", "secrets", "queue", "resource"),
+    *("types", "signal", "socket"),
+)
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
