@@ -16,6 +16,7 @@ from aiohttp import web
 from sfn_worker import TaskContext
 from sfn_worker.app import Handler
 from sfn_worker.bulkhead import Accessories
+from sfn_worker.cli import main
 from sfn_worker.examples import seed_handler
 from sfn_worker.metrics import Metrics
 from sfn_worker.runtime import ecs_protection, http
@@ -40,11 +41,16 @@ async def get(url: str) -> tuple[int, str]:
 
 @asynccontextmanager
 async def worker_with_http(
-    fake: FakeStepFunctions, handler: Handler, port: int = 0, **overrides: Any
+    fake: FakeStepFunctions,
+    handler: Handler,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    **overrides: Any,
 ) -> AsyncIterator[tuple[WorkerHarness, str]]:
-    """A running worker with its HTTP server on loopback; yields the harness and base URL."""
+    """A running worker with its HTTP server on ``host`` (loopback); yields the harness and
+    the base URL on IPv4 loopback."""
     port = port or free_port()
-    settings = make_settings(fake, http_port=port, http_host="127.0.0.1", **overrides)
+    settings = make_settings(fake, http_port=port, http_host=host, **overrides)
     worker = Worker(settings, handler)
     harness = WorkerHarness(worker, fake)
     async with serve_http(settings, worker):
@@ -118,6 +124,70 @@ async def test_healthcheck_command(
         await harness.stop()
     monkeypatch.setenv("SFN_HTTP_PORT", "0")
     assert await asyncio.to_thread(healthcheck, 1.0) == 1
+
+
+async def test_healthcheck_goes_straight_to_the_worker_past_any_proxy(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeStepFunctions
+) -> None:
+    """ECS tasks behind a proxy set HTTP_PROXY for the handlers' calls; the probe of a
+    healthy worker must not go to the proxy (here: nothing listens there)."""
+    port = free_port()
+    monkeypatch.setenv("SFN_HTTP_PORT", str(port))
+    async with worker_with_http(fake, seed_handler, port) as (harness, _):
+        # Set once the worker's clients exist: the probe alone is the subject here.
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert await asyncio.to_thread(healthcheck, 2.0) == 0
+        await harness.stop()
+
+
+@pytest.mark.parametrize(
+    ("port_text", "bind", "host_env"),
+    [
+        (" {port}", "127.0.0.1", None),  # the worker reads " 8080" as 8080
+        ("{port} ", "127.0.0.1", None),  # a trailing space kept by docker --env-file
+        ("{port}", "::", "::"),  # IPv6 only: not on 127.0.0.1
+        ("{port}", "::1", "::1"),
+        ("{port}", "127.0.0.2", "127.0.0.2"),
+    ],
+)
+async def test_healthcheck_finds_the_worker_its_variables_configure(
+    monkeypatch: pytest.MonkeyPatch,
+    fake: FakeStepFunctions,
+    port_text: str,
+    bind: str,
+    host_env: str | None,
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("SFN_HTTP_PORT", port_text.format(port=port))
+    if host_env is None:
+        monkeypatch.delenv("SFN_HTTP_HOST", raising=False)
+    else:
+        monkeypatch.setenv("SFN_HTTP_HOST", host_env)
+    async with worker_with_http(fake, seed_handler, port, host=bind) as (harness, _):
+        assert await asyncio.to_thread(healthcheck, 2.0) == 0
+        await harness.stop()
+
+
+@pytest.mark.parametrize("port_text", ["\u00b2", "abc", "99999", "-1", "8080.5"])
+def test_healthcheck_says_a_port_it_cannot_read_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, port_text: str
+) -> None:
+    monkeypatch.setenv("SFN_HTTP_PORT", port_text)
+    assert healthcheck(1.0) == 1
+    err = capsys.readouterr().err
+    assert f"SFN_HTTP_PORT={port_text!r} is not a port" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "1e400", "0", "-1"])
+def test_healthcheck_refuses_a_timeout_it_cannot_wait(capsys: Any, seconds: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["healthcheck", "--timeout", seconds])
+    assert exited.value.code == 2
+    assert "argument --timeout" in capsys.readouterr().err
 
 
 class FakeEcsAgent:

@@ -342,6 +342,58 @@ async def test_run_and_process_mode_import_user_code_from_the_current_directory(
     assert json.loads(task.output or "{}") == {"rendered": {"in": "SUCCESS"}, "by": "my_jobs"}
 
 
+# Modules a user may well have beside their handlers, named like modules the worker imports
+# after the current directory is on the path: in the worker (uvloop when the loop starts,
+# stringprep at the first request) and in a handler process (nearly everything, and what
+# multiprocessing's `python -c` start imports: types, signal, socket).
+SHADOWS = (
+    *("uvloop", "stringprep", "json", "logging", "asyncio", "secrets", "queue", "resource"),
+    *("types", "signal", "socket"),
+)
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+async def test_modules_in_the_current_directory_never_replace_the_workers_own(
+    fake: FakeStepFunctions, user_code: Any, mode: str
+) -> None:
+    """``secrets.py`` beside my_jobs.py made every process-mode task fail with
+    Worker.HandlerProcessDied; ``uvloop.py`` made run and check end in a traceback;
+    ``stringprep.py`` failed every call to AWS."""
+    for name in SHADOWS:
+        (user_code / f"{name}.py").write_text(f"raise RuntimeError('the user module {name}.py')\n")
+    task = fake.add_task({"in": "SUCCESS"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    env.pop("PYTHONPATH", None)
+    env.update(
+        SFN_ACTIVITY_ARN=fake.activity_arn,
+        SFN_HANDLER="my_jobs:render_video",
+        SFN_HANDLER_MODE=mode,
+        SFN_SHUTDOWN_GRACE_SECONDS="2",
+    )
+    worker = await asyncio.create_subprocess_exec(
+        str(BIN / "sfn-worker"),
+        "run",
+        cwd=user_code,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await fake.wait_for(lambda: task.state != "open", timeout=30)
+        worker.send_signal(signal.SIGTERM)
+        fake.release_polls()
+        _, stderr = await asyncio.wait_for(worker.communicate(), 30)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    log = stderr.decode(errors="replace")
+    assert worker.returncode == 0, log[-2000:]
+    assert task.state == "succeeded", log[-2000:]
+    assert "the user module" not in log
+
+
 async def test_check_imports_user_code_from_the_current_directory_and_labels_the_env(
     fake: FakeStepFunctions, user_code: Any
 ) -> None:
@@ -507,6 +559,13 @@ def test_help_names_the_variables_an_example_and_what_to_read(
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps some lines
     missing = [text for text in expected if " ".join(text.split()) not in shown]
     assert missing == []
+
+
+def test_no_command_names_the_commands(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "required: {run,check,settings,healthcheck}" in capsys.readouterr().err
 
 
 def test_version_is_the_package_version(capsys: Any) -> None:

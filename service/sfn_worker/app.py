@@ -178,17 +178,21 @@ class App:
 
 
 def importable_from_cwd() -> None:
-    """Put the current directory first on ``sys.path``, as ``python -m``, uvicorn and celery
-    do: the console script's own directory is there instead, so ``sfn-worker run
-    media.worker:app`` from the folder holding ``media/`` could not import it. Spawned
+    """Put the current directory on ``sys.path``, last: the console script's own directory
+    is first instead, so ``sfn-worker run media.worker:app`` from the folder holding
+    ``media/`` could not import it. Last, after the standard library and the installed
+    packages, so a module of the user's named like one of them (``json.py``, ``signal.py``,
+    ``uvloop.py``) never replaces what the worker imports later (uvloop when the loop
+    starts, stringprep at the first request, everything in a handler process). Spawned
     handler processes inherit it (multiprocessing passes ``sys.path``). Not with
     ``python -P`` / PYTHONSAFEPATH, which asks for exactly that not to happen."""
     if sys.flags.safe_path:
         return
     cwd = os.getcwd()
-    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
-        sys.path.insert(0, cwd)
-        importlib.invalidate_caches()
+    # ``python -m`` put it first ('' or the path): moved, as the console script has it.
+    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != cwd]
+    sys.path.append(cwd)
+    importlib.invalidate_caches()
 
 
 def import_object(path: str, what: str) -> Any:

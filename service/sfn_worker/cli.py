@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import signal
 import sys
@@ -262,8 +263,24 @@ def add_healthcheck(commands: Subcommands) -> None:
         lambda args, _: healthcheck(args.timeout),
     )
     health.add_argument(
-        "--timeout", type=float, default=3.0, metavar="SECONDS", help="wait this long (3)"
+        "--timeout", type=_seconds, default=3.0, metavar="SECONDS", help="wait this long (3)"
     )
+
+
+# The socket timeout takes neither 0 (non-blocking) nor inf, nan or a negative number.
+MAX_HEALTHCHECK_SECONDS = 3_600.0
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_HEALTHCHECK_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds above 0, at most {MAX_HEALTHCHECK_SECONDS:g}, not {value!r}"
+        )
+    return seconds
 
 
 # One function per command; adding a command is one line here.
@@ -287,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="name", required=True)
     for add in SUBCOMMANDS:
         add(commands)
+    # What a missing command is called ("required: name" said nothing): the choices.
+    commands.metavar = "{" + ",".join(commands.choices) + "}"
     return parser
 
 

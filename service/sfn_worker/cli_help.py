@@ -100,7 +100,10 @@ HEALTHCHECK = "Probe a running worker's health endpoint (the image's HEALTHCHECK
 HEALTHCHECK_EPILOG = f"""\
 what it reads:
   SFN_HTTP_PORT   the worker's HTTP port (8080 in the image); unset or 0: exit 1
-  It asks http://127.0.0.1:$SFN_HTTP_PORT/healthz and prints the JSON answer.
+  SFN_HTTP_HOST   the address it binds: 0.0.0.0 (default) is probed on 127.0.0.1,
+                  :: on ::1, any other address as it is
+  It asks http://127.0.0.1:$SFN_HTTP_PORT/healthz, never through HTTP_PROXY, and
+  prints the JSON answer.
 
 exit codes: 0 when /healthz answers 200 (polling, every poller alive, the loop
 responsive); 1 otherwise: 503 (the reasons printed), unreachable, or no answer

@@ -45,6 +45,7 @@ from .settings import (
     check_activity_arn,
     check_queue_url,
     setting_names,
+    without_userinfo,
 )
 
 FIELDS = (
@@ -181,6 +182,8 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
             base.sources["arn"] = "resolved from the name at start"
         else:
             _check_arn(arn, f"SFN_{key}_{ARN_SUFFIX}={arn!r}")
+        if single:
+            _check_agree(env, f"SFN_{key}_{ARN_SUFFIX}", "SFN_ACTIVITY_ARN", registration.ref)
         configs.append(ActivityConfig(**base.fields, sources=base.sources, arn=arn))
     for registration in app.queues:
         _check_url(registration.ref, f"callback queue {registration.ref!r}")
@@ -194,6 +197,8 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         base = _resolve_common(registration, name, key, settings, env, single)
         url = env.get(f"SFN_{key}_{URL_SUFFIX}") or registration.ref
         _check_url(url, f"SFN_{key}_{URL_SUFFIX}={url!r}")
+        if single:
+            _check_agree(env, f"SFN_{key}_{URL_SUFFIX}", "SFN_SQS_QUEUE_URL", registration.ref)
         base.sources["queue_url"] = _source_of(
             env, f"SFN_{key}_{URL_SUFFIX}", settings.origin("sqs_queue_url") if single else CODE
         )
@@ -201,6 +206,19 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
     check_variables(environ, keys)
     check_distinct(configs)
     return configs
+
+
+def _check_agree(env: Mapping[str, str], variable: str, setting: str, value: str) -> None:
+    """The single form's source is the setting's value: its per-source variable naming
+    another one would leave the source the user set unworked without a word."""
+    other = env.get(variable)
+    if other is not None and other != value:
+        raise SettingsError(
+            without_userinfo(
+                f"{setting}={value!r} and {variable}={other!r} both name this source and "
+                "differ; keep one"
+            )
+        )
 
 
 def check_distinct(configs: Sequence[SourceConfig]) -> None:
@@ -338,24 +356,26 @@ def check_variables(
             continue
         if DEV_EXPORTS.fullmatch(variable):
             continue
+        # A name with a line break or an escape sequence is shown quoted: still one line.
+        shown = variable if variable.isprintable() else repr(variable)
         hint = _did_you_mean(variable.upper(), known | per_source)
         if variable != variable.upper():
             # Names are upper-case: a lower-case one would be read for some settings (the
             # process-wide ones) and not others (per source).
-            raise SettingsError(f"{variable}: not a setting (names are upper-case){hint}")
+            raise SettingsError(f"{shown}: not a setting (names are upper-case){hint}")
         rest = variable.removeprefix("SFN_")
         owners = [k for k in keys if rest.startswith(f"{k}_")]
         if owners:
             owner = max(owners, key=len)
             label, suffixes = keys[owner]
             raise SettingsError(
-                f"{variable}: {label} has no setting {rest.removeprefix(f'{owner}_')!r} "
+                f"{shown}: {label} has no setting {rest.removeprefix(f'{owner}_')!r} "
                 f"(known: {', '.join(sorted(suffixes))}){hint}"
             )
         if keys and any(rest.endswith(f"_{suffix}") for suffix in every_suffix):
             names = ", ".join(label for label, _ in keys.values())
-            raise SettingsError(f"{variable} matches no activity or queue (have: {names}){hint}")
-        raise SettingsError(f"{variable}: not a setting{hint or ' (see sfn-worker settings)'}")
+            raise SettingsError(f"{shown} matches no activity or queue (have: {names}){hint}")
+        raise SettingsError(f"{shown}: not a setting{hint or ' (see sfn-worker settings)'}")
 
 
 def _did_you_mean(variable: str, names: frozenset[str] | set[str]) -> str:
@@ -389,7 +409,7 @@ def _check_url(url: str, what: str) -> None:
     try:
         check_queue_url(url)
     except ValueError as exc:
-        raise SettingsError(f"{what} is invalid: {exc}") from None
+        raise SettingsError(without_userinfo(f"{what} is invalid: {exc}")) from None
 
 
 def _where(source: str) -> str:

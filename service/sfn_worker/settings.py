@@ -54,7 +54,18 @@ def check_dimension_value(value: str) -> str:
     return value
 
 
+# A URL's user:password@. SQS authenticates by signature and never reads it; a queue URL
+# is printed (settings, check) and logged, so one carrying it is refused, and masked.
+USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def without_userinfo(text: str) -> str:
+    return USERINFO.sub("***@", text)
+
+
 def check_queue_url(value: str) -> str:
+    if USERINFO.search(value):
+        raise ValueError("must not carry user:password@ (SQS never reads it; it would be logged)")
     if not re.fullmatch(QUEUE_URL_PATTERN, value):
         raise ValueError(
             "expected an SQS queue URL like https://sqs.<region>.amazonaws.com/<account>/<name>"
@@ -156,6 +167,8 @@ MaxTasksPerChild = Annotated[int, Field(ge=0, le=1_000_000)]
 # SQS allows 0-43,200 s. It is pushed out every third of it, so seconds are enough; a minute
 # or more keeps the ChangeMessageVisibility calls rare.
 VisibilitySeconds = Annotated[int, Field(ge=2, le=43_200)]
+# SFN_HTTP_PORT, as the worker and `sfn-worker healthcheck` both read it; 0 = off.
+HttpPort = Annotated[int, Field(ge=0, le=65_535)]
 DEFAULT_POLLERS = 4
 
 
@@ -204,7 +217,7 @@ class Settings(BaseSettings):
     )
     log_format: LogFormatChoice = LogFormat.JSON
     # Optional HTTP server for /healthz and /metrics; 0 = off.
-    http_port: Annotated[int, Field(ge=0, le=65_535)] = 0
+    http_port: HttpPort = 0
     http_host: str = "0.0.0.0"
     # The task input's field holding W3C trace context (tracing with the otel extra).
     trace_context_key: Annotated[str, Field(min_length=1)] = "traceparent"
@@ -269,7 +282,7 @@ class Settings(BaseSettings):
         if field in self._flags:
             return f"flag ({flag_name(field)})"
         if self.explicit(field):
-            return f"environment ({env_name(field)})"
+            return f"environment ({_given_name(field, frozenset())})"
         return DEFAULT_ORIGIN
 
 
@@ -356,8 +369,9 @@ def _given_name(field: str, flags: frozenset[str]) -> str:
     name = env_name(field)
     aliases = [alias for alias, target in ALIASES.items() if target == field]
     # The alias the user set, when the main name is not set.
+    # An empty variable counts as unset (env_ignore_empty), here too.
     return next(
-        (alias for alias in aliases if alias in os.environ and name not in os.environ), name
+        (alias for alias in aliases if os.environ.get(alias) and not os.environ.get(name)), name
     )
 
 
@@ -376,6 +390,7 @@ def describe_validation_error(exc: ValidationError, flags: frozenset[str] = froz
             problems.append(message.removeprefix("Value error, "))
         else:
             shown = given if isinstance(given, str | int | float) else ""
+            shown = without_userinfo(shown) if isinstance(shown, str) else shown
             problems.append(
                 f"{_given_name(field, flags)}={shown!r} is invalid: "
                 f"{message.removeprefix('Value error, ')}"

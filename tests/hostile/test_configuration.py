@@ -245,3 +245,122 @@ def test_log_level_under_both_its_names_must_agree() -> None:
     assert "LOG_LEVEL='info' and SFN_LOG_LEVEL='DEBUG' are both set and differ" in line
     agreeing = sfn_worker("settings", LOG_LEVEL="debug", SFN_LOG_LEVEL="DEBUG", **base)
     assert agreeing.returncode == 0, agreeing.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        # config/worker.env.example's line uncommented: docker --env-file keeps the comment.
+        (
+            "AWS_ENDPOINT_URL_SFN",
+            "http://localhost:4566   # an emulator such as LocalStack",
+            "Port could not be cast to integer value as '4566   '",
+        ),
+        ("AWS_ENDPOINT_URL", "localhost:4566", "Invalid endpoint: localhost:4566"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_an_endpoint_url_botocore_cannot_use_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, command: str, name: str, value: str, reason: str
+) -> None:
+    for other in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_STS"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, value)
+    result = sfn_worker(
+        command, SFN_ACTIVITY_ARN=ARN + "render", SFN_HANDLER="sfn_worker.examples:seed_handler"
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"sfn-worker: configuration error: {name}={value!r} is invalid: {reason}"
+    ]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SFN_SQS_QUEUE_URL": "https://admin:hunter2@sqs.us-east-1.amazonaws.com/123456789012/q"},
+        {
+            "SFN_SQS_QUEUE_URL": URL + "q",
+            "SFN_Q_QUEUE_URL": "https://admin:hunter2@sqs.us-east-1.amazonaws.com/123456789012/r",
+        },
+    ],
+)
+@pytest.mark.parametrize("command", ["settings", "run"])
+def test_a_queue_url_carrying_a_password_is_refused_without_showing_it(
+    command: str, env: dict[str, str]
+) -> None:
+    """SQS never reads user:password@; the URL is printed by settings and check and logged
+    at start, so it is refused, masked in the one line."""
+    result = sfn_worker(
+        command,
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",  # were it not refused: nothing leaves the host
+        **env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "QUEUE_URL='https://***@sqs." in line
+    assert "must not carry user:password@" in line
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        (
+            {"SFN_ACTIVITY_ARN": ARN + "render", "SFN_RENDER_ACTIVITY_ARN": ARN + "other"},
+            ("SFN_ACTIVITY_ARN=", "SFN_RENDER_ACTIVITY_ARN="),
+        ),
+        (
+            {"SFN_SQS_QUEUE_URL": URL + "jobs", "SFN_JOBS_QUEUE_URL": URL + "other"},
+            ("SFN_SQS_QUEUE_URL=", "SFN_JOBS_QUEUE_URL="),
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["settings", "run"])
+def test_the_single_form_refuses_its_source_named_twice_differently(
+    command: str, env: dict[str, str], names: tuple[str, str]
+) -> None:
+    """The per-source variable silently won: the worker served 'other' while the log and
+    SFN_ACTIVITY_ARN said 'render', and 'render' was left unworked."""
+    result = sfn_worker(
+        command,
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",  # were it not refused: nothing leaves the host
+        **env,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert all(name in line for name in names)
+    assert "differ; keep one" in line
+
+
+@pytest.mark.parametrize("name", ["SFN_X\nSFN_Y", "SFN_X\x1b[2J", "SFN_X\r"])
+def test_an_unknown_name_with_control_characters_is_one_quoted_line(name: str) -> None:
+    """A line break in a name split the one line in two; an escape sequence reached the
+    terminal as it was."""
+    result = sfn_worker(
+        "settings",
+        SFN_ACTIVITY_ARN=ARN + "render",
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
+        **{name: "1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "\x1b" not in result.stderr
+    assert f"configuration error: {name!r}: not a setting" in result.stderr
+
+
+def test_the_source_of_log_level_is_the_name_that_set_it() -> None:
+    """LOG_LEVEL= (empty: unset, as docker --env-file writes it) beside SFN_LOG_LEVEL=debug
+    was labelled as coming from LOG_LEVEL."""
+    result = sfn_worker(
+        "settings",
+        SFN_ACTIVITY_ARN=ARN + "render",
+        SFN_HANDLER="sfn_worker.examples:seed_handler",
+        LOG_LEVEL="",
+        SFN_LOG_LEVEL="debug",
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if "LOG_LEVEL " in line]
+    assert line.split()[1:] == ["DEBUG", "environment", "(SFN_LOG_LEVEL)"]

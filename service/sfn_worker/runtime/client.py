@@ -19,6 +19,7 @@ import contextlib
 import os
 import platform
 import socket
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -242,29 +243,23 @@ async def open_clients(
     pollers = sum(s.pollers for s in sources if s not in queues) or 1
     async with contextlib.AsyncExitStack() as stack:
         try:
-            polls = await stack.enter_async_context(
-                session.client(
-                    "stepfunctions", config=poll_config(pollers), endpoint_url=endpoint_url
-                )
+            polls = await _client(
+                stack, session, "stepfunctions", poll_config(pollers), endpoint_url
             )
-            calls = await stack.enter_async_context(
-                session.client(
-                    "stepfunctions",
-                    config=call_config(calls_pool_connections(sources), timeout),
-                    endpoint_url=endpoint_url,
-                )
+            calls = await _client(
+                stack,
+                session,
+                "stepfunctions",
+                call_config(calls_pool_connections(sources), timeout),
+                endpoint_url,
             )
             sqs_polls = sqs = None
             if queues:
                 receive = poll_config(sum(q.pollers for q in queues), RECEIVE_READ_TIMEOUT_SECONDS)
-                sqs_polls = await stack.enter_async_context(
-                    session.client("sqs", config=receive, endpoint_url=endpoint_url)
-                )
+                sqs_polls = await _client(stack, session, "sqs", receive, endpoint_url)
                 # Visibility changes, deletes and releases: one per running task at most.
                 quick = call_config(sum(q.concurrency for q in queues) + SPARE_CONNECTIONS, timeout)
-                sqs = await stack.enter_async_context(
-                    session.client("sqs", config=quick, endpoint_url=endpoint_url)
-                )
+                sqs = await _client(stack, session, "sqs", quick, endpoint_url)
         except NoRegionError:
             raise SettingsError(NO_REGION) from None
         for client in (polls, calls, sqs_polls, sqs):
@@ -281,6 +276,41 @@ async def open_clients(
             bound_calls(sqs_polls, receive_deadline)
             bound_calls(sqs, overall_deadline(timeout, timeout))
         yield SfnClients(polls, calls, session, endpoint_url, sqs_polls, sqs, credentials)
+
+
+# botocore's service-specific endpoint variables; AWS_ENDPOINT_URL serves every service.
+ENDPOINT_VARIABLES = {"stepfunctions": "AWS_ENDPOINT_URL_SFN", "sqs": "AWS_ENDPOINT_URL_SQS"}
+
+
+async def _client(
+    stack: contextlib.AsyncExitStack,
+    session: aioboto3.Session,
+    service: str,
+    config: AioConfig,
+    endpoint_url: str | None,
+) -> Any:
+    """A client of ``service``; an endpoint URL it cannot use is a configuration error at
+    start, naming where it came from (botocore refuses some only at the first call: a port
+    with a comment after it, as ``docker run --env-file`` keeps it)."""
+    try:
+        client = await stack.enter_async_context(
+            session.client(service, config=config, endpoint_url=endpoint_url)
+        )
+        urllib.parse.urlsplit(client.meta.endpoint_url).port  # noqa: B018 - raises if invalid
+    except ValueError as exc:
+        raise SettingsError(
+            f"{_endpoint_origin(service, endpoint_url)} is invalid: {exc}"
+        ) from None
+    return client
+
+
+def _endpoint_origin(service: str, given: str | None) -> str:
+    if given is not None:
+        return f"endpoint_url={given!r}"
+    for name in (ENDPOINT_VARIABLES[service], "AWS_ENDPOINT_URL"):
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]!r}"
+    return f"the {service} endpoint_url of the AWS configuration file"
 
 
 def overall_deadline(read_timeout: float, connect_timeout: float) -> float:

@@ -9,17 +9,20 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import TypeAdapter, ValidationError
 
-from ..settings import Settings, SettingsError
+from ..settings import HttpPort, Settings, SettingsError
 from .httpserver import GuardedServer, Handler, Response
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
+
+HTTP_PORT: TypeAdapter[int] = TypeAdapter(HttpPort)
 
 # A loop that was blocked this long at its last sample cannot poll or heartbeat in time.
 LOOP_LAG_UNHEALTHY_SECONDS = 5.0
@@ -96,18 +99,36 @@ async def serve_http(settings: Settings, runtime: Runtime) -> AsyncIterator[int 
         await server.close()
 
 
+def probe_url(environ: Mapping[str, str]) -> str:
+    """The /healthz URL of the worker these variables configure, read as the worker reads
+    them (HttpPort: ``" 8080"`` is 8080): its port, on loopback unless SFN_HTTP_HOST names
+    one address (``::`` binds IPv6 only, so ``::1``). ValueError says what is wrong."""
+    raw = environ.get("SFN_HTTP_PORT", "")
+    try:
+        port = HTTP_PORT.validate_python(raw.strip() or "0")
+    except ValidationError:
+        raise ValueError(f"SFN_HTTP_PORT={raw!r} is not a port (0-65535)") from None
+    if port == 0:
+        raise ValueError("SFN_HTTP_PORT is not set (or 0); the health server is off")
+    host = environ.get("SFN_HTTP_HOST", "").strip()
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+
+
+# The probe goes straight to the worker: an HTTP_PROXY set for the handlers' own calls
+# would send it to the proxy, and a healthy worker would be reported unreachable.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def healthcheck(timeout: float) -> int:
     """For Docker HEALTHCHECK / ECS: exit 0 when /healthz answers 200."""
-    port = os.environ.get("SFN_HTTP_PORT", "0")
-    if not port.isdigit() or int(port) == 0:
-        print(
-            "sfn-worker healthcheck: SFN_HTTP_PORT is not set; the health server is off",
-            file=sys.stderr,
-        )
-        return 1
-    url = f"http://127.0.0.1:{int(port)}/healthz"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
+        url = probe_url(os.environ)
+    except ValueError as exc:
+        print(f"sfn-worker healthcheck: {exc}", file=sys.stderr)
+        return 1
+    try:
+        with _DIRECT.open(url, timeout=timeout) as answer:
             print(json.dumps(json.load(answer)))
             return 0
     except urllib.error.HTTPError as exc:
@@ -115,6 +136,6 @@ def healthcheck(timeout: float) -> int:
             f"sfn-worker healthcheck: {exc.code} {exc.read().decode(errors='replace')}",
             file=sys.stderr,
         )
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, OverflowError) as exc:
         print(f"sfn-worker healthcheck: {url} unreachable: {exc}", file=sys.stderr)
     return 1

@@ -40,6 +40,7 @@ from ..errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, TaskFailed, descr
 from ..logs import current_log_config
 from ..retry import Backoff
 from .procchild import child_main, local_error
+from .safe_spawn import start_children_with_safe_path
 
 log = structlog.get_logger("sfn_worker.processes")
 
@@ -223,6 +224,7 @@ class HandlerProcessPool:
         self._max_tasks = max_tasks_per_child
         self._on_death = on_death
         self._restarts = _Restarts(death_backoff)
+        start_children_with_safe_path()
         self._context = multiprocessing.get_context("spawn")  # fork is unsafe with threads
         self._processes: set[_Process] = set()
         self._idle: list[_Process] = []
