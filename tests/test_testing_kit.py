@@ -4,9 +4,12 @@ too), the sync variant, ApiQuotas' summary, and the pytest plugin in a project o
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,23 @@ def test_run_handler_gives_the_handler_a_state() -> None:
     assert run_handler_sync(_greet, "ana", state={"greeting": "hi"}) == Success('"hi, ana"')
     with pytest.raises(ValueError, match="either ctx or state"):
         run_handler_sync(_greet, "ana", state={}, ctx=TaskContext(task_token="t", worker_name="w"))
+
+
+def _where(task_input: Any, ctx: Any) -> Any:
+    return {"other_process": os.getpid() != task_input, "thread": threading.current_thread().name}
+
+
+@pytest.mark.parametrize("mode", ["process", "PROCESS", HandlerMode.PROCESS])
+def test_run_handler_takes_a_mode_by_name_as_the_app_does(mode: Any) -> None:
+    # A name the enum does not hold was taken for "on the loop" and the handler ran there.
+    outcome = run_handler_sync(_where, os.getpid(), mode=mode)
+    assert isinstance(outcome, Success)
+    assert json.loads(outcome.output)["other_process"]
+    threaded = run_handler_sync(_where, os.getpid(), mode="thread")
+    assert isinstance(threaded, Success)
+    assert json.loads(threaded.output)["thread"].startswith("sfn-handler")
+    with pytest.raises(ValueError, match="'threads'"):
+        run_handler_sync(_where, 0, mode="threads")
 
 
 async def test_run_handler_sync_inside_a_running_loop_says_what_to_use() -> None:

@@ -26,7 +26,7 @@ async def run_handler(
     handler: Handler,
     task_input: Any,
     *,
-    mode: HandlerMode = HandlerMode.THREAD,
+    mode: HandlerMode | str = HandlerMode.THREAD,
     ctx: TaskContext | None = None,
     app: App | None = None,
     state: Any = NO_STATE,
@@ -39,15 +39,15 @@ async def run_handler(
     >>> outcome.output
     '{"result":{"in":"SUCCESS"}}'
     """
+    if ctx is not None and state is not NO_STATE:
+        raise ValueError("pass either ctx or state, not both")
     invoker = HandlerInvoker(
         handler,
-        mode,
+        _handler_mode(mode),
         concurrency=1,
         middlewares=app.middlewares if app is not None else (),
         process_init=app.process_initializer if app is not None else None,
     )
-    if ctx is not None and state is not NO_STATE:
-        raise ValueError("pass either ctx or state, not both")
     context = ctx or TaskContext(
         task_token="test-token",
         worker_name="test",
@@ -68,11 +68,21 @@ async def run_handler(
     return handler_outcome(call.result)
 
 
+def _handler_mode(mode: HandlerMode | str) -> HandlerMode:
+    """A mode by name too, as ``App`` takes it; a name the enum does not hold would run the
+    handler on the event loop unnoticed."""
+    try:
+        return HandlerMode(str(mode).lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in HandlerMode)
+        raise ValueError(f"mode={mode!r} is not a handler mode: one of {choices}") from None
+
+
 def run_handler_sync(
     handler: Handler,
     task_input: Any,
     *,
-    mode: HandlerMode = HandlerMode.THREAD,
+    mode: HandlerMode | str = HandlerMode.THREAD,
     ctx: TaskContext | None = None,
     app: App | None = None,
     state: Any = NO_STATE,
