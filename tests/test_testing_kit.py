@@ -137,6 +137,25 @@ async def test_the_plugins_fake_works_in_this_repositorys_pytest_asyncio_loop(
     assert task.state == "succeeded"
 
 
+@pytest.fixture
+def no_region_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's shell with no region (asked for before ``sfn_fake``)."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def test_a_teams_own_client_reaches_the_plugins_fake(
+    no_region_set: None, sfn_fake: FakeStepFunctions
+) -> None:
+    # botocore reads AWS_DEFAULT_REGION, not AWS_REGION: a client built with no arguments
+    # raised NoRegionError.
+    import aioboto3
+
+    async with aioboto3.Session().client("stepfunctions") as client:
+        described = await client.describe_activity(activityArn=sfn_fake.activity_arn)
+    assert described["activityArn"] == sfn_fake.activity_arn
+
+
 def test_the_plugin_imports_nothing_of_the_worker() -> None:
     code = (
         "import sys, sfn_worker.testing.pytest_plugin\n"

@@ -97,9 +97,11 @@ def sfn_fake(
             monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", fake.endpoint_url)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-        monkeypatch.delenv("AWS_PROFILE", raising=False)
-        monkeypatch.setenv("AWS_REGION", REGION)
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            monkeypatch.delenv(name, raising=False)
+        # The worker reads AWS_REGION; botocore, and so a team's own clients, the other.
+        for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+            monkeypatch.setenv(name, REGION)
         yield fake
     finally:
         sfn_loop_runner.run(fake.close())
