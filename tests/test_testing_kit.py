@@ -156,6 +156,32 @@ async def test_a_teams_own_client_reaches_the_plugins_fake(
     assert described["activityArn"] == sfn_fake.activity_arn
 
 
+@pytest.fixture
+def a_proxy_that_is_not_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's shell behind a proxy (asked for before ``sfn_fake``)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def test_the_plugins_fake_is_reached_past_a_developers_proxy(
+    a_proxy_that_is_not_there: None, sfn_fake: FakeStepFunctions
+) -> None:
+    # Every call went to the proxy: ProxyConnectionError, and no test with sfn_fake passed.
+    from sfn_worker import App
+    from sfn_worker.examples import seed_handler
+    from sfn_worker.testing import run_app
+
+    app = App()
+    app.activity("seed")(seed_handler)  # a name: resolved through STS, the fake's too
+    sfn_fake.add_activity("seed")
+    task = sfn_fake.add_task({"in": "SUCCESS"}, activity="seed")
+    async with run_app(app, sfn_fake):
+        await sfn_fake.wait_for(lambda: task.state != "open")
+    assert task.state == "succeeded"
+
+
 def test_the_plugin_imports_nothing_of_the_worker() -> None:
     code = (
         "import sys, sfn_worker.testing.pytest_plugin\n"

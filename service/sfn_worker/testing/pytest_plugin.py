@@ -20,6 +20,7 @@ nothing of the worker (nor asyncio) until a fixture or an async test asks.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .fake_sqs import FakeQueue
 
 RUNNER_FIXTURE = "sfn_loop_runner"
+FAKE_HOST = "127.0.0.1"  # FakeStepFunctions.start()'s
 # Markers and fixtures of the other plugins that run async tests.
 OTHER_ASYNC_MARKERS = ("anyio", "trio")
 
@@ -102,6 +104,10 @@ def sfn_fake(
         # The worker reads AWS_REGION; botocore, and so a team's own clients, the other.
         for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
             monkeypatch.setenv(name, REGION)
+        # A developer's HTTP(S)_PROXY would take the fake's calls to the proxy.
+        for name in ("NO_PROXY", "no_proxy"):
+            kept = os.environ.get(name, "")
+            monkeypatch.setenv(name, f"{kept},{FAKE_HOST}" if kept else FAKE_HOST)
         yield fake
     finally:
         sfn_loop_runner.run(fake.close())
