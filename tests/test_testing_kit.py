@@ -4,6 +4,7 @@ too), the sync variant, ApiQuotas' summary, and the pytest plugin in a project o
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -97,6 +98,19 @@ def test_run_handler_takes_a_mode_by_name_as_the_app_does(mode: Any) -> None:
     assert json.loads(threaded.output)["thread"].startswith("sfn-handler")
     with pytest.raises(ValueError, match="'threads'"):
         run_handler_sync(_where, 0, mode="threads")
+
+
+def _input_as_seen(task_input: Any, ctx: Any) -> Any:
+    return {"type": type(task_input).__name__, "keys": sorted(map(repr, task_input))}
+
+
+def test_run_handler_gives_the_input_as_step_functions_delivers_it() -> None:
+    # A test passed {1: "a"} or a tuple and the handler saw them; production gives JSON.
+    assert run_handler_sync(_input_as_seen, {1: "a"}) == Success('{"type":"dict","keys":["\'1\'"]}')
+    assert run_handler_sync(_input_as_seen, (1, 2)) == Success('{"type":"list","keys":["1","2"]}')
+    for not_json in ({"when": datetime.date(2024, 1, 1)}, {1, 2}, float("nan"), b"x"):
+        with pytest.raises(TypeError, match="task_input is not JSON"):
+            run_handler_sync(_input_as_seen, not_json)
 
 
 async def test_run_handler_sync_inside_a_running_loop_says_what_to_use() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..runtime.client import SfnClients, open_clients
 from ..runtime.runtime import ClientFactory, Runtime
 from ..settings import HandlerMode, Settings
 from ..tasks.handlers import HandlerInvoker
-from ..tasks.outcome import Outcome
+from ..tasks.outcome import Outcome, decode_input
 from ..tasks.runner import handler_outcome
 from .fake_sfn import DEFAULT_ACTIVITY_ARN, REGION, FakeStepFunctions
 
@@ -41,6 +42,7 @@ async def run_handler(
     """
     if ctx is not None and state is not NO_STATE:
         raise ValueError("pass either ctx or state, not both")
+    task_input = as_delivered(task_input)
     invoker = HandlerInvoker(
         handler,
         _handler_mode(mode),
@@ -66,6 +68,19 @@ async def run_handler(
     finally:
         await invoker.aclose()
     return handler_outcome(call.result)
+
+
+def as_delivered(task_input: Any) -> Any:
+    """The input as the handler gets it from Step Functions: through JSON, so a tuple is a
+    list and a key is a string, as in production; what JSON cannot carry is refused."""
+    try:
+        text = json.dumps(task_input, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"task_input is not JSON ({exc}); Step Functions delivers only JSON: pass what "
+            "the state would send"
+        ) from None
+    return decode_input(text)
 
 
 def _handler_mode(mode: HandlerMode | str) -> HandlerMode:
