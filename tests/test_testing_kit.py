@@ -4,6 +4,7 @@ too), the sync variant, ApiQuotas' summary, and the pytest plugin in a project o
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -111,6 +112,23 @@ def test_run_handler_gives_the_input_as_step_functions_delivers_it() -> None:
     for not_json in ({"when": datetime.date(2024, 1, 1)}, {1, 2}, float("nan"), b"x"):
         with pytest.raises(TypeError, match="task_input is not JSON"):
             run_handler_sync(_input_as_seen, not_json)
+
+
+stopped_when_told = threading.Event()
+
+
+def _until_told(task_input: Any, ctx: TaskContext) -> Any:
+    if ctx.cancel_requested.wait(60):
+        stopped_when_told.set()
+    return None
+
+
+async def test_cancelling_run_handler_tells_a_sync_handler_as_the_worker_does() -> None:
+    # The handler's thread waited out its 60 s: a test's timeout never reached it.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await run_handler(_until_told, {})
+    assert await asyncio.to_thread(stopped_when_told.wait, 30)
 
 
 async def test_run_handler_sync_inside_a_running_loop_says_what_to_use() -> None:

@@ -63,6 +63,8 @@ async def run_handler(
             # too) is read from the call as the worker's runner reads it, never re-raised.
             await asyncio.wait([call.result])
         except asyncio.CancelledError:
+            # As the worker cancels: a sync handler learns it from its context.
+            context.cancel_requested.set()
             call.result.cancel()
             raise
     finally:
