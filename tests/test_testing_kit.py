@@ -214,6 +214,12 @@ async def test_the_plugins_fake_is_reached_past_a_developers_proxy(
     assert task.state == "succeeded"
 
 
+async def test_a_wait_that_times_out_says_where_the_tasks_are(sfn_fake: FakeStepFunctions) -> None:
+    sfn_fake.add_task({"n": 1})
+    with pytest.raises(TimeoutError, match=r"still false after 0\.1 s; tasks at the fake: 1 open$"):
+        await sfn_fake.wait_for(lambda: False, timeout=0.1)
+
+
 def test_the_plugin_imports_nothing_of_the_worker() -> None:
     code = (
         "import sys, sfn_worker.testing.pytest_plugin\n"
