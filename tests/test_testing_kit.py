@@ -336,3 +336,43 @@ def test_the_plugin_runs_a_teams_tests_with_no_asyncio_configuration(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{passed} passed" in result.stdout, result.stdout
+
+
+STUBBORN_TEST = """
+import asyncio
+
+import pytest
+
+from sfn_worker.testing import run_handler
+
+
+async def swallow(task_input, ctx):
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            continue
+
+
+async def test_times_out() -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(run_handler(swallow, {}), 0.1)
+"""
+
+
+@pytest.mark.slow
+def test_a_handler_that_swallows_cancellation_fails_the_teardown_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    # Closing the test's loop waited for the handler's task: the run hung with no word.
+    (tmp_path / "test_stubborn.py").write_text(STUBBORN_TEST)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 passed, 1 error" in result.stdout, result.stdout
+    assert "left 1 task(s) that ignore cancellation" in result.stdout, result.stdout

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 RUNNER_FIXTURE = "sfn_loop_runner"
+# Cancelled tasks end within a loop iteration or two; a bound for a busy machine.
+LINGER_SECONDS = 5.0
 FAKE_HOST = "127.0.0.1"  # FakeStepFunctions.start()'s
 # Markers and fixtures of the other plugins that run async tests.
 OTHER_ASYNC_MARKERS = ("anyio", "trio")
@@ -69,6 +71,19 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     runner.run(pyfuncitem.obj(**arguments))
     return True
+
+
+async def _cancel_leftovers(seconds: float) -> list[str]:
+    """Cancel the tasks a test left; the names of those still running ``seconds`` later."""
+    import asyncio
+
+    leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in leftovers:
+        task.cancel()
+    if not leftovers:
+        return []
+    _, pending = await asyncio.wait(leftovers, timeout=seconds)
+    return [task.get_name() for task in pending]
 
 
 class _LoopRunner:
@@ -108,8 +123,22 @@ def sfn_loop_runner(request: pytest.FixtureRequest) -> Iterator[asyncio.Runner]:
         return
     import asyncio
 
-    with asyncio.Runner() as runner:
+    runner = asyncio.Runner()
+    try:
         yield runner
+    finally:
+        # Closing a runner waits for every task it cancels: for ever, for one that swallows
+        # CancelledError (a handler's), and the run hung with no word. Name them instead.
+        stubborn = runner.run(_cancel_leftovers(LINGER_SECONDS))
+        if not stubborn:
+            runner.close()
+        else:
+            runner.get_loop().close()
+            pytest.fail(
+                f"the test left {len(stubborn)} task(s) that ignore cancellation "
+                f"(a handler that swallows CancelledError?): {', '.join(sorted(stubborn))}",
+                pytrace=False,
+            )
 
 
 @pytest.fixture
