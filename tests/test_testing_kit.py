@@ -376,3 +376,34 @@ def test_a_handler_that_swallows_cancellation_fails_the_teardown_instead_of_hang
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 passed, 1 error" in result.stdout, result.stdout
     assert "left 1 task(s) that ignore cancellation" in result.stdout, result.stdout
+
+
+PLAIN_TESTS = """
+import boto3
+
+
+def test_plain(sfn_fake) -> None:
+    boto3.client("stepfunctions").describe_activity(activityArn=sfn_fake.activity_arn)
+
+
+def test_plain_that_drives_the_loop(sfn_fake, sfn_loop_runner) -> None:
+    async def added():
+        return sfn_fake.add_task({"n": 1})
+
+    assert sfn_loop_runner.run(added()).state == "open"
+"""
+
+
+@pytest.mark.slow
+def test_the_fake_in_a_plain_test_is_refused_with_one_line(tmp_path: Path) -> None:
+    # Its loop does not run there: botocore's own retries held the test for minutes.
+    (tmp_path / "test_plain.py").write_text(PLAIN_TESTS)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
+    assert "test_plain is a plain test: the fake Step Functions answers only" in result.stdout

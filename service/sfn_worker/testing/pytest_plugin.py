@@ -141,11 +141,31 @@ def sfn_loop_runner(request: pytest.FixtureRequest) -> Iterator[asyncio.Runner]:
             )
 
 
+def _needs_the_loop_running(request: pytest.FixtureRequest) -> None:
+    """The fake answers only while its loop runs: in an ``async def`` test, or a plain one
+    that drives the loop itself (``sfn_loop_runner.run(...)``). A plain test's own calls to
+    it waited on botocore's retries for minutes, with no word."""
+    test = getattr(request.node, "obj", None)
+    if test is None or inspect.iscoroutinefunction(test):
+        return
+    if RUNNER_FIXTURE in inspect.signature(test).parameters:
+        return
+    pytest.fail(
+        f"{request.node.name} is a plain test: the fake Step Functions answers only while the "
+        "test's event loop runs. Make it `async def`, or drive the loop with "
+        "sfn_loop_runner.run(...)",
+        pytrace=False,
+    )
+
+
 @pytest.fixture
 def sfn_fake(
-    sfn_loop_runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
+    sfn_loop_runner: asyncio.Runner,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[FakeStepFunctions]:
     """A running ``FakeStepFunctions``; the AWS environment points at it."""
+    _needs_the_loop_running(request)
     from .fake_sfn import REGION, FakeStepFunctions
 
     fake = FakeStepFunctions()
