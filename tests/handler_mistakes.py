@@ -34,6 +34,8 @@ def always_die(task_input: Any, ctx: TaskContext) -> Any:
 def exit_the_interpreter(task_input: Any, ctx: TaskContext) -> Any:
     if task_input.get("how") == "interrupt":
         raise KeyboardInterrupt
+    if task_input.get("how") == "generator-exit":
+        raise GeneratorExit  # a BaseException too, as a generator's close() raises it
     raise SystemExit(task_input.get("code", 2))
 
 

@@ -158,6 +158,48 @@ def test_missing_region_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "AWS_REGION" in result.stderr
 
 
+def _run_cli_with_no_credentials(command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """No credentials anywhere in the chain: no keys, files, container or instance role."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SFN_", "AWS_"))}
+    clean.update(
+        SFN_ACTIVITY_ARN=ARN,
+        AWS_REGION="us-east-1",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/credentials",
+        AWS_CONFIG_FILE="/nonexistent/config",
+        AWS_EC2_METADATA_DISABLED="true",
+        **env,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "sfn_worker", command],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_no_credentials_is_one_line_and_exit_1(command: str) -> None:
+    # check printed an 18-line traceback: the first command a newcomer runs.
+    result = _run_cli_with_no_credentials(command)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "no AWS credentials found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize("profile", ["", "no-such-profile"])
+def test_a_profile_that_is_not_there_is_a_configuration_error(command: str, profile: str) -> None:
+    # It was a botocore traceback (exit 1) from both commands.
+    result = _run_cli_with_no_credentials(command, AWS_PROFILE=profile)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"AWS_PROFILE={profile!r} names no profile" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 async def test_check_against_fake(
     fake: FakeStepFunctions, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:

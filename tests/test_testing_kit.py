@@ -4,9 +4,14 @@ too), the sync variant, ApiQuotas' summary, and the pytest plugin in a project o
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import json
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +84,53 @@ def test_run_handler_gives_the_handler_a_state() -> None:
         run_handler_sync(_greet, "ana", state={}, ctx=TaskContext(task_token="t", worker_name="w"))
 
 
+def _where(task_input: Any, ctx: Any) -> Any:
+    return {"other_process": os.getpid() != task_input, "thread": threading.current_thread().name}
+
+
+@pytest.mark.parametrize("mode", ["process", "PROCESS", HandlerMode.PROCESS])
+def test_run_handler_takes_a_mode_by_name_as_the_app_does(mode: Any) -> None:
+    # A name the enum does not hold was taken for "on the loop" and the handler ran there.
+    outcome = run_handler_sync(_where, os.getpid(), mode=mode)
+    assert isinstance(outcome, Success)
+    assert json.loads(outcome.output)["other_process"]
+    threaded = run_handler_sync(_where, os.getpid(), mode="thread")
+    assert isinstance(threaded, Success)
+    assert json.loads(threaded.output)["thread"].startswith("sfn-handler")
+    with pytest.raises(ValueError, match="'threads'"):
+        run_handler_sync(_where, 0, mode="threads")
+
+
+def _input_as_seen(task_input: Any, ctx: Any) -> Any:
+    return {"type": type(task_input).__name__, "keys": sorted(map(repr, task_input))}
+
+
+def test_run_handler_gives_the_input_as_step_functions_delivers_it() -> None:
+    # A test passed {1: "a"} or a tuple and the handler saw them; production gives JSON.
+    assert run_handler_sync(_input_as_seen, {1: "a"}) == Success('{"type":"dict","keys":["\'1\'"]}')
+    assert run_handler_sync(_input_as_seen, (1, 2)) == Success('{"type":"list","keys":["1","2"]}')
+    for not_json in ({"when": datetime.date(2024, 1, 1)}, {1, 2}, float("nan"), b"x"):
+        with pytest.raises(TypeError, match="task_input is not JSON"):
+            run_handler_sync(_input_as_seen, not_json)
+
+
+stopped_when_told = threading.Event()
+
+
+def _until_told(task_input: Any, ctx: TaskContext) -> Any:
+    if ctx.cancel_requested.wait(60):
+        stopped_when_told.set()
+    return None
+
+
+async def test_cancelling_run_handler_tells_a_sync_handler_as_the_worker_does() -> None:
+    # The handler's thread waited out its 60 s: a test's timeout never reached it.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await run_handler(_until_told, {})
+    assert await asyncio.to_thread(stopped_when_told.wait, 30)
+
+
 async def test_run_handler_sync_inside_a_running_loop_says_what_to_use() -> None:
     with pytest.raises(RuntimeError, match=r"await run_handler\(\.\.\.\)"):
         run_handler_sync(_double, {"n": 1})
@@ -115,6 +167,57 @@ async def test_the_plugins_fake_works_in_this_repositorys_pytest_asyncio_loop(
     async with run_app(app, sfn_fake):
         await sfn_fake.wait_for(lambda: task.state != "open")
     assert task.state == "succeeded"
+
+
+@pytest.fixture
+def no_region_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's shell with no region (asked for before ``sfn_fake``)."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def test_a_teams_own_client_reaches_the_plugins_fake(
+    no_region_set: None, sfn_fake: FakeStepFunctions
+) -> None:
+    # botocore reads AWS_DEFAULT_REGION, not AWS_REGION: a client built with no arguments
+    # raised NoRegionError.
+    import aioboto3
+
+    async with aioboto3.Session().client("stepfunctions") as client:
+        described = await client.describe_activity(activityArn=sfn_fake.activity_arn)
+    assert described["activityArn"] == sfn_fake.activity_arn
+
+
+@pytest.fixture
+def a_proxy_that_is_not_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's shell behind a proxy (asked for before ``sfn_fake``)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def test_the_plugins_fake_is_reached_past_a_developers_proxy(
+    a_proxy_that_is_not_there: None, sfn_fake: FakeStepFunctions
+) -> None:
+    # Every call went to the proxy: ProxyConnectionError, and no test with sfn_fake passed.
+    from sfn_worker import App
+    from sfn_worker.examples import seed_handler
+    from sfn_worker.testing import run_app
+
+    app = App()
+    app.activity("seed")(seed_handler)  # a name: resolved through STS, the fake's too
+    sfn_fake.add_activity("seed")
+    task = sfn_fake.add_task({"in": "SUCCESS"}, activity="seed")
+    async with run_app(app, sfn_fake):
+        await sfn_fake.wait_for(lambda: task.state != "open")
+    assert task.state == "succeeded"
+
+
+async def test_a_wait_that_times_out_says_where_the_tasks_are(sfn_fake: FakeStepFunctions) -> None:
+    sfn_fake.add_task({"n": 1})
+    with pytest.raises(TimeoutError, match=r"still false after 0\.1 s; tasks at the fake: 1 open$"):
+        await sfn_fake.wait_for(lambda: False, timeout=0.1)
 
 
 def test_the_plugin_imports_nothing_of_the_worker() -> None:
@@ -233,6 +336,77 @@ def test_the_plugin_runs_a_teams_tests_with_no_asyncio_configuration(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{passed} passed" in result.stdout, result.stdout
+
+
+STUBBORN_TEST = """
+import asyncio
+
+import pytest
+
+from sfn_worker.testing import run_handler
+
+
+async def swallow(task_input, ctx):
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            continue
+
+
+async def test_times_out() -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(run_handler(swallow, {}), 0.1)
+"""
+
+
+@pytest.mark.slow
+def test_a_handler_that_swallows_cancellation_fails_the_teardown_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    # Closing the test's loop waited for the handler's task: the run hung with no word.
+    (tmp_path / "test_stubborn.py").write_text(STUBBORN_TEST)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 passed, 1 error" in result.stdout, result.stdout
+    assert "left 1 task(s) that ignore cancellation" in result.stdout, result.stdout
+
+
+PLAIN_TESTS = """
+import boto3
+
+
+def test_plain(sfn_fake) -> None:
+    boto3.client("stepfunctions").describe_activity(activityArn=sfn_fake.activity_arn)
+
+
+def test_plain_that_drives_the_loop(sfn_fake, sfn_loop_runner) -> None:
+    async def added():
+        return sfn_fake.add_task({"n": 1})
+
+    assert sfn_loop_runner.run(added()).state == "open"
+"""
+
+
+@pytest.mark.slow
+def test_the_fake_in_a_plain_test_is_refused_with_one_line(tmp_path: Path) -> None:
+    # Its loop does not run there: botocore's own retries held the test for minutes.
+    (tmp_path / "test_plain.py").write_text(PLAIN_TESTS)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
+    assert "test_plain is a plain test: the fake Step Functions answers only" in result.stdout
 
 
 def test_an_exception_without_a_message_is_named_once() -> None:

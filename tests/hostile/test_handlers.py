@@ -39,7 +39,12 @@ MODES = {
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize(
-    ("how", "error"), [("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt")]
+    ("how", "error"),
+    [
+        ("exit", "SystemExit"),
+        ("interrupt", "KeyboardInterrupt"),
+        ("generator-exit", "GeneratorExit"),
+    ],
 )
 async def test_a_handler_that_exits_the_interpreter_fails_only_its_task(
     fake: FakeStepFunctions, mode: str, how: str, error: str

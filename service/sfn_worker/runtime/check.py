@@ -8,7 +8,7 @@ from ..app import import_path
 from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig
 from ..errors import API_ERRORS, FatalWorkerError, describe
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, HandlerMode, Settings
-from .client import open_clients
+from .client import SfnClients, open_clients
 from .names import resolve_names
 
 EXIT_OK = 0
@@ -18,41 +18,47 @@ EXIT_FAILURE = 1
 async def check(settings: Settings, configs: list[SourceConfig]) -> int:
     """Validate credentials; DescribeActivity each activity, GetQueueAttributes each callback
     queue; print each one's effective settings and where they came from."""
+    try:
+        async with open_clients(configs) as clients:
+            return await _check_sources(settings, configs, clients)
+    except FatalWorkerError as exc:  # no credentials, or a name that does not resolve
+        print(f"sfn-worker check: FAILED: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+async def _check_sources(
+    settings: Settings, configs: list[SourceConfig], clients: SfnClients
+) -> int:
     failed = 0
-    async with open_clients(configs) as clients:
+    configs = await resolve_names(configs, clients.session, clients.endpoint_url)
+    for config in configs:
+        where = config.arn if isinstance(config, ActivityConfig) else None
+        notes: list[str] = []
         try:
-            configs = await resolve_names(configs, clients.session, clients.endpoint_url)
-        except FatalWorkerError as exc:
-            print(f"sfn-worker check: FAILED: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        for config in configs:
-            where = config.arn if isinstance(config, ActivityConfig) else None
-            notes: list[str] = []
-            try:
-                if isinstance(config, CallbackQueueConfig):
-                    where = config.queue_url
-                    assert clients.sqs is not None
-                    attributes = await clients.sqs.get_queue_attributes(
-                        QueueUrl=config.queue_url, AttributeNames=["RedrivePolicy"]
-                    )
-                    if "RedrivePolicy" not in attributes.get("Attributes", {}):
-                        notes.append(
-                            "WARNING: the queue has no redrive policy: poison messages come "
-                            "back for ever instead of moving to a dead-letter queue"
-                        )
-                else:
-                    await clients.calls.describe_activity(activityArn=str(where))
-            except API_ERRORS as exc:
-                failed += 1
-                print(
-                    f"sfn-worker check: FAILED: {config.kind} {config.name!r} ({where}): "
-                    f"{describe(exc)}",
-                    file=sys.stderr,
+            if isinstance(config, CallbackQueueConfig):
+                where = config.queue_url
+                assert clients.sqs is not None
+                attributes = await clients.sqs.get_queue_attributes(
+                    QueueUrl=config.queue_url, AttributeNames=["RedrivePolicy"]
                 )
-                continue
-            print(f"sfn-worker check: OK: {config.kind} {config.name!r} exists ({where})")
-            for line in [*describe_config(config), *notes]:
-                print(f"  {line}")
+                if "RedrivePolicy" not in attributes.get("Attributes", {}):
+                    notes.append(
+                        "WARNING: the queue has no redrive policy: poison messages come "
+                        "back for ever instead of moving to a dead-letter queue"
+                    )
+            else:
+                await clients.calls.describe_activity(activityArn=str(where))
+        except API_ERRORS as exc:
+            failed += 1
+            print(
+                f"sfn-worker check: FAILED: {config.kind} {config.name!r} ({where}): "
+                f"{describe(exc)}",
+                file=sys.stderr,
+            )
+            continue
+        print(f"sfn-worker check: OK: {config.kind} {config.name!r} exists ({where})")
+        for line in [*describe_config(config), *notes]:
+            print(f"  {line}")
     print(
         f"process: worker name {settings.worker_name!r}, "
         f"grace {settings.shutdown_grace_seconds:g}s, {len(configs)} source"

@@ -30,7 +30,7 @@ import botocore
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from botocore import handlers as botocore_handlers
-from botocore.exceptions import NoRegionError
+from botocore.exceptions import NoRegionError, ProfileNotFound
 
 from ..aws import SFNClient, SQSClient
 from ..config import CallbackQueueConfig, SourceConfig
@@ -214,10 +214,23 @@ class SfnClients:
 def aws_session() -> aioboto3.Session:
     # botocore reads AWS_DEFAULT_REGION; ECS, Lambda and the other SDKs set AWS_REGION.
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
-    session = aioboto3.Session(region_name=region)
+    try:
+        session = aioboto3.Session(region_name=region)
+        # Reads the profile's section: a profile that is not there fails here, not later.
+        session._session.get_scoped_config()
+    except ProfileNotFound as exc:
+        raise SettingsError(no_such_profile(exc.kwargs.get("profile"))) from None
     if not session.region_name:
         raise SettingsError(NO_REGION)
     return session
+
+
+def no_such_profile(profile: object) -> str:
+    variable = "AWS_PROFILE" if "AWS_PROFILE" in os.environ else "AWS_DEFAULT_PROFILE"
+    return (
+        f"{variable}={profile!r} names no profile in the AWS config files: "
+        "name one that is there, or unset it to use the rest of the credential chain"
+    )
 
 
 @contextlib.asynccontextmanager

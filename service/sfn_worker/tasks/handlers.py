@@ -169,7 +169,9 @@ def _call_now(function: Handler, task_input: Any, ctx: TaskContext) -> asyncio.F
     except (SystemExit, KeyboardInterrupt) as exc:
         # Left alone, these two leave the event loop and end the whole process.
         result.set_exception(HandlerExited(exc))
-    except Exception as exc:  # noqa: BLE001 - the handler's failure is its task's answer
+    # GeneratorExit is no Exception either; uncaught here it would end the task group (an
+    # async handler's task, a thread or a process keep it to the call).
+    except (Exception, GeneratorExit) as exc:  # noqa: BLE001 - the failure is the task's answer
         result.set_exception(exc)
     return result
 

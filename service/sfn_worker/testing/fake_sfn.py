@@ -16,7 +16,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -262,8 +262,23 @@ class FakeStepFunctions:
         self._release_polls = asyncio.Event()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(predicate)
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(predicate)
+        except TimeoutError:
+            # A bare TimeoutError told a failing test nothing about where its tasks were.
+            raise TimeoutError(
+                f"wait_for: the condition was still false after {timeout:g} s; "
+                f"tasks at the fake: {self.task_summary()}"
+            ) from None
+
+    def task_summary(self) -> str:
+        """Tasks by state (open ones by whether a worker has them), for a failure message."""
+        counts = Counter(
+            "open, handed out" if t.state == "open" and t.issued else t.state
+            for t in self.tasks.values()
+        )
+        return ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"
 
     # -- views for assertions --------------------------------------------------------------
     def calls_of(self, operation: str) -> list[Call]:

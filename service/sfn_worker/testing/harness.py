@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..runtime.client import SfnClients, open_clients
 from ..runtime.runtime import ClientFactory, Runtime
 from ..settings import HandlerMode, Settings
 from ..tasks.handlers import HandlerInvoker
-from ..tasks.outcome import Outcome
+from ..tasks.outcome import Outcome, decode_input
 from ..tasks.runner import handler_outcome
 from .fake_sfn import DEFAULT_ACTIVITY_ARN, REGION, FakeStepFunctions
 
@@ -26,7 +27,7 @@ async def run_handler(
     handler: Handler,
     task_input: Any,
     *,
-    mode: HandlerMode = HandlerMode.THREAD,
+    mode: HandlerMode | str = HandlerMode.THREAD,
     ctx: TaskContext | None = None,
     app: App | None = None,
     state: Any = NO_STATE,
@@ -39,15 +40,16 @@ async def run_handler(
     >>> outcome.output
     '{"result":{"in":"SUCCESS"}}'
     """
+    if ctx is not None and state is not NO_STATE:
+        raise ValueError("pass either ctx or state, not both")
+    task_input = as_delivered(task_input)
     invoker = HandlerInvoker(
         handler,
-        mode,
+        _handler_mode(mode),
         concurrency=1,
         middlewares=app.middlewares if app is not None else (),
         process_init=app.process_initializer if app is not None else None,
     )
-    if ctx is not None and state is not NO_STATE:
-        raise ValueError("pass either ctx or state, not both")
     context = ctx or TaskContext(
         task_token="test-token",
         worker_name="test",
@@ -61,6 +63,8 @@ async def run_handler(
             # too) is read from the call as the worker's runner reads it, never re-raised.
             await asyncio.wait([call.result])
         except asyncio.CancelledError:
+            # As the worker cancels: a sync handler learns it from its context.
+            context.cancel_requested.set()
             call.result.cancel()
             raise
     finally:
@@ -68,11 +72,34 @@ async def run_handler(
     return handler_outcome(call.result)
 
 
+def as_delivered(task_input: Any) -> Any:
+    """The input as the handler gets it from Step Functions: through JSON, so a tuple is a
+    list and a key is a string, as in production; what JSON cannot carry is refused."""
+    try:
+        text = json.dumps(task_input, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"task_input is not JSON ({exc}); Step Functions delivers only JSON: pass what "
+            "the state would send"
+        ) from None
+    return decode_input(text)
+
+
+def _handler_mode(mode: HandlerMode | str) -> HandlerMode:
+    """A mode by name too, as ``App`` takes it; a name the enum does not hold would run the
+    handler on the event loop unnoticed."""
+    try:
+        return HandlerMode(str(mode).lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in HandlerMode)
+        raise ValueError(f"mode={mode!r} is not a handler mode: one of {choices}") from None
+
+
 def run_handler_sync(
     handler: Handler,
     task_input: Any,
     *,
-    mode: HandlerMode = HandlerMode.THREAD,
+    mode: HandlerMode | str = HandlerMode.THREAD,
     ctx: TaskContext | None = None,
     app: App | None = None,
     state: Any = NO_STATE,

@@ -20,9 +20,10 @@ nothing of the worker (nor asyncio) until a fixture or an async test asks.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -32,7 +33,11 @@ if TYPE_CHECKING:
     from .fake_sfn import FakeStepFunctions
     from .fake_sqs import FakeQueue
 
+T = TypeVar("T")
 RUNNER_FIXTURE = "sfn_loop_runner"
+# Cancelled tasks end within a loop iteration or two; a bound for a busy machine.
+LINGER_SECONDS = 5.0
+FAKE_HOST = "127.0.0.1"  # FakeStepFunctions.start()'s
 # Markers and fixtures of the other plugins that run async tests.
 OTHER_ASYNC_MARKERS = ("anyio", "trio")
 
@@ -68,6 +73,32 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+async def _cancel_leftovers(seconds: float) -> list[str]:
+    """Cancel the tasks a test left; the names of those still running ``seconds`` later."""
+    import asyncio
+
+    leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in leftovers:
+        task.cancel()
+    if not leftovers:
+        return []
+    _, pending = await asyncio.wait(leftovers, timeout=seconds)
+    return [task.get_name() for task in pending]
+
+
+class _LoopRunner:
+    """What the fixtures use of an ``asyncio.Runner``, for a loop pytest-asyncio owns."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coroutine)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+
 @pytest.fixture
 def sfn_loop_runner(request: pytest.FixtureRequest) -> Iterator[asyncio.Runner]:
     """The event loop's runner of this test: pytest-asyncio's when it runs the test."""
@@ -75,19 +106,66 @@ def sfn_loop_runner(request: pytest.FixtureRequest) -> Iterator[asyncio.Runner]:
         # pytest-asyncio names its runners by loop scope; its tests and async fixtures run
         # in that runner, so ours must too (an object of one loop does not work in another).
         scope = getattr(request.node, "_loop_scope", "function")
-        yield request.getfixturevalue(f"_{scope}_scoped_runner")
+        try:
+            yield request.getfixturevalue(f"_{scope}_scoped_runner")
+        except pytest.FixtureLookupError:
+            # pytest-asyncio before 1.0 has no runners: a test of a function-scoped loop
+            # runs in `event_loop`; other loops are out of reach.
+            marker = request.node.get_closest_marker("asyncio")
+            wider = marker and (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope"))
+            if wider and wider != "function":
+                pytest.fail(
+                    f"the sfn_worker fixtures need pytest-asyncio 1.0 or later for a test in "
+                    f"a {wider}-scoped loop; with this version, use a function-scoped loop",
+                    pytrace=False,
+                )
+            yield _LoopRunner(request.getfixturevalue("event_loop"))  # type: ignore[misc]
         return
     import asyncio
 
-    with asyncio.Runner() as runner:
+    runner = asyncio.Runner()
+    try:
         yield runner
+    finally:
+        # Closing a runner waits for every task it cancels: for ever, for one that swallows
+        # CancelledError (a handler's), and the run hung with no word. Name them instead.
+        stubborn = runner.run(_cancel_leftovers(LINGER_SECONDS))
+        if not stubborn:
+            runner.close()
+        else:
+            runner.get_loop().close()
+            pytest.fail(
+                f"the test left {len(stubborn)} task(s) that ignore cancellation "
+                f"(a handler that swallows CancelledError?): {', '.join(sorted(stubborn))}",
+                pytrace=False,
+            )
+
+
+def _needs_the_loop_running(request: pytest.FixtureRequest) -> None:
+    """The fake answers only while its loop runs: in an ``async def`` test, or a plain one
+    that drives the loop itself (``sfn_loop_runner.run(...)``). A plain test's own calls to
+    it waited on botocore's retries for minutes, with no word."""
+    test = getattr(request.node, "obj", None)
+    if test is None or inspect.iscoroutinefunction(test):
+        return
+    if RUNNER_FIXTURE in inspect.signature(test).parameters:
+        return
+    pytest.fail(
+        f"{request.node.name} is a plain test: the fake Step Functions answers only while the "
+        "test's event loop runs. Make it `async def`, or drive the loop with "
+        "sfn_loop_runner.run(...)",
+        pytrace=False,
+    )
 
 
 @pytest.fixture
 def sfn_fake(
-    sfn_loop_runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
+    sfn_loop_runner: asyncio.Runner,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[FakeStepFunctions]:
     """A running ``FakeStepFunctions``; the AWS environment points at it."""
+    _needs_the_loop_running(request)
     from .fake_sfn import REGION, FakeStepFunctions
 
     fake = FakeStepFunctions()
@@ -97,9 +175,15 @@ def sfn_fake(
             monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", fake.endpoint_url)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-        monkeypatch.delenv("AWS_PROFILE", raising=False)
-        monkeypatch.setenv("AWS_REGION", REGION)
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            monkeypatch.delenv(name, raising=False)
+        # The worker reads AWS_REGION; botocore, and so a team's own clients, the other.
+        for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+            monkeypatch.setenv(name, REGION)
+        # A developer's HTTP(S)_PROXY would take the fake's calls to the proxy.
+        for name in ("NO_PROXY", "no_proxy"):
+            kept = os.environ.get(name, "")
+            monkeypatch.setenv(name, f"{kept},{FAKE_HOST}" if kept else FAKE_HOST)
         yield fake
     finally:
         sfn_loop_runner.run(fake.close())
