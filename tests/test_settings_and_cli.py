@@ -163,6 +163,7 @@ def _run_cli_with_no_credentials(command: str, **env: str) -> subprocess.Complet
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SFN_", "AWS_"))}
     clean.update(
         SFN_ACTIVITY_ARN=ARN,
+        SFN_HANDLER=SEED,
         AWS_REGION="us-east-1",
         AWS_SHARED_CREDENTIALS_FILE="/nonexistent/credentials",
         AWS_CONFIG_FILE="/nonexistent/config",
