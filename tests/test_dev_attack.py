@@ -322,7 +322,7 @@ async def test_a_syntax_error_saved_shows_the_users_lines_only_and_is_recorded(
         stop.set()
     assert (recorded.worker, recorded.reason) == ("waiting", "SyntaxError in jobs.py line 2")
     shown = said[-1]
-    assert 'jobs.py", line 2' in shown
+    assert f'\n  File "{tmp_path / "jobs.py"}", line 2\n' in shown  # indented, as Python does
     assert "^" in shown
     assert "SyntaxError: '(' was never closed" in shown
     assert "importlib" not in shown

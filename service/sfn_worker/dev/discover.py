@@ -105,8 +105,8 @@ def _too_slow(path: str, timeout: float) -> DiscoveryError:
 def _answer(path: str, returncode: int, stdout: str, stderr: str) -> Target:
     lines = stdout.strip().splitlines()
     if returncode != 0 or not lines:
-        why = stderr.strip() or f"exit code {returncode}"
-        if "\n" in why:  # a traceback: from its own line, as Python prints it
+        why = stderr.strip("\n").rstrip() or f"exit code {returncode}"
+        if "\n" in why:  # a traceback: from its own line, indented as Python prints it
             why = f"\n{why}"
         reason = ""
         with contextlib.suppress(ValueError, TypeError, IndexError):
