@@ -4,16 +4,17 @@ stops while `dev start` waits. Each case failed before its fix."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from sfn_worker.dev.discover import Source, Target, discover, discover_unless
+from sfn_worker.dev.discover import DiscoveryError, Source, Target, discover, discover_unless
 from sfn_worker.dev.resources import Created
 from sfn_worker.dev.session import (
     Session,
@@ -22,9 +23,10 @@ from sfn_worker.dev.session import (
     claim,
     default_path,
     find,
+    read,
     write,
 )
-from sfn_worker.dev.start import start
+from sfn_worker.dev.start import StartError, read_input, start
 from sfn_worker.dev.supervisor import Supervisor
 
 AT_EXIT = """\
@@ -241,3 +243,156 @@ def test_a_correct_setting_is_not_refused(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("SFN_CONCURRENCY", "4")
     monkeypatch.setenv("SFN_ACTIVITY_ARN", "arn:aws:states:eu-west-1:123456789012:activity:x")
     assert discover("jobs:handler", tmp_path, dict(os.environ)).refused is None
+
+
+def test_dev_start_says_at_once_that_no_worker_runs_and_why(
+    session_that_stops: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the execution waited silently for its timeout (300 s) while the session's
+    # worker waited for a change (a syntax error, a worker that exited on its settings).
+    path = default_path(session_that_stops)
+    session = read(path)
+    session.worker, session.reason = "waiting", "SyntaxError in my_jobs.py line 3"
+    write(path, session)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    start("{}", None, session_that_stops, {})
+    err = capsys.readouterr().err
+    assert (
+        "the dev worker is not running (waiting for a change: SyntaxError in my_jobs.py "
+        "line 3); the execution waits for it" in err
+    )
+
+
+def _supervisor(
+    project: Path, environ: dict[str, str], said: list[str], event: asyncio.Event, text: str
+) -> Supervisor:
+    def say(line: str) -> None:
+        said.append(line)
+        if text in line:
+            event.set()
+
+    target = Target(
+        path="jobs:handler",
+        form="handler",
+        sources=(Source("activity", "dev-jobs-handler", ""),),
+        watch_dir=project,
+    )
+    session = Session(pid=os.getpid(), endpoint_url="http://127.0.0.1:9", port=9)
+    return Supervisor(
+        target,
+        project,
+        environ,
+        _FakeResources(),  # type: ignore[arg-type]
+        session,
+        default_path(project),
+        say,
+        reload=True,
+    )
+
+
+async def test_a_worker_that_exited_is_recorded_for_dev_start(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text("def handler(task_input, ctx):\n    return task_input\n")
+    environ = {**os.environ, "SFN_CONCURENCY": "4"}  # misspelt: the worker exits 2 at start
+    said: list[str] = []
+    waiting = asyncio.Event()
+    supervisor = _supervisor(tmp_path, environ, said, waiting, "waiting for a change")
+    stop, force = asyncio.Event(), asyncio.Event()
+    async with asyncio.timeout(50), asyncio.TaskGroup() as group:
+        group.create_task(supervisor.run(stop, force))
+        await waiting.wait()
+        recorded = read(default_path(tmp_path))
+        stop.set()
+    assert (recorded.worker, recorded.reason) == ("waiting", "the worker exited with code 2")
+
+
+async def test_a_syntax_error_saved_shows_the_users_lines_only_and_is_recorded(
+    tmp_path: Path,
+) -> None:
+    # Before: ~25 lines of discover.py and importlib frames before the user's line.
+    (tmp_path / "jobs.py").write_text("def handler(task_input, ctx):\n    return (\n")
+    said: list[str] = []
+    waiting = asyncio.Event()
+    supervisor = _supervisor(tmp_path, dict(os.environ), said, waiting, "waiting for a change")
+    write(default_path(tmp_path), supervisor.session)
+    stop = asyncio.Event()
+    async with asyncio.timeout(50), asyncio.TaskGroup() as group:
+        group.create_task(supervisor._rediscover(stop))
+        await waiting.wait()
+        recorded = read(default_path(tmp_path))
+        stop.set()
+    assert (recorded.worker, recorded.reason) == ("waiting", "SyntaxError in jobs.py line 2")
+    shown = said[-1]
+    assert f'\n  File "{tmp_path / "jobs.py"}", line 2\n' in shown  # indented, as Python does
+    assert "^" in shown
+    assert "SyntaxError: '(' was never closed" in shown
+    assert "importlib" not in shown
+    assert "discover.py" not in shown
+    assert "Traceback" not in shown
+
+
+def test_an_error_raised_at_import_shows_the_users_frames_only(tmp_path: Path) -> None:
+    (tmp_path / "helper.py").write_text("raise RuntimeError('no config')\n")
+    (tmp_path / "jobs.py").write_text("import helper\n")
+    with pytest.raises(DiscoveryError) as raised:
+        discover("jobs:handler", tmp_path, dict(os.environ))
+    shown = str(raised.value)
+    assert 'jobs.py", line 1' in shown
+    assert 'helper.py", line 1' in shown
+    assert "RuntimeError: no config" in shown
+    assert "importlib" not in shown
+    assert "discover.py" not in shown
+    assert raised.value.reason == "RuntimeError in helper.py line 1"
+
+
+async def test_the_whole_project_folder_is_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: only the target module's folder (media/): a save of shared/util.py, which
+    # media/worker.py imports, restarted nothing.
+    import watchfiles
+
+    watched: list[tuple[Path, object]] = []
+
+    async def one_change(
+        path: Path, *, watch_filter: object, stop_event: asyncio.Event
+    ) -> AsyncIterator[set[tuple[watchfiles.Change, str]]]:
+        watched.append((path, watch_filter))
+        yield {(watchfiles.Change.modified, f"{tmp_path}{os.sep}shared{os.sep}util.py")}
+
+    monkeypatch.setattr(watchfiles, "awatch", one_change)
+    said: list[str] = []
+    supervisor = _supervisor(tmp_path, dict(os.environ), said, asyncio.Event(), "")
+    supervisor.target = Target("media.worker:app", "app", (), tmp_path / "media")
+    await supervisor.watch(asyncio.Event())
+    assert supervisor.changed.is_set()
+    assert said == [f"changed: shared{os.sep}util.py"]
+    [(path, python_only)] = watched
+    assert path == tmp_path
+    assert isinstance(python_only, watchfiles.PythonFilter)
+    assert not python_only(watchfiles.Change.modified, str(tmp_path / ".venv" / "x.py"))
+
+
+def test_the_session_of_this_folder_beats_another_sessions_variable(tmp_path: Path) -> None:
+    # Before: SFN_DEV_SESSION, left in the shell by another session's export lines, silently
+    # won over the session running in the current folder.
+    here, there = tmp_path / "here", tmp_path / "there"
+    for project in (here, there):
+        write(default_path(project), Session(pid=os.getpid(), endpoint_url="http://x", port=1))
+    environ = {"SFN_DEV_SESSION": str(default_path(there))}
+    path, _, note = find(here, environ)
+    assert path == default_path(here)
+    assert note is not None
+    assert str(default_path(there)) in note
+    assert find(tmp_path, environ)[0] == default_path(there)  # no session here: the variable
+    assert find(here, {"SFN_DEV_SESSION": str(default_path(here))})[2] is None
+
+
+def test_dev_start_reads_its_input_from_a_file_or_stdin(tmp_path: Path) -> None:
+    (tmp_path / "input.json").write_text('{"name": "Ada"}')
+    assert read_input(f"@{tmp_path / 'input.json'}", io.StringIO()) == {"name": "Ada"}
+    assert read_input("-", io.StringIO('{"in": 1}\n')) == {"in": 1}
+    assert read_input(None, io.StringIO()) == {}
+    with pytest.raises(StartError, match="cannot read the input file"):
+        read_input(f"@{tmp_path / 'missing.json'}", io.StringIO())
+    with pytest.raises(StartError, match="the input on stdin is not JSON"):
+        read_input("-", io.StringIO("nope"))

@@ -146,3 +146,46 @@ def test_export_lines_reach_every_source_of_an_app() -> None:
     assert f"export SFN_RENDER_ACTIVITY_ARN={CREATED[0].address}" in lines
     assert f"export SFN_JOBS_QUEUE_URL={CREATED[1].address}" in lines
     assert "export SFN_DEV_JOBS_MACHINE_ARN=arn:m2" in lines
+
+
+def test_a_syntax_error_is_shown_as_python_shows_it_for_a_script(tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text("def handler(task_input, ctx):\n    return (\n")
+    done = sfn_worker(tmp_path, "dev", "jobs:handler")
+    assert done.returncode == 2
+    assert 'jobs.py", line 2' in done.stderr
+    assert "^" in done.stderr
+    assert "importlib" not in done.stderr
+    assert "discover.py" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 5
+
+
+def test_a_target_that_is_not_module_colon_name_is_one_line(tmp_path: Path) -> None:
+    for target in (":handler", "jobs", "jobs:", "jobs:handler:x", "-x:y"):
+        done = sfn_worker(tmp_path, "dev", "--", target)
+        assert done.returncode == 2, target
+        assert "expected module:handler or module:app" in done.stderr, target
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_module_outside_the_project_folder_is_refused(tmp_path: Path) -> None:
+    # Before: `sfn-worker dev os:getcwd` ran, watching the standard library's folder.
+    done = sfn_worker(tmp_path, "dev", "os:getcwd")
+    assert done.returncode == 2
+    assert "outside this folder" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()
+
+
+def test_dev_start_takes_its_input_from_stdin(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sfn_worker", "dev", "start", "-"],
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        input="not json",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "the input on stdin is not JSON" in done.stderr

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
+import boto3
 import psutil
 import pytest
 
@@ -276,16 +277,39 @@ async def render(task_input, ctx):
 def test_an_app_gets_each_activity_and_callback_queue_with_a_machine(
     tmp_path: Path, start_dev: Callable[..., Dev]
 ) -> None:
-    (tmp_path / "media.py").write_text(APP)
-    dev = start_dev(tmp_path, "media:app", SFN_RENDER_JOBS_QUEUE_URL="https://sqs.example/x")
-    dev.lines.wait_for(r"^export SFN_GREET_ACTIVITY_ARN=\S+:activity:greet$", STARTUP_SECONDS)
-    # The queue is LocalStack's, whatever the shell said.
-    dev.lines.wait_for(r"^export SFN_RENDER_JOBS_QUEUE_URL=http://\S+/render-jobs$", STEP_SECONDS)
+    # media/worker.py imports shared/util.py, outside the target module's folder.
+    for package in ("media", "shared"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "media" / "worker.py").write_text("import shared.util\n" + APP)
+    (tmp_path / "shared" / "util.py").write_text("VERSION = 1\n")
+    dev = start_dev(tmp_path, "media.worker:app", SFN_RENDER_JOBS_QUEUE_URL="https://sqs.example/x")
+    endpoint = dev.lines.wait_for(r"^export AWS_ENDPOINT_URL_SQS=(\S+)$", STARTUP_SECONDS)[1]
+    dev.lines.wait_for(r"^export SFN_GREET_ACTIVITY_ARN=\S+:activity:greet$", STEP_SECONDS)
+    # The queue is LocalStack's, whatever the shell said, on the printed endpoint's address
+    # (not localhost.localstack.cloud, which needs DNS): usable as printed.
+    queue_url = dev.lines.wait_for(
+        r"^export SFN_RENDER_JOBS_QUEUE_URL=(http://\S+/render-jobs)$", STEP_SECONDS
+    )[1]
+    assert queue_url.startswith(f"{endpoint}/")
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    assert sqs.get_queue_url(QueueName="render-jobs")["QueueUrl"] == queue_url
+    sqs.get_queue_attributes(QueueUrl=queue_url)
     dev.lines.wait_for(r"worker started: pid \d+, generation 1", STEP_SECONDS)
     greeted = dev_start(tmp_path, {"name": "Ada"}, "--activity", "greet")
     assert json.loads(greeted["output"]) == {"hello": "Ada"}
     rendered = dev_start(tmp_path, {"frame": 1}, "--activity", "render-jobs")
     assert json.loads(rendered["output"]) == {"rendered": {"frame": 1}}
+    # A module outside the target's folder: the whole project is watched.
+    (tmp_path / "shared" / "util.py").write_text("VERSION = 2\n")
+    dev.lines.wait_for(r"changed: shared/util\.py", STEP_SECONDS)
+    dev.lines.wait_for(r"worker started: pid \d+, generation 2", STEP_SECONDS)
 
 
 def test_the_dev_command_killed_outright_takes_its_worker_and_localstack_along(

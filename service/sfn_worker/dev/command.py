@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ from .session import Session, SessionError, claim, default_path, remove, write
 from .start import StartError, start
 from .supervisor import Supervisor, first
 
+# module:attribute, as the worker's import_object reads it (dotted on both sides).
+TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -56,7 +59,8 @@ def add_dev_command(commands: Any) -> None:
         epilog=(
             "example:\n"
             "  sfn-worker dev my_jobs:render_video        # in the folder holding my_jobs.py\n"
-            '  sfn-worker dev start \'{"in": "SUCCESS"}\'  # from another shell\n\n'
+            '  sfn-worker dev start \'{"in": "SUCCESS"}\'  # from another shell\n'
+            "  sfn-worker dev start @input.json           # or - to read it from stdin\n\n"
             "needs: pip install 'sfn-activity-worker[dev]' (watchfiles, for --reload);\n"
             "LocalStack is installed once into ~/.cache/sfn-worker (SFNW_CACHE).\n"
             "The worker it runs reads SFN_* settings as `run` does.\n"
@@ -65,7 +69,11 @@ def add_dev_command(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dev.add_argument("target", metavar="module:handler | module:app | start")
-    dev.add_argument("input", nargs="?", help="with start: the execution's input, as JSON")
+    dev.add_argument(
+        "input",
+        nargs="?",
+        help="with start: the execution's input: JSON, @FILE (a JSON file) or - (stdin)",
+    )
     dev.add_argument(
         "--activity", metavar="NAME", help="with start: the activity or queue, by name"
     )
@@ -73,7 +81,7 @@ def add_dev_command(commands: Any) -> None:
         "--reload",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="restart the worker when a .py file in the target's directory changes (default)",
+        help="restart the worker when a .py file under this directory changes (default)",
     )
     dev.set_defaults(command=lambda args, _early_signals: main(args), worker_signals=False)
 
@@ -89,6 +97,13 @@ def main(args: argparse.Namespace) -> int:
     if args.input is not None or args.activity is not None:
         print(
             "sfn-worker dev: INPUT and --activity go with `sfn-worker dev start`", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    if not TARGET.fullmatch(args.target):
+        print(
+            f"sfn-worker dev: {args.target!r}: expected module:handler or module:app "
+            "(a module importable from this directory, a colon, a name in it)",
+            file=sys.stderr,
         )
         return EXIT_CONFIG
     return run(args.target, args.reload, project)
@@ -108,6 +123,16 @@ def run(path: str, reload: bool, project: Path) -> int:
     with lock:  # released last, after the session file is gone
         try:
             target = discover(path, project, environ)
+            if not target.watch_dir.is_relative_to(project.resolve()):
+                # Its code would never reload (only this folder is watched), and a module
+                # from the standard library or site-packages is not one's own code.
+                print(
+                    f"sfn-worker dev: {path!r}: its module is in {target.watch_dir}, outside "
+                    f"this folder ({project}), which is the project the session runs and "
+                    "watches: run it from the folder that holds your code",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
             if target.refused:  # the worker would exit 2 at each start: say it once, now
                 print(f"sfn-worker dev: the worker refuses: {target.refused}", file=sys.stderr)
                 return EXIT_CONFIG

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,12 @@ class Target:
 
 
 class DiscoveryError(Exception):
-    """The target cannot be loaded; the message says why (the import's own error)."""
+    """The target cannot be loaded; the message says why (the import's own error), and
+    ``reason`` in a few words (for `dev start`: "SyntaxError in my_jobs.py line 3")."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message.splitlines()[-1][:200]
 
 
 def single_activity_name(path: str) -> str:
@@ -98,8 +105,13 @@ def _too_slow(path: str, timeout: float) -> DiscoveryError:
 def _answer(path: str, returncode: int, stdout: str, stderr: str) -> Target:
     lines = stdout.strip().splitlines()
     if returncode != 0 or not lines:
-        why = stderr.strip() or f"exit code {returncode}"
-        raise DiscoveryError(f"cannot load {path!r}: {why}")
+        why = stderr.strip("\n").rstrip() or f"exit code {returncode}"
+        if "\n" in why:  # a traceback: from its own line, indented as Python prints it
+            why = f"\n{why}"
+        reason = ""
+        with contextlib.suppress(ValueError, TypeError, IndexError):
+            reason = str(json.loads(lines[-1])["error"])
+        raise DiscoveryError(f"cannot load {path!r}: {why}", reason)
     try:
         found = json.loads(lines[-1])
     except ValueError:
@@ -210,6 +222,33 @@ def _refusal(path: str, described: dict[str, Any]) -> str | None:
     return None
 
 
+def _user_error(exc: BaseException) -> tuple[str, str]:
+    """An exception raised by the user's module at import, as Python shows it for a script:
+    its frames only (not discovery's nor importlib's), then the file, line, caret and
+    message; and a few words for `dev start` ("SyntaxError in my_jobs.py line 3")."""
+    internal = (str(Path(__file__).resolve().parent.parent), str(Path(importlib.__file__).parent))
+    shown = traceback.TracebackException.from_exception(exc)
+    frames = [
+        frame
+        for frame in shown.stack
+        if not frame.filename.startswith("<frozen ")
+        and not str(Path(frame.filename).resolve()).startswith(internal)
+    ]
+    shown.stack = traceback.StackSummary.from_list(frames)
+    where: tuple[str | None, int | None] = (None, None)
+    if isinstance(exc, SyntaxError):
+        where = (exc.filename, exc.lineno)
+    elif frames:
+        where = (frames[-1].filename, frames[-1].lineno)
+    reason = type(exc).__name__
+    if where[0]:
+        name = where[0]
+        with contextlib.suppress(ValueError):
+            name = str(Path(name).resolve().relative_to(Path.cwd()))
+        reason += f" in {name} line {where[1]}"
+    return "".join(shown.format(chain=False)).rstrip(), reason
+
+
 def main() -> int:
     from ..app import LoadError
 
@@ -224,7 +263,13 @@ def main() -> int:
             described = _describe(sys.argv[1])
         except LoadError as exc:
             print(str(exc), file=sys.stderr)
+            answer.write(json.dumps({"error": str(exc)}) + "\n")
             return 2
+        except Exception as exc:  # noqa: BLE001 - the user's module failed at import: say so
+            shown, reason = _user_error(exc)
+            print(f"\n{shown}", file=sys.stderr)
+            answer.write(json.dumps({"error": reason}) + "\n")
+            return 1
         described["refused"] = _refusal(sys.argv[1], described)
         answer.write(json.dumps(described) + "\n")
     return 0

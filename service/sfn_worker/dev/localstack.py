@@ -182,8 +182,11 @@ class LocalStack:
         env.update(
             GATEWAY_LISTEN=f"127.0.0.1:{self.port}",
             SERVICES=",".join(SERVICES),
-            # Queue URLs on the gateway's own address, not a *.localstack.cloud name.
+            # Queue URLs on the gateway's own address (path strategy: http://HOST/queue/...),
+            # and that host is LOCALSTACK_HOST, else localhost.localstack.cloud:4566, a name
+            # that needs DNS (absent offline, in containers) and a port that is not ours.
             SQS_ENDPOINT_STRATEGY="path",
+            LOCALSTACK_HOST=f"127.0.0.1:{self.port}",
             DISABLE_EVENTS="1",
             SKIP_SSL_CERT_DOWNLOAD="1",
             PERSISTENCE="0",

@@ -41,6 +41,22 @@ class Session:
     region: str = REGION
     target: str = ""
     sources: list[SourceRecord] = field(default_factory=list)
+    # What `dev start` tells its user while an execution waits: "starting", "running",
+    # "restarting" or "waiting" (for a change: ``reason`` says why no worker runs).
+    worker: str = "starting"
+    reason: str = ""
+
+    def worker_note(self) -> str | None:
+        """What `dev start` says of a worker that does not run (None: it runs)."""
+        if self.worker == "running":
+            return None
+        if self.worker == "waiting":
+            why = f": {self.reason}" if self.reason else ""
+            return (
+                f"the dev worker is not running (waiting for a change{why}); "
+                "the execution waits for it"
+            )
+        return f"the dev worker is {self.worker}; the execution waits for it"
 
     def record(self, created: list[Created]) -> None:
         self.sources = [
@@ -93,14 +109,31 @@ def _held(lock_path: Path) -> bool:
     return False
 
 
-def find(project: Path, environ: dict[str, str]) -> tuple[Path, Session]:
-    path = Path(environ.get(SESSION_VARIABLE) or default_path(project))
+def _running(path: Path) -> Session:
     session = read(path)
     if not alive(session.pid) or not _held(path.parent / LOCK):
         raise SessionError(
             f"the dev session in {path} has ended (pid {session.pid} no longer runs it)"
         )
-    return path, session
+    return session
+
+
+def find(project: Path, environ: dict[str, str]) -> tuple[Path, Session, str | None]:
+    """The session `dev start` uses, and a note when it is not the one SFN_DEV_SESSION names:
+    a session running in the current folder beats the variable (export lines pasted from
+    another session are easily left in a shell)."""
+    here = default_path(project)
+    named = environ.get(SESSION_VARIABLE)
+    if named and Path(named).resolve() != here.resolve():
+        with contextlib.suppress(SessionError):
+            session = _running(here)
+            note = (
+                f"using the session running in this folder ({here}), not the one "
+                f"{SESSION_VARIABLE} names ({named})"
+            )
+            return here, session, note
+        return Path(named), _running(Path(named)), None
+    return here, _running(here), None
 
 
 def claim(path: Path) -> IO[str]:

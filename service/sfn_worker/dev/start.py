@@ -3,18 +3,19 @@ machine, from another shell; prints how it ended."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .resources import TASK_TIMEOUT_SECONDS, client
-from .session import Session, SessionError, SourceRecord, find
+from .session import Session, SessionError, SourceRecord, find, read
 
 POLL_SECONDS = 0.2  # LocalStack has no push API for an execution's end: its status is polled
 
@@ -35,26 +36,68 @@ def choose(session: Session, name: str | None) -> SourceRecord:
     raise StartError(f"--activity {name!r}: the session has no such source (has: {names})")
 
 
-def wait_for_end(sfn: Any, execution_arn: str) -> dict[str, Any]:
+def wait_for_end(
+    sfn: Any, execution_arn: str, each_poll: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
     deadline = time.monotonic() + TASK_TIMEOUT_SECONDS + 60
     while True:
+        each_poll()
         described: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
         if described["status"] != "RUNNING" or time.monotonic() > deadline:
             return described
         time.sleep(POLL_SECONDS)
 
 
+class WorkerNotes:
+    """Says at once, and again on each change, that the session's worker does not run (a
+    config error, a module that no longer loads): else the execution would wait silently
+    for its timeout."""
+
+    def __init__(self, path: Path, session: Session) -> None:
+        self.path = path
+        self.last: str | None = None
+        self.show(session)
+
+    def show(self, session: Session) -> None:
+        note = session.worker_note()
+        if note != self.last and (note is not None or self.last is not None):
+            print(f"sfn-worker dev start: {note or 'the dev worker runs again'}", file=sys.stderr)
+        self.last = note
+
+    def __call__(self) -> None:
+        with contextlib.suppress(SessionError):  # a session that ends: the next call says so
+            self.show(read(self.path))
+
+
+def read_input(text: str | None, stdin: IO[str]) -> Any:
+    """The input as given: JSON, ``@file.json`` (the file's JSON) or ``-`` (stdin's)."""
+    where = "the input"
+    if text is None:
+        text = "{}"
+    elif text == "-":
+        where, text = "the input on stdin", stdin.read()
+    elif text.startswith("@"):
+        where = f"the input file {text[1:]}"
+        try:
+            text = Path(text[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartError(f"cannot read {where}: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StartError(f"{where} is not JSON: {exc}") from None
+
+
 def start(
     input_text: str | None, activity: str | None, project: Path, environ: Mapping[str, str]
 ) -> int:
+    payload = read_input(input_text, sys.stdin)
     try:
-        payload = json.loads(input_text if input_text is not None else "{}")
-    except ValueError as exc:
-        raise StartError(f"the input is not JSON: {exc}") from None
-    try:
-        _, session = find(project, dict(environ))
+        path, session, note = find(project, dict(environ))
     except SessionError as exc:
         raise StartError(str(exc)) from None
+    if note:
+        print(f"sfn-worker dev start: {note}", file=sys.stderr)
     source = choose(session, activity)
     sfn = client("stepfunctions", session.endpoint_url)
     try:
@@ -69,7 +112,7 @@ def start(
         raise StartError(f"cannot start an execution at {session.endpoint_url}: {exc}") from None
     print(f"execution {execution_arn}", flush=True)
     try:
-        described = wait_for_end(sfn, execution_arn)
+        described = wait_for_end(sfn, execution_arn, WorkerNotes(path, session))
     except KeyboardInterrupt:
         print("stopped waiting; the execution goes on", file=sys.stderr)
         return 130

@@ -129,13 +129,13 @@ class Supervisor:
             return 25.0  # the worker refuses it at start anyway
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Sets ``changed`` when a .py file under the target's directory changes."""
+        """Sets ``changed`` when a .py file under the project folder changes, as uvicorn and
+        the watchfiles CLI watch the folder they run in: the target's module imports others
+        beside it (shared/util.py). PythonFilter skips .venv, .git, __pycache__ and the like."""
         from watchfiles import PythonFilter, awatch
 
-        async for changes in awatch(
-            self.target.watch_dir, watch_filter=PythonFilter(), stop_event=stop
-        ):
-            prefix = f"{self.target.watch_dir}{os.sep}"
+        async for changes in awatch(self.project, watch_filter=PythonFilter(), stop_event=stop):
+            prefix = f"{self.project}{os.sep}"
             names = sorted({path.removeprefix(prefix) for _, path in changes})
             self.say(f"changed: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
             self.changed.set()
@@ -159,6 +159,7 @@ class Supervisor:
                 pick = f" --activity {created[0].source.name}" if len(created) > 1 else ""
                 self.say(f"run an execution from another shell: sfn-worker dev start '{{}}'{pick}")
             worker = await self._start(created)
+            self._state("running")
             try:
                 await first(worker.wait(), self.changed.wait(), stop.wait())
                 if worker.returncode is not None and not self.reload:
@@ -171,6 +172,7 @@ class Supervisor:
                     self.gave_up = True
                     return
                 if worker.returncode is not None:
+                    self._state("waiting", f"the worker exited with code {worker.returncode}")
                     self.say(
                         f"worker exited with code {worker.returncode}; "
                         "waiting for a change to start it again"
@@ -178,6 +180,8 @@ class Supervisor:
                     await first(self.changed.wait(), stop.wait())
             finally:
                 if worker.returncode is None:
+                    if not stop.is_set():
+                        self._state("restarting", "a change was saved")
                     await self._stop(worker, force)
             await self._rediscover(stop)
 
@@ -190,10 +194,17 @@ class Supervisor:
                 target = await discover_unless(stop, self.target.path, self.project, self.environ)
                 if target is not None:  # None: stopped during a slow import
                     self.target = target
+                    self._state("restarting", "a change was saved")
                 return
             except DiscoveryError as exc:
+                self._state("waiting", exc.reason)
                 self.say(f"{exc}\nsfn-worker dev: waiting for a change")
                 await first(self.changed.wait(), stop.wait())
+
+    def _state(self, worker: str, reason: str = "") -> None:
+        """The worker's state in the session file, for `dev start` in another shell."""
+        self.session.worker, self.session.reason = worker, reason
+        write(self.session_path, self.session)
 
     def _print_exports(self) -> None:
         print("\n# In another shell, to reach this session:", flush=True)
