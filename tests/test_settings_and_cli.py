@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -632,3 +633,32 @@ def test_a_command_is_one_function_in_the_list(
     monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, add_hello])
     assert main(["hello"]) == 0
     assert capsys.readouterr().out == "hello\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        ("def h(i, c):\n    return (\n", "raised SyntaxError: '(' was never closed"),
+        ('raise RuntimeError("boom at import")\n', "raised RuntimeError: boom at import"),
+    ],
+)
+def test_a_handler_module_that_fails_at_import_is_one_line_with_its_place(
+    tmp_path: Path, source: str, shown: str
+) -> None:
+    # It was a 30-line traceback of importlib's frames, exit 1.
+    (tmp_path / "broken_jobs.py").write_text(source)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SFN_", "AWS_"))}
+    env.update(SFN_ACTIVITY_ARN=ARN, SFN_HANDLER="broken_jobs:h", AWS_REGION="us-east-1")
+    result = subprocess.run(
+        [str(BIN / "sfn-worker"), "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert shown in result.stderr
+    assert f"{tmp_path / 'broken_jobs.py'}, line " in result.stderr

@@ -28,6 +28,7 @@ import importlib
 import inspect
 import os
 import sys
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -202,6 +203,10 @@ def import_object(path: str, what: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise LoadError(f"{what}={path!r}: cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        # The user's module failed while it ran (a syntax error, an exception at import):
+        # one line with the place; the exception stays the cause for who shows frames.
+        raise LoadError(f"{what}={path!r}: importing {module_name!r} raised {_where(exc)}") from exc
     target: Any = module
     for part in attribute.split("."):
         try:
@@ -211,6 +216,19 @@ def import_object(path: str, what: str) -> Any:
                 f"{what}={path!r}: module {module_name!r} has no attribute {attribute!r}"
             ) from None
     return target
+
+
+def _where(exc: Exception) -> str:
+    """``Type: message (file, line N)``: the last frame is the user's (or the syntax
+    error's own place)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, SyntaxError):
+        text = f"{type(exc).__name__}: {exc.msg}"
+        filename, line = exc.filename, exc.lineno
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        filename, line = (frames[-1].filename, frames[-1].lineno) if frames else (None, None)
+    return f"{text} ({filename}, line {line})" if filename else text
 
 
 def load_handler(path: str, what: str = "SFN_HANDLER") -> Handler:

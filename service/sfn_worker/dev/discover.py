@@ -17,7 +17,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 # Activity names: 1-80 characters (config.NAME_PATTERN); the module and function say whose.
 MAX_NAME = 80
@@ -249,6 +249,13 @@ def _user_error(exc: BaseException) -> tuple[str, str]:
     return "".join(shown.format(chain=False)).rstrip(), reason
 
 
+def _failed_at_import(exc: BaseException, answer: IO[str]) -> int:
+    shown, reason = _user_error(exc)
+    print(f"\n{shown}", file=sys.stderr)
+    answer.write(json.dumps({"error": reason}) + "\n")
+    return 1
+
+
 def main() -> int:
     from ..app import LoadError
 
@@ -262,14 +269,13 @@ def main() -> int:
         try:
             described = _describe(sys.argv[1])
         except LoadError as exc:
+            if isinstance(exc.__cause__, Exception):  # the user's module failed at import
+                return _failed_at_import(exc.__cause__, answer)
             print(str(exc), file=sys.stderr)
             answer.write(json.dumps({"error": str(exc)}) + "\n")
             return 2
         except Exception as exc:  # noqa: BLE001 - the user's module failed at import: say so
-            shown, reason = _user_error(exc)
-            print(f"\n{shown}", file=sys.stderr)
-            answer.write(json.dumps({"error": reason}) + "\n")
-            return 1
+            return _failed_at_import(exc, answer)
         described["refused"] = _refusal(sys.argv[1], described)
         answer.write(json.dumps(described) + "\n")
     return 0
