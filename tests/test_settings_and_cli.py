@@ -17,6 +17,7 @@ from sfn_worker.config import ActivityConfig
 from sfn_worker.runtime.check import check
 from sfn_worker.runtime.shutdown import failure_reserve_seconds
 from sfn_worker.settings import (
+    DEFAULT_POLLERS,
     HandlerMode,
     LogLevel,
     Settings,
@@ -114,6 +115,19 @@ def test_invalid_settings_name_the_variable(
     with pytest.raises(SettingsError) as caught:
         activity_from_env()
     assert message in str(caught.value)
+
+
+def test_names_are_upper_case_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lower-case name is not read (pydantic-settings matched names ignoring case)."""
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("log_level", "debug")
+    monkeypatch.setenv("sfn_concurrency", "abc")
+    monkeypatch.setenv("Sfn_Pollers", "2")
+    settings = load_settings()
+    assert settings.log_level == LogLevel.INFO
+    assert settings.concurrency == 16
+    assert settings.pollers == DEFAULT_POLLERS
+    assert not settings.explicit("log_level")
 
 
 def _run_cli(

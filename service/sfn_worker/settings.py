@@ -17,7 +17,12 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 # Step Functions allows at most 1,000 open GetActivityTask polls per activity ARN.
 MAX_POLLERS_PER_ACTIVITY = 1000
@@ -153,6 +158,19 @@ LogFormatChoice = Annotated[LogFormat, BeforeValidator(choice(LogFormat))]
 LogLevelChoice = Annotated[LogLevel, BeforeValidator(choice(LogLevel))]
 
 
+class UpperCaseEnvironment(EnvSettingsSource):
+    """The environment, upper-case names only. pydantic-settings matches names ignoring
+    case, so `sfn_concurrency=abc` was read as SFN_CONCURRENCY (and its error named that);
+    names are upper-case, and config.check_variables refuses a lower-case SFN_ one."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            name.lower(): value
+            for name, value in os.environ.items()
+            if name == name.upper() and (value or not self.env_ignore_empty)
+        }
+
+
 def _default_worker_name() -> str:
     return socket.gethostname()[:WORKER_NAME_MAX] or "sfn-worker"
 
@@ -264,6 +282,17 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be blank")
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, UpperCaseEnvironment(settings_cls))
 
     # Fields given by a command-line flag (load_settings); the rest came from the
     # environment (or the constructor) or are defaults.

@@ -151,6 +151,14 @@ SEED = "sfn_worker.examples:seed_handler"
             "sfn_render_concurrency: not a setting (names are upper-case) "
             "(did you mean SFN_RENDER_CONCURRENCY?)",
         ),
+        # A lower-case global next to its upper-case name: the lower-case one is named (it
+        # used to be read, and its error named SFN_CONCURRENCY, which was valid).
+        (
+            ["run", "tests.apps:media"],
+            {"SFN_CONCURRENCY": "8", "sfn_concurrency": "abc"},
+            "sfn_concurrency: not a setting (names are upper-case) "
+            "(did you mean SFN_CONCURRENCY?)",
+        ),
         # A variable of the user's own in the worker's prefix (the Makefile's cache
         # directory was one); with nothing close, the line points at the list.
         (
