@@ -168,7 +168,7 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         key = activity_key(name)
         label = f"activity {name!r}"
         if not single:
-            _check_key(label, key, keys)
+            _check_key(label, key, ACTIVITY_SUFFIXES, keys)
         keys[key] = (label, ACTIVITY_SUFFIXES)
         env = _environment(key, ACTIVITY_SUFFIXES, environ)
         base = _resolve_common(registration, name, key, settings, env, single)
@@ -191,7 +191,7 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         key = activity_key(name)
         label = f"queue {name!r}"
         if not single:
-            _check_key(label, key, keys)
+            _check_key(label, key, QUEUE_SUFFIXES, keys)
         keys[key] = (label, QUEUE_SUFFIXES)
         env = _environment(key, QUEUE_SUFFIXES, environ)
         base = _resolve_common(registration, name, key, settings, env, single)
@@ -326,17 +326,23 @@ def _environment(key: str, suffixes: frozenset[str], environ: Mapping[str, str])
     }
 
 
-def _check_key(label: str, key: str, keys: Mapping[str, tuple[str, frozenset[str]]]) -> None:
+def _check_key(
+    label: str,
+    key: str,
+    suffixes: frozenset[str],
+    keys: Mapping[str, tuple[str, frozenset[str]]],
+) -> None:
     if key in keys:
         raise SettingsError(
             f"{keys[key][0]} and {label} would share the variables SFN_{key}_*; rename one"
         )
-    for variable in sorted(global_names()):
-        if variable == f"SFN_{key}" or variable.startswith(f"SFN_{key}_"):
-            raise SettingsError(
-                f"{label}: its variables SFN_{key}_* would collide with the setting "
-                f"{variable}; rename it"
-            )
+    # Only a variable that is both: an activity named `http` or `worker` is fine (renaming
+    # an AWS activity changes its ARN); a queue named `sqs` is not (SFN_SQS_QUEUE_URL).
+    clashes = sorted({f"SFN_{key}_{suffix}" for suffix in suffixes} & global_names())
+    if clashes:
+        raise SettingsError(
+            f"{label}: its variable {clashes[0]} is also a process-wide setting; rename it"
+        )
 
 
 def check_variables(
