@@ -130,6 +130,28 @@ def test_names_are_upper_case_only(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not settings.explicit("log_level")
 
 
+@pytest.mark.parametrize(
+    ("typed", "level"),
+    [
+        ("warn", LogLevel.WARNING),
+        ("WARN", LogLevel.WARNING),
+        ("trace", LogLevel.DEBUG),
+        ("critical", LogLevel.CRITICAL),
+        ("FATAL", LogLevel.CRITICAL),
+        ("Warning", LogLevel.WARNING),
+    ],
+)
+def test_log_level_takes_the_spellings_other_tools_share_it_with(
+    monkeypatch: pytest.MonkeyPatch, typed: str, level: LogLevel
+) -> None:
+    """LOG_LEVEL is a shared name: `warn` set for another tool must not stop the worker."""
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("LOG_LEVEL", typed)
+    assert load_settings().log_level == level
+    monkeypatch.setenv("SFN_LOG_LEVEL", level.value)  # the same level: no conflict
+    assert load_settings().log_level == level
+
+
 def _run_cli(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

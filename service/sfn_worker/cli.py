@@ -193,7 +193,7 @@ def _settings_flags() -> argparse.ArgumentParser:
     )
     group.add_argument("--concurrency", metavar="N", help="tasks worked at once (SFN_CONCURRENCY)")
     group.add_argument(
-        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (LOG_LEVEL)"
+        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (LOG_LEVEL)"
     )
     group.add_argument("--log-format", metavar="FORMAT", help="json or console (SFN_LOG_FORMAT)")
     return flags

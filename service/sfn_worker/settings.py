@@ -130,22 +130,28 @@ class LogLevel(StrEnum):
     INFO = "INFO"
     WARNING = "WARNING"
     ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+# LOG_LEVEL is a name other tools in a container set too, with their own spellings.
+LOG_LEVEL_ALIASES = {"warn": LogLevel.WARNING, "trace": LogLevel.DEBUG, "fatal": LogLevel.CRITICAL}
 
 
 E = TypeVar("E", bound=StrEnum)
 
 
-def choice(kind: type[E]) -> Callable[[object], object]:
-    """A before-validator: any case of a value of ``kind``. An unknown value is refused here,
-    so the error quotes it as the user typed it and lists the valid ones."""
+def choice(kind: type[E], aliases: Mapping[str, E] | None = None) -> Callable[[object], object]:
+    """A before-validator: any case of a value of ``kind`` (or of an alias). An unknown value
+    is refused here, so the error quotes it as the user typed it and lists the valid ones."""
+    names = {member.value.casefold(): member for member in kind} | dict(aliases or {})
+    also = f", or {', '.join(aliases)}" if aliases else ""
 
     def parse(value: object) -> object:
         if not isinstance(value, str) or isinstance(value, kind):
             return value
-        for member in kind:
-            if member.value.casefold() == value.strip().casefold():
-                return member
-        raise ValueError(f"expected one of {', '.join(m.value for m in kind)} (any case)")
+        if (member := names.get(value.strip().casefold())) is not None:
+            return member
+        raise ValueError(f"expected one of {', '.join(m.value for m in kind)} (any case){also}")
 
     return parse
 
@@ -155,7 +161,7 @@ HeartbeatModeChoice = Annotated[HeartbeatMode, BeforeValidator(choice(HeartbeatM
 OnShutdownChoice = Annotated[OnShutdown, BeforeValidator(choice(OnShutdown))]
 MetricsChoice = Annotated[MetricsOutput, BeforeValidator(choice(MetricsOutput))]
 LogFormatChoice = Annotated[LogFormat, BeforeValidator(choice(LogFormat))]
-LogLevelChoice = Annotated[LogLevel, BeforeValidator(choice(LogLevel))]
+LogLevelChoice = Annotated[LogLevel, BeforeValidator(choice(LogLevel, LOG_LEVEL_ALIASES))]
 
 
 class UpperCaseEnvironment(EnvSettingsSource):
@@ -372,10 +378,16 @@ def _check_aliases_agree() -> None:
     for alias, field in ALIASES.items():
         name = env_name(field)
         first, second = os.environ.get(name), os.environ.get(alias)
-        if first and second and first.strip().casefold() != second.strip().casefold():
+        if first and second and _same_level(first) != _same_level(second):
             raise SettingsError(
                 f"{name}={first!r} and {alias}={second!r} are both set and differ; keep one"
             )
+
+
+def _same_level(value: str) -> object:
+    # The one aliased setting is LOG_LEVEL: `warn` and `WARNING` agree.
+    text = value.strip().casefold()
+    return LOG_LEVEL_ALIASES.get(text, text.upper())
 
 
 def _check_pollers_within_concurrency(settings: Settings) -> None:

@@ -187,7 +187,7 @@ def test_an_unknown_sfn_variable_is_refused_with_the_closest_name(
 @pytest.mark.parametrize(
     ("variable", "typed", "valid"),
     [
-        ("LOG_LEVEL", "verbose", "DEBUG, INFO, WARNING, ERROR"),
+        ("LOG_LEVEL", "verbose", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ("SFN_LOG_FORMAT", "Pretty", "json, console"),
         ("SFN_HANDLER_MODE", "Fork", "async, thread, process"),
         ("SFN_HEARTBEAT_MODE", "Often", "timer, progress"),
