@@ -280,7 +280,21 @@ def test_configuration_errors_name_the_variable(
 
 @pytest.mark.parametrize(
     "name",
-    "worker log queue metrics app activity http handler heartbeat ecs max concurrency sqs".split(),
+    [
+        "worker",
+        "log",
+        "queue",
+        "metrics",
+        "app",
+        "activity",
+        "http",
+        "handler",
+        "heartbeat",
+        "ecs",
+        "max",
+        "concurrency",
+        "sqs",
+    ],
 )
 def test_an_activity_named_as_a_settings_prefix_is_served(name: str) -> None:
     """Renaming an AWS activity changes its ARN: only an actual shared variable is refused."""

@@ -156,8 +156,7 @@ SEED = "sfn_worker.examples:seed_handler"
         (
             ["run", "tests.apps:media"],
             {"SFN_CONCURRENCY": "8", "sfn_concurrency": "abc"},
-            "sfn_concurrency: not a setting (names are upper-case) "
-            "(did you mean SFN_CONCURRENCY?)",
+            "sfn_concurrency: not a setting (names are upper-case) (did you mean SFN_CONCURRENCY?)",
         ),
         # A variable of the user's own in the worker's prefix (the Makefile's cache
         # directory was one); with nothing close, the line points at the list.
