@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .app import App, Handler, Registration, is_async_handler, is_non_blocking_handler
 from .settings import (
+    ACTIVITY_NAME_PATTERN,
+    ACTIVITY_NAME_RULE,
     DEFAULT_ORIGIN,
     Concurrency,
     HandlerMode,
@@ -63,12 +65,11 @@ ARN_SUFFIX = "ACTIVITY_ARN"
 URL_SUFFIX = "QUEUE_URL"
 ACTIVITY_SUFFIXES = frozenset({*(f.upper() for f in FIELDS), ARN_SUFFIX})
 QUEUE_SUFFIXES = frozenset({*(f.upper() for f in (*FIELDS, *QUEUE_FIELDS)), URL_SUFFIX})
-# Activity names: 1-80 characters, none of white space, brackets, wildcards or punctuation
-# that Step Functions refuses.
 # What `sfn-worker dev` exports for other shells (the session file, each source's state
 # machine): not settings, yet documented to sit beside a `sfn-worker run` in the same shell.
 DEV_EXPORTS = re.compile(r"SFN_DEV_(SESSION|(.+_)?MACHINE_ARN)")
-NAME_PATTERN = r"[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f]{1,80}"
+# Activity names: as Step Functions takes them (settings.ACTIVITY_NAME_PATTERN).
+NAME_PATTERN = ACTIVITY_NAME_PATTERN
 DEFAULT = DEFAULT_ORIGIN
 CODE = "app code"
 
@@ -164,7 +165,9 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         if registration.ref.startswith("arn:"):
             _check_arn(registration.ref, f"activity {registration.ref!r}")
         elif not re.fullmatch(NAME_PATTERN, name):
-            raise SettingsError(f"activity {name!r}: not a valid activity name (1-80 characters)")
+            raise SettingsError(
+                f"activity {name!r}: not a valid activity name ({ACTIVITY_NAME_RULE})"
+            )
         key = activity_key(name)
         label = f"activity {name!r}"
         if not single:

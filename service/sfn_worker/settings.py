@@ -30,7 +30,18 @@ WORKER_NAME_MAX = 80
 # Sustained SendTaskHeartbeat rate above which an account's API quota is likely hit.
 HEARTBEAT_RATE_WARNING_PER_SECOND = 200.0
 
-ACTIVITY_ARN_PATTERN = r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:activity:[^\s:]{1,80}$"
+# Activity names as CreateActivity takes them: 1-80 characters, none of white space,
+# brackets, wildcards, " # % \ ^ | ~ ` $ & , ; : / or control characters (U+0000-001F,
+# U+007F-009F). Surrogates (a non-UTF-8 byte in the environment) are refused as well: such a
+# name is no activity's and would fail later as ActivityDoesNotExist.
+ACTIVITY_NAME_PATTERN = r"[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,80}"
+ACTIVITY_NAME_RULE = (
+    "1-80 characters, none of white space, control characters, < > { } [ ] ? * "
+    '" # % \\ ^ | ~ ` $ & , ; : /'
+)
+ACTIVITY_ARN_PATTERN = r"arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:activity:" + ACTIVITY_NAME_PATTERN
+# Names sent to AWS and printed in the settings table: no control characters, no surrogates.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 IMPORT_PATH_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*"
 # https://sqs.<region>.amazonaws.com/<account>/<name>, or an emulator's http://host:port/...
 QUEUE_URL_PATTERN = r"^https?://[^/\s]+(/[^/\s]+)*/\d{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$"
@@ -80,6 +91,8 @@ def check_queue_url(value: str) -> str:
 
 def check_activity_arn(value: str) -> str:
     if not re.fullmatch(ACTIVITY_ARN_PATTERN, value):
+        if re.fullmatch(r"arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:activity:.*", value, re.S):
+            raise ValueError(f"the activity name must be {ACTIVITY_NAME_RULE}")
         raise ValueError(
             "expected an activity ARN like arn:aws:states:<region>:<account>:activity:<name>"
         )
@@ -287,6 +300,8 @@ class Settings(BaseSettings):
     def _no_blank_name(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
+        if CONTROL_CHARACTERS.search(value):
+            raise ValueError("must not contain control characters or bytes that are not UTF-8")
         return value
 
     @classmethod

@@ -371,3 +371,31 @@ def test_the_source_of_log_level_is_the_name_that_set_it() -> None:
     assert result.returncode == 0, result.stderr
     [line] = [line for line in result.stdout.splitlines() if "LOG_LEVEL " in line]
     assert line.split()[1:] == ["DEBUG", "environment", "(SFN_LOG_LEVEL)"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # A byte that is not UTF-8, a control character, a bracket: no activity is named so
+        # (CreateActivity refuses it); the poll failed later with ActivityDoesNotExist.
+        ({"SFN_ACTIVITY_ARN": ARN + "jo\udcffbs"}, "SFN_ACTIVITY_ARN='" + ARN + "jo\\udcffbs'"),
+        ({"SFN_ACTIVITY_ARN": ARN + "jo\x01bs"}, "the activity name must be 1-80 characters"),
+        ({"SFN_ACTIVITY_ARN": ARN + "jo\x85bs"}, "none of white space, control characters"),
+        ({"SFN_ACTIVITY_ARN": ARN + "jobs[1]"}, "the activity name must be"),
+        # A line break in the worker's name broke the settings table (and went to AWS).
+        (
+            {"SFN_ACTIVITY_ARN": ARN + "jobs", "SFN_WORKER_NAME": "a\nb"},
+            "SFN_WORKER_NAME='a\\nb' is invalid: must not contain control characters",
+        ),
+        ({"SFN_ACTIVITY_ARN": ARN + "jobs", "SFN_WORKER_NAME": "w\udcff"}, "SFN_WORKER_NAME="),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "settings"])
+def test_names_aws_would_refuse_are_refused_at_start(
+    env: dict[str, str], message: str, command: str
+) -> None:
+    result = sfn_worker(command, SFN_HANDLER=SEED, **env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert message in lines[0]
