@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 import structlog
 
 from . import __version__, cli_help
-from .app import App, LoadError, importable_from_cwd, load_app
+from .app import App, LoadError, import_object, importable_from_cwd, load_app
 from .config import resolve
 from .dev.command import add_dev_command
 from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed, truncate
@@ -104,6 +104,14 @@ def build_app(settings: Settings, app_path: str | None) -> App:
     app_path = app_path or settings.app
     if app_path is None:
         return single_app(settings)
+    # A handler where the app goes (`sfn-worker run my_jobs:handle`): say so, before the
+    # single form's variables are called out as conflicting with an app it is not.
+    target = import_object(app_path, what)
+    if callable(target) and not isinstance(target, App | type):
+        raise LoadError(
+            f"{what}={app_path!r} is a function, not an sfn_worker.App: run a handler with "
+            f"--handler {app_path} (or SFN_HANDLER) and no app"
+        )
     for field, instead in (
         ("activity_arn", "set it per source with SFN_<KEY>_ACTIVITY_ARN instead"),
         ("sqs_queue_url", "set it per source with SFN_<KEY>_QUEUE_URL instead"),

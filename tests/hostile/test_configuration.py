@@ -243,6 +243,19 @@ def test_a_handler_set_beside_an_app_is_refused() -> None:
     assert "SFN_HANDLER is set but the worker runs the app 'tests.apps:media'" in line
 
 
+@pytest.mark.parametrize("env", [{"SFN_ACTIVITY_ARN": ARN + "jobs"}, {}])
+@pytest.mark.parametrize("command", ["run", "check", "settings"])
+def test_a_handler_given_where_the_app_goes_says_to_use_handler(
+    env: dict[str, str], command: str
+) -> None:
+    """`sfn-worker run my_jobs:handle` said SFN_ACTIVITY_ARN conflicted with an app."""
+    result = sfn_worker(command, SEED, **env)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"app={SEED!r} is a function, not an sfn_worker.App: run a handler with " in line
+    assert f"--handler {SEED} (or SFN_HANDLER)" in line
+
+
 def test_log_level_under_both_its_names_must_agree() -> None:
     """Two names for one setting: LOG_LEVEL used to win silently over SFN_LOG_LEVEL."""
     base = {"SFN_ACTIVITY_ARN": ARN + "jobs", "SFN_HANDLER": SEED}
