@@ -315,6 +315,18 @@ def test_an_http_port_in_use_is_a_configuration_error(fake: FakeStepFunctions) -
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("host", ["not a host", "192.0.2.1"])
+def test_an_http_host_that_cannot_be_bound_names_the_host(
+    fake: FakeStepFunctions, host: str
+) -> None:
+    """A name that does not resolve, an address not on this machine: the host's fault."""
+    env = {"SFN_ACTIVITY_ARN": fake.activity_arn, "SFN_HANDLER": SEED, "SFN_HTTP_HOST": host}
+    result = _run_cli("run", env=env | {"SFN_HTTP_PORT": "48090"})
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"SFN_HTTP_HOST={host!r}: cannot listen on {host}:48090" in line
+
+
 # -- the current directory on the import path -------------------------------------------------
 
 HANDLER_MODULE = """
