@@ -562,6 +562,13 @@ def test_a_flag_wins_over_its_variable_and_says_so(monkeypatch: pytest.MonkeyPat
             {"SFN_POLLERS": "4"},
             "SFN_POLLERS (4) must not exceed --concurrency (2)",
         ),
+        # The variable a flag overrides is still validated (it breaks the next start).
+        (
+            ["--concurrency", "3"],
+            {"SFN_CONCURRENCY": "abc"},
+            "SFN_CONCURRENCY='abc' is invalid",
+        ),
+        (["--log-level", "debug"], {"LOG_LEVEL": "loud"}, "(even with --log-level given)"),
     ],
 )
 def test_a_flag_is_validated_as_its_variable_is_and_named_in_the_error(
@@ -572,6 +579,24 @@ def test_a_flag_is_validated_as_its_variable_is_and_named_in_the_error(
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert message in line
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["run", "--conc", "3"], "unrecognized arguments: --conc"),  # no abbreviations
+        (["check", "--log", "debug"], "unrecognized arguments: --log"),
+        (["settings", "--bogus"], "unrecognized arguments: --bogus"),
+        (["healthcheck", "--timeout", "x"], "argument --timeout: expected seconds"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_argument(args: list[str], named: str) -> None:
+    result = _run_cli(*args, env={"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": SEED})
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert named in line
+    assert line.startswith("sfn-worker")
 
 
 # -- sfn-worker settings ----------------------------------------------------------------------

@@ -384,8 +384,23 @@ def load_settings(flags: Mapping[str, object] | None = None) -> Settings:
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc, frozenset(given))) from None
     settings._flags = frozenset(given)
+    _check_overridden_variables(given)
     _check_pollers_within_concurrency(settings)
     return settings
+
+
+def _check_overridden_variables(given: Mapping[str, object]) -> None:
+    """A variable a flag overrides is still validated: left invalid, it breaks the next
+    start without the flag (or the next container that shares it)."""
+    for field in given:
+        names = [env_name(field), *(alias for alias, f in ALIASES.items() if f == field)]
+        if not any(os.environ.get(name) for name in names):
+            continue
+        try:
+            Settings(**{other: value for other, value in given.items() if other != field})  # type: ignore[arg-type]
+        except ValidationError as exc:
+            if problem := describe_validation_error(exc, frozenset(given) - {field}, only=field):
+                raise SettingsError(f"{problem} (even with {flag_name(field)} given)") from None
 
 
 def _check_aliases_agree() -> None:
@@ -431,13 +446,18 @@ def _given_name(field: str, flags: frozenset[str]) -> str:
     )
 
 
-def describe_validation_error(exc: ValidationError, flags: frozenset[str] = frozenset()) -> str:
+def describe_validation_error(
+    exc: ValidationError, flags: frozenset[str] = frozenset(), only: str | None = None
+) -> str:
+    """One line for ``exc``'s problems (only those of the field ``only``, if given)."""
     problems = []
     for error in exc.errors(include_url=False):
         loc = error.get("loc", ())
         field = str(loc[0]) if loc else ""
         # An aliased field's errors are located at the alias, whoever gave the value.
         field = _FIELD_OF_ALIAS.get(field.upper(), field)
+        if only is not None and field != only:
+            continue
         given = error.get("input")
         message = str(error.get("msg", "invalid"))
         if error.get("type") == "missing":
