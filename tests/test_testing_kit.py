@@ -214,6 +214,24 @@ async def test_the_plugins_fake_is_reached_past_a_developers_proxy(
     assert task.state == "succeeded"
 
 
+async def test_run_app_without_the_plugins_fixture_reaches_its_fake_past_a_proxy(
+    a_proxy_that_is_not_there: None,
+) -> None:
+    """A fake of the test's own (no NO_PROXY from the plugin): run_app's clients go direct."""
+    from sfn_worker import App
+    from sfn_worker.examples import seed_handler
+    from sfn_worker.testing import run_app
+
+    app = App()
+    app.activity("seed")(seed_handler)  # a name: STS goes direct too
+    async with FakeStepFunctions() as fake:
+        fake.add_activity("seed")
+        task = fake.add_task({"in": "SUCCESS"}, activity="seed")
+        async with run_app(app, fake):
+            await fake.wait_for(lambda: task.state != "open")
+    assert task.state == "succeeded"
+
+
 async def test_a_wait_that_times_out_says_where_the_tasks_are(sfn_fake: FakeStepFunctions) -> None:
     sfn_fake.add_task({"n": 1})
     with pytest.raises(TimeoutError, match=r"still false after 0\.1 s; tasks at the fake: 1 open$"):

@@ -129,8 +129,9 @@ def fake_clients(fake: FakeStepFunctions) -> ClientFactory:
         session = aioboto3.Session(
             region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
         )
+        # Direct: a developer's HTTP(S)_PROXY must not carry calls to the local fake.
         async with open_clients(
-            sources, session=session, endpoint_url=fake.endpoint_url
+            sources, session=session, endpoint_url=fake.endpoint_url, direct=True
         ) as clients:
             yield clients
 
