@@ -433,3 +433,41 @@ def test_an_exception_without_a_message_is_named_once() -> None:
 
     outcome = run_handler_sync(bare, {})
     assert outcome == Failure("KeyboardInterrupt", "handler raised KeyboardInterrupt")
+
+
+@pytest.mark.parametrize(
+    ("burst", "refill"), [(0, 1.0), (-1, 1.0), (10, 0.0), (10, -1.0), (10, float("nan"))]
+)
+def test_a_quota_that_would_throttle_for_ever_is_refused(burst: int, refill: float) -> None:
+    with pytest.raises(ValueError, match=r"burst|refill"):
+        Quota(burst=burst, refill_per_second=refill)
+
+
+def test_thread_mode_run_handler_restores_the_switch_interval() -> None:
+    """The worker's process keeps a short interval; a test session must not."""
+    before = sys.getswitchinterval()
+    outcome = run_handler_sync(lambda task_input, ctx: task_input, {"a": 1}, mode="thread")
+    assert outcome.output == '{"a":1}'
+    assert sys.getswitchinterval() == before
+
+
+def test_a_process_handler_that_cannot_be_imported_is_refused_up_front() -> None:
+    with pytest.raises(ValueError, match=r"needs a handler importable as module:function"):
+        run_handler_sync(lambda task_input, ctx: task_input, {"a": 1}, mode="process")
+
+
+async def test_the_fake_sqs_refuses_an_empty_message_body_as_sqs_does() -> None:
+    import aioboto3
+    from botocore.exceptions import ClientError
+
+    async with FakeStepFunctions() as fake:
+        queue = fake.sqs.add_queue("jobs")
+        session = aioboto3.Session(
+            region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+        )
+        async with session.client("sqs", endpoint_url=fake.endpoint_url) as sqs:
+            with pytest.raises(ClientError) as caught:
+                await sqs.send_message(QueueUrl=queue.url, MessageBody="")
+            await sqs.send_message(QueueUrl=queue.url, MessageBody="x")
+    assert caught.value.response["Error"]["Code"] == "MissingParameter"
+    assert [m.body for m in queue.messages] == ["x"]
