@@ -447,7 +447,7 @@ def test_thread_mode_run_handler_restores_the_switch_interval() -> None:
     """The worker's process keeps a short interval; a test session must not."""
     before = sys.getswitchinterval()
     outcome = run_handler_sync(lambda task_input, ctx: task_input, {"a": 1}, mode="thread")
-    assert outcome.output == '{"a":1}'
+    assert outcome == Success('{"a":1}')
     assert sys.getswitchinterval() == before
 
 
