@@ -25,7 +25,7 @@ help:
 	@echo "make docs   - build the documentation site from docs/ into site/ (mkdocs --strict)"
 	@echo "make bench  - run the benchmark suite, write docs/benchmarks.md (about 25 minutes)"
 	@echo "make bench-quick - the same with short windows, into .bench-quick/ (under 3 minutes)"
-	@echo "make image  - build the image, tagged and labelled with the version in pyproject.toml"
+	@echo "make image  - build the image: sfn-activity-worker:<version> (pyproject.toml) and :latest"
 	@echo "make base-image-digest - pin the Dockerfile's base image to today's python:3.13-slim"
 
 $(UV):
@@ -93,7 +93,8 @@ bench-quick: setup
 VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 image:
-	docker build --build-arg VERSION=$(VERSION) -t sfn-activity-worker:$(VERSION) .
+	docker build --build-arg VERSION=$(VERSION) \
+		-t sfn-activity-worker:$(VERSION) -t sfn-activity-worker:latest .
 
 # Pin the Dockerfile's base image to the digest python:3.13-slim has today (needs Docker
 # Hub); review and commit the change like a dependency update.

@@ -121,3 +121,11 @@ def test_a_teams_handlers_type_check_strictly(tmp_path: Path) -> None:
         timeout=300,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_sdist_includes_only_the_top_level_files_it_names() -> None:
+    """hatch reads include entries as gitignore patterns: a bare "README.md" also took
+    examples/custom-image/README.md and tests/hostile/README.md into the sdist."""
+    include = PYPROJECT["tool"]["hatch"]["build"]["targets"]["sdist"]["include"]
+    assert include
+    assert [entry for entry in include if not entry.startswith("/")] == []

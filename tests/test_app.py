@@ -253,8 +253,6 @@ def test_keys_and_per_activity_overrides() -> None:
 @pytest.mark.parametrize(
     ("names", "env", "message"),
     [
-        (("http",), {}, "its variables SFN_HTTP_* would collide with the setting SFN_HTTP_HOST"),
-        (("concurrency",), {}, "would collide with the setting SFN_CONCURRENCY"),
         (("render", "RENDER"), {}, "'render' and activity 'RENDER' would share the variables"),
         (("render",), {"SFN_RENDR_CONCURRENCY": "2"}, "SFN_RENDR_CONCURRENCY matches no activity"),
         (("render",), {"SFN_RENDER_CONCURENCY": "2"}, "activity 'render' has no setting"),
@@ -278,6 +276,41 @@ def test_configuration_errors_name_the_variable(
     with pytest.raises(SettingsError) as caught:
         resolve(_app(*names), _settings(), env)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "worker",
+        "log",
+        "queue",
+        "metrics",
+        "app",
+        "activity",
+        "http",
+        "handler",
+        "heartbeat",
+        "ecs",
+        "max",
+        "concurrency",
+        "sqs",
+    ],
+)
+def test_an_activity_named_as_a_settings_prefix_is_served(name: str) -> None:
+    """Renaming an AWS activity changes its ARN: only an actual shared variable is refused."""
+    env = {f"SFN_{name.upper()}_CONCURRENCY": "3", "SFN_HTTP_PORT": "0", "SFN_WORKER_NAME": "w"}
+    (config,) = resolve(_app(name), _settings(), env)
+    assert (config.name, config.concurrency) == (name, 3)
+
+
+def test_a_queue_whose_variable_is_a_process_wide_setting_is_refused() -> None:
+    app = App()
+    app.callback_queue("https://sqs.us-east-1.amazonaws.com/123456789012/sqs")(apps.quick)
+    with pytest.raises(SettingsError) as caught:
+        resolve(app, _settings(), {})
+    assert str(caught.value) == (
+        "queue 'sqs': its variable SFN_SQS_INPUT_FIELD is also a process-wide setting; rename it"
+    )
 
 
 def test_a_bad_value_in_code_names_the_activity() -> None:

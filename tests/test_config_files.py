@@ -265,3 +265,14 @@ def test_the_custom_image_pins_what_its_tests_ran_with() -> None:
         if "==" in line and not line.startswith("#")
     )
     assert pins == {"humanize": version("humanize")}
+
+
+def test_make_image_tags_what_the_custom_image_builds_from() -> None:
+    """`make image` tagged only :<version>; the example's default base is :latest."""
+    (default,) = re.findall(
+        r"^ARG BASE_IMAGE=(\S+)$", (CUSTOM_IMAGE / "Dockerfile").read_text(), re.M
+    )
+    recipe = (REPO / "Makefile").read_text().split("\nimage:\n", 1)[1].split("\n\n", 1)[0]
+    tags = re.findall(r"-t (\S+)", recipe)
+    assert default in tags
+    assert "sfn-activity-worker:$(VERSION)" in tags

@@ -18,6 +18,7 @@ from sfn_worker.config import ActivityConfig
 from sfn_worker.runtime.check import check
 from sfn_worker.runtime.shutdown import failure_reserve_seconds
 from sfn_worker.settings import (
+    DEFAULT_POLLERS,
     HandlerMode,
     LogLevel,
     Settings,
@@ -115,6 +116,41 @@ def test_invalid_settings_name_the_variable(
     with pytest.raises(SettingsError) as caught:
         activity_from_env()
     assert message in str(caught.value)
+
+
+def test_names_are_upper_case_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lower-case name is not read (pydantic-settings matched names ignoring case)."""
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("log_level", "debug")
+    monkeypatch.setenv("sfn_concurrency", "abc")
+    monkeypatch.setenv("Sfn_Pollers", "2")
+    settings = load_settings()
+    assert settings.log_level == LogLevel.INFO
+    assert settings.concurrency == 16
+    assert settings.pollers == DEFAULT_POLLERS
+    assert not settings.explicit("log_level")
+
+
+@pytest.mark.parametrize(
+    ("typed", "level"),
+    [
+        ("warn", LogLevel.WARNING),
+        ("WARN", LogLevel.WARNING),
+        ("trace", LogLevel.DEBUG),
+        ("critical", LogLevel.CRITICAL),
+        ("FATAL", LogLevel.CRITICAL),
+        ("Warning", LogLevel.WARNING),
+    ],
+)
+def test_log_level_takes_the_spellings_other_tools_share_it_with(
+    monkeypatch: pytest.MonkeyPatch, typed: str, level: LogLevel
+) -> None:
+    """LOG_LEVEL is a shared name: `warn` set for another tool must not stop the worker."""
+    monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
+    monkeypatch.setenv("LOG_LEVEL", typed)
+    assert load_settings().log_level == level
+    monkeypatch.setenv("SFN_LOG_LEVEL", level.value)  # the same level: no conflict
+    assert load_settings().log_level == level
 
 
 def _run_cli(
@@ -278,6 +314,18 @@ def test_an_http_port_in_use_is_a_configuration_error(fake: FakeStepFunctions) -
     assert result.returncode == 2
     assert f"SFN_HTTP_PORT={port}: cannot listen" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("host", ["not a host", "192.0.2.1"])
+def test_an_http_host_that_cannot_be_bound_names_the_host(
+    fake: FakeStepFunctions, host: str
+) -> None:
+    """A name that does not resolve, an address not on this machine: the host's fault."""
+    env = {"SFN_ACTIVITY_ARN": fake.activity_arn, "SFN_HANDLER": SEED, "SFN_HTTP_HOST": host}
+    result = _run_cli("run", env=env | {"SFN_HTTP_PORT": "48090"})
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"SFN_HTTP_HOST={host!r}: cannot listen on {host}:48090" in line
 
 
 # -- the current directory on the import path -------------------------------------------------
@@ -515,6 +563,13 @@ def test_a_flag_wins_over_its_variable_and_says_so(monkeypatch: pytest.MonkeyPat
             {"SFN_POLLERS": "4"},
             "SFN_POLLERS (4) must not exceed --concurrency (2)",
         ),
+        # The variable a flag overrides is still validated (it breaks the next start).
+        (
+            ["--concurrency", "3"],
+            {"SFN_CONCURRENCY": "abc"},
+            "SFN_CONCURRENCY='abc' is invalid",
+        ),
+        (["--log-level", "debug"], {"LOG_LEVEL": "loud"}, "(even with --log-level given)"),
     ],
 )
 def test_a_flag_is_validated_as_its_variable_is_and_named_in_the_error(
@@ -525,6 +580,24 @@ def test_a_flag_is_validated_as_its_variable_is_and_named_in_the_error(
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert message in line
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["run", "--conc", "3"], "unrecognized arguments: --conc"),  # no abbreviations
+        (["check", "--log", "debug"], "unrecognized arguments: --log"),
+        (["settings", "--bogus"], "unrecognized arguments: --bogus"),
+        (["healthcheck", "--timeout", "x"], "argument --timeout: expected seconds"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_argument(args: list[str], named: str) -> None:
+    result = _run_cli(*args, env={"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER": SEED})
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert named in line
+    assert line.startswith("sfn-worker")
 
 
 # -- sfn-worker settings ----------------------------------------------------------------------

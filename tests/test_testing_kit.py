@@ -214,6 +214,24 @@ async def test_the_plugins_fake_is_reached_past_a_developers_proxy(
     assert task.state == "succeeded"
 
 
+async def test_run_app_without_the_plugins_fixture_reaches_its_fake_past_a_proxy(
+    a_proxy_that_is_not_there: None,
+) -> None:
+    """A fake of the test's own (no NO_PROXY from the plugin): run_app's clients go direct."""
+    from sfn_worker import App
+    from sfn_worker.examples import seed_handler
+    from sfn_worker.testing import run_app
+
+    app = App()
+    app.activity("seed")(seed_handler)  # a name: STS goes direct too
+    async with FakeStepFunctions() as fake:
+        fake.add_activity("seed")
+        task = fake.add_task({"in": "SUCCESS"}, activity="seed")
+        async with run_app(app, fake):
+            await fake.wait_for(lambda: task.state != "open")
+    assert task.state == "succeeded"
+
+
 async def test_a_wait_that_times_out_says_where_the_tasks_are(sfn_fake: FakeStepFunctions) -> None:
     sfn_fake.add_task({"n": 1})
     with pytest.raises(TimeoutError, match=r"still false after 0\.1 s; tasks at the fake: 1 open$"):
@@ -415,3 +433,41 @@ def test_an_exception_without_a_message_is_named_once() -> None:
 
     outcome = run_handler_sync(bare, {})
     assert outcome == Failure("KeyboardInterrupt", "handler raised KeyboardInterrupt")
+
+
+@pytest.mark.parametrize(
+    ("burst", "refill"), [(0, 1.0), (-1, 1.0), (10, 0.0), (10, -1.0), (10, float("nan"))]
+)
+def test_a_quota_that_would_throttle_for_ever_is_refused(burst: int, refill: float) -> None:
+    with pytest.raises(ValueError, match=r"burst|refill"):
+        Quota(burst=burst, refill_per_second=refill)
+
+
+def test_thread_mode_run_handler_restores_the_switch_interval() -> None:
+    """The worker's process keeps a short interval; a test session must not."""
+    before = sys.getswitchinterval()
+    outcome = run_handler_sync(lambda task_input, ctx: task_input, {"a": 1}, mode="thread")
+    assert outcome == Success('{"a":1}')
+    assert sys.getswitchinterval() == before
+
+
+def test_a_process_handler_that_cannot_be_imported_is_refused_up_front() -> None:
+    with pytest.raises(ValueError, match=r"needs a handler importable as module:function"):
+        run_handler_sync(lambda task_input, ctx: task_input, {"a": 1}, mode="process")
+
+
+async def test_the_fake_sqs_refuses_an_empty_message_body_as_sqs_does() -> None:
+    import aioboto3
+    from botocore.exceptions import ClientError
+
+    async with FakeStepFunctions() as fake:
+        queue = fake.sqs.add_queue("jobs")
+        session = aioboto3.Session(
+            region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+        )
+        async with session.client("sqs", endpoint_url=fake.endpoint_url) as sqs:
+            with pytest.raises(ClientError) as caught:
+                await sqs.send_message(QueueUrl=queue.url, MessageBody="")
+            await sqs.send_message(QueueUrl=queue.url, MessageBody="x")
+    assert caught.value.response["Error"]["Code"] == "MissingParameter"
+    assert [m.body for m in queue.messages] == ["x"]

@@ -14,12 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias, cast
 
 import structlog
 
 from . import __version__, cli_help
-from .app import App, LoadError, importable_from_cwd, load_app
+from .app import App, LoadError, import_object, importable_from_cwd, load_app
 from .config import resolve
 from .dev.command import add_dev_command
 from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed, truncate
@@ -104,6 +104,14 @@ def build_app(settings: Settings, app_path: str | None) -> App:
     app_path = app_path or settings.app
     if app_path is None:
         return single_app(settings)
+    # A handler where the app goes (`sfn-worker run my_jobs:handle`): say so, before the
+    # single form's variables are called out as conflicting with an app it is not.
+    target = import_object(app_path, what)
+    if callable(target) and not isinstance(target, App | type):
+        raise LoadError(
+            f"{what}={app_path!r} is a function, not an sfn_worker.App: run a handler with "
+            f"--handler {app_path} (or SFN_HANDLER) and no app"
+        )
     for field, instead in (
         ("activity_arn", "set it per source with SFN_<KEY>_ACTIVITY_ARN instead"),
         ("sqs_queue_url", "set it per source with SFN_<KEY>_QUEUE_URL instead"),
@@ -181,11 +189,23 @@ Command = Callable[[argparse.Namespace, Sequence[int]], int]
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
+class Parser(argparse.ArgumentParser):
+    """Every command's parser: a flag is spelt out (``--conc 3`` is no ``--concurrency``),
+    and a usage error is one line naming the argument, exit 2, as a configuration error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _settings_flags() -> argparse.ArgumentParser:
     """The positional app and the flags that set settings: run, check and settings share
     them. No argparse ``choices``/``type``: the values go through the settings' own
     validation, so a flag's error reads as its variable's would, naming the flag."""
-    flags = argparse.ArgumentParser(add_help=False)
+    flags = Parser(add_help=False)
     flags.add_argument("app", nargs="?", help="module:app of an sfn_worker.App (default: SFN_APP)")
     group = flags.add_argument_group("settings (a flag wins over its variable)")
     group.add_argument(
@@ -193,7 +213,7 @@ def _settings_flags() -> argparse.ArgumentParser:
     )
     group.add_argument("--concurrency", metavar="N", help="tasks worked at once (SFN_CONCURRENCY)")
     group.add_argument(
-        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (LOG_LEVEL)"
+        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (LOG_LEVEL)"
     )
     group.add_argument("--log-format", metavar="FORMAT", help="json or console (SFN_LOG_FORMAT)")
     return flags
@@ -294,14 +314,17 @@ SUBCOMMANDS: list[Callable[[Subcommands], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sfn-worker",
         description=cli_help.MAIN,
         epilog=cli_help.MAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(title="commands", dest="name", required=True)
+    # Its parsers are Parser instances; the commands (dev/ too) add them as ArgumentParser.
+    commands = cast(
+        Subcommands, parser.add_subparsers(title="commands", dest="name", required=True)
+    )
     for add in SUBCOMMANDS:
         add(commands)
     # What a missing command is called ("required: name" said nothing): the choices.

@@ -40,7 +40,7 @@ variables that matter most:
   SFN_SHUTDOWN_GRACE_SECONDS        drain time after SIGTERM (25)
   SFN_HANDLER_MODE                  sync handlers in a thread, a process, or async
   SFN_HTTP_PORT                     /healthz and /metrics (0 = off; 8080 in the image)
-  LOG_LEVEL (--log-level)           DEBUG, INFO, WARNING, ERROR (any case)
+  LOG_LEVEL (--log-level)           DEBUG, INFO, WARNING, ERROR, CRITICAL (any case)
   SFN_LOG_FORMAT (--log-format)     json or console
   AWS_REGION, AWS_ENDPOINT_URL_SFN  read by botocore, as the AWS tools do"""
 

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .app import App, Handler, Registration, is_async_handler, is_non_blocking_handler
 from .settings import (
+    ACTIVITY_NAME_PATTERN,
+    ACTIVITY_NAME_RULE,
     DEFAULT_ORIGIN,
     Concurrency,
     HandlerMode,
@@ -63,12 +65,11 @@ ARN_SUFFIX = "ACTIVITY_ARN"
 URL_SUFFIX = "QUEUE_URL"
 ACTIVITY_SUFFIXES = frozenset({*(f.upper() for f in FIELDS), ARN_SUFFIX})
 QUEUE_SUFFIXES = frozenset({*(f.upper() for f in (*FIELDS, *QUEUE_FIELDS)), URL_SUFFIX})
-# Activity names: 1-80 characters, none of white space, brackets, wildcards or punctuation
-# that Step Functions refuses.
 # What `sfn-worker dev` exports for other shells (the session file, each source's state
 # machine): not settings, yet documented to sit beside a `sfn-worker run` in the same shell.
 DEV_EXPORTS = re.compile(r"SFN_DEV_(SESSION|(.+_)?MACHINE_ARN)")
-NAME_PATTERN = r"[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f]{1,80}"
+# Activity names: as Step Functions takes them (settings.ACTIVITY_NAME_PATTERN).
+NAME_PATTERN = ACTIVITY_NAME_PATTERN
 DEFAULT = DEFAULT_ORIGIN
 CODE = "app code"
 
@@ -164,11 +165,13 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         if registration.ref.startswith("arn:"):
             _check_arn(registration.ref, f"activity {registration.ref!r}")
         elif not re.fullmatch(NAME_PATTERN, name):
-            raise SettingsError(f"activity {name!r}: not a valid activity name (1-80 characters)")
+            raise SettingsError(
+                f"activity {name!r}: not a valid activity name ({ACTIVITY_NAME_RULE})"
+            )
         key = activity_key(name)
         label = f"activity {name!r}"
         if not single:
-            _check_key(label, key, keys)
+            _check_key(label, key, ACTIVITY_SUFFIXES, keys)
         keys[key] = (label, ACTIVITY_SUFFIXES)
         env = _environment(key, ACTIVITY_SUFFIXES, environ)
         base = _resolve_common(registration, name, key, settings, env, single)
@@ -191,7 +194,7 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         key = activity_key(name)
         label = f"queue {name!r}"
         if not single:
-            _check_key(label, key, keys)
+            _check_key(label, key, QUEUE_SUFFIXES, keys)
         keys[key] = (label, QUEUE_SUFFIXES)
         env = _environment(key, QUEUE_SUFFIXES, environ)
         base = _resolve_common(registration, name, key, settings, env, single)
@@ -326,17 +329,23 @@ def _environment(key: str, suffixes: frozenset[str], environ: Mapping[str, str])
     }
 
 
-def _check_key(label: str, key: str, keys: Mapping[str, tuple[str, frozenset[str]]]) -> None:
+def _check_key(
+    label: str,
+    key: str,
+    suffixes: frozenset[str],
+    keys: Mapping[str, tuple[str, frozenset[str]]],
+) -> None:
     if key in keys:
         raise SettingsError(
             f"{keys[key][0]} and {label} would share the variables SFN_{key}_*; rename one"
         )
-    for variable in sorted(global_names()):
-        if variable == f"SFN_{key}" or variable.startswith(f"SFN_{key}_"):
-            raise SettingsError(
-                f"{label}: its variables SFN_{key}_* would collide with the setting "
-                f"{variable}; rename it"
-            )
+    # Only a variable that is both: an activity named `http` or `worker` is fine (renaming
+    # an AWS activity changes its ARN); a queue named `sqs` is not (SFN_SQS_QUEUE_URL).
+    clashes = sorted({f"SFN_{key}_{suffix}" for suffix in suffixes} & global_names())
+    if clashes:
+        raise SettingsError(
+            f"{label}: its variable {clashes[0]} is also a process-wide setting; rename it"
+        )
 
 
 def check_variables(

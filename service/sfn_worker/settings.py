@@ -17,7 +17,12 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 # Step Functions allows at most 1,000 open GetActivityTask polls per activity ARN.
 MAX_POLLERS_PER_ACTIVITY = 1000
@@ -25,7 +30,18 @@ WORKER_NAME_MAX = 80
 # Sustained SendTaskHeartbeat rate above which an account's API quota is likely hit.
 HEARTBEAT_RATE_WARNING_PER_SECOND = 200.0
 
-ACTIVITY_ARN_PATTERN = r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:activity:[^\s:]{1,80}$"
+# Activity names as CreateActivity takes them: 1-80 characters, none of white space,
+# brackets, wildcards, " # % \ ^ | ~ ` $ & , ; : / or control characters (U+0000-001F,
+# U+007F-009F). Surrogates (a non-UTF-8 byte in the environment) are refused as well: such a
+# name is no activity's and would fail later as ActivityDoesNotExist.
+ACTIVITY_NAME_PATTERN = r"[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,80}"
+ACTIVITY_NAME_RULE = (
+    "1-80 characters, none of white space, control characters, < > { } [ ] ? * "
+    '" # % \\ ^ | ~ ` $ & , ; : /'
+)
+ACTIVITY_ARN_PATTERN = r"arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:activity:" + ACTIVITY_NAME_PATTERN
+# Names sent to AWS and printed in the settings table: no control characters, no surrogates.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 IMPORT_PATH_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*"
 # https://sqs.<region>.amazonaws.com/<account>/<name>, or an emulator's http://host:port/...
 QUEUE_URL_PATTERN = r"^https?://[^/\s]+(/[^/\s]+)*/\d{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$"
@@ -75,6 +91,8 @@ def check_queue_url(value: str) -> str:
 
 def check_activity_arn(value: str) -> str:
     if not re.fullmatch(ACTIVITY_ARN_PATTERN, value):
+        if re.fullmatch(r"arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:activity:.*", value, re.S):
+            raise ValueError(f"the activity name must be {ACTIVITY_NAME_RULE}")
         raise ValueError(
             "expected an activity ARN like arn:aws:states:<region>:<account>:activity:<name>"
         )
@@ -125,22 +143,28 @@ class LogLevel(StrEnum):
     INFO = "INFO"
     WARNING = "WARNING"
     ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+# LOG_LEVEL is a name other tools in a container set too, with their own spellings.
+LOG_LEVEL_ALIASES = {"warn": LogLevel.WARNING, "trace": LogLevel.DEBUG, "fatal": LogLevel.CRITICAL}
 
 
 E = TypeVar("E", bound=StrEnum)
 
 
-def choice(kind: type[E]) -> Callable[[object], object]:
-    """A before-validator: any case of a value of ``kind``. An unknown value is refused here,
-    so the error quotes it as the user typed it and lists the valid ones."""
+def choice(kind: type[E], aliases: Mapping[str, E] | None = None) -> Callable[[object], object]:
+    """A before-validator: any case of a value of ``kind`` (or of an alias). An unknown value
+    is refused here, so the error quotes it as the user typed it and lists the valid ones."""
+    names = {member.value.casefold(): member for member in kind} | dict(aliases or {})
+    also = f", or {', '.join(aliases)}" if aliases else ""
 
     def parse(value: object) -> object:
         if not isinstance(value, str) or isinstance(value, kind):
             return value
-        for member in kind:
-            if member.value.casefold() == value.strip().casefold():
-                return member
-        raise ValueError(f"expected one of {', '.join(m.value for m in kind)} (any case)")
+        if (member := names.get(value.strip().casefold())) is not None:
+            return member
+        raise ValueError(f"expected one of {', '.join(m.value for m in kind)} (any case){also}")
 
     return parse
 
@@ -150,7 +174,20 @@ HeartbeatModeChoice = Annotated[HeartbeatMode, BeforeValidator(choice(HeartbeatM
 OnShutdownChoice = Annotated[OnShutdown, BeforeValidator(choice(OnShutdown))]
 MetricsChoice = Annotated[MetricsOutput, BeforeValidator(choice(MetricsOutput))]
 LogFormatChoice = Annotated[LogFormat, BeforeValidator(choice(LogFormat))]
-LogLevelChoice = Annotated[LogLevel, BeforeValidator(choice(LogLevel))]
+LogLevelChoice = Annotated[LogLevel, BeforeValidator(choice(LogLevel, LOG_LEVEL_ALIASES))]
+
+
+class UpperCaseEnvironment(EnvSettingsSource):
+    """The environment, upper-case names only. pydantic-settings matches names ignoring
+    case, so `sfn_concurrency=abc` was read as SFN_CONCURRENCY (and its error named that);
+    names are upper-case, and config.check_variables refuses a lower-case SFN_ one."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            name.lower(): value
+            for name, value in os.environ.items()
+            if name == name.upper() and (value or not self.env_ignore_empty)
+        }
 
 
 def _default_worker_name() -> str:
@@ -263,7 +300,20 @@ class Settings(BaseSettings):
     def _no_blank_name(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
+        if CONTROL_CHARACTERS.search(value):
+            raise ValueError("must not contain control characters or bytes that are not UTF-8")
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, UpperCaseEnvironment(settings_cls))
 
     # Fields given by a command-line flag (load_settings); the rest came from the
     # environment (or the constructor) or are defaults.
@@ -334,8 +384,23 @@ def load_settings(flags: Mapping[str, object] | None = None) -> Settings:
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc, frozenset(given))) from None
     settings._flags = frozenset(given)
+    _check_overridden_variables(given)
     _check_pollers_within_concurrency(settings)
     return settings
+
+
+def _check_overridden_variables(given: Mapping[str, object]) -> None:
+    """A variable a flag overrides is still validated: left invalid, it breaks the next
+    start without the flag (or the next container that shares it)."""
+    for field in given:
+        names = [env_name(field), *(alias for alias, f in ALIASES.items() if f == field)]
+        if not any(os.environ.get(name) for name in names):
+            continue
+        try:
+            Settings(**{other: value for other, value in given.items() if other != field})  # type: ignore[arg-type]
+        except ValidationError as exc:
+            if problem := describe_validation_error(exc, frozenset(given) - {field}, only=field):
+                raise SettingsError(f"{problem} (even with {flag_name(field)} given)") from None
 
 
 def _check_aliases_agree() -> None:
@@ -343,10 +408,16 @@ def _check_aliases_agree() -> None:
     for alias, field in ALIASES.items():
         name = env_name(field)
         first, second = os.environ.get(name), os.environ.get(alias)
-        if first and second and first.strip().casefold() != second.strip().casefold():
+        if first and second and _same_level(first) != _same_level(second):
             raise SettingsError(
                 f"{name}={first!r} and {alias}={second!r} are both set and differ; keep one"
             )
+
+
+def _same_level(value: str) -> object:
+    # The one aliased setting is LOG_LEVEL: `warn` and `WARNING` agree.
+    text = value.strip().casefold()
+    return LOG_LEVEL_ALIASES.get(text, text.upper())
 
 
 def _check_pollers_within_concurrency(settings: Settings) -> None:
@@ -375,13 +446,18 @@ def _given_name(field: str, flags: frozenset[str]) -> str:
     )
 
 
-def describe_validation_error(exc: ValidationError, flags: frozenset[str] = frozenset()) -> str:
+def describe_validation_error(
+    exc: ValidationError, flags: frozenset[str] = frozenset(), only: str | None = None
+) -> str:
+    """One line for ``exc``'s problems (only those of the field ``only``, if given)."""
     problems = []
     for error in exc.errors(include_url=False):
         loc = error.get("loc", ())
         field = str(loc[0]) if loc else ""
         # An aliased field's errors are located at the alias, whoever gave the value.
         field = _FIELD_OF_ALIAS.get(field.upper(), field)
+        if only is not None and field != only:
+            continue
         given = error.get("input")
         message = str(error.get("msg", "invalid"))
         if error.get("type") == "missing":

@@ -151,6 +151,13 @@ SEED = "sfn_worker.examples:seed_handler"
             "sfn_render_concurrency: not a setting (names are upper-case) "
             "(did you mean SFN_RENDER_CONCURRENCY?)",
         ),
+        # A lower-case global next to its upper-case name: the lower-case one is named (it
+        # used to be read, and its error named SFN_CONCURRENCY, which was valid).
+        (
+            ["run", "tests.apps:media"],
+            {"SFN_CONCURRENCY": "8", "sfn_concurrency": "abc"},
+            "sfn_concurrency: not a setting (names are upper-case) (did you mean SFN_CONCURRENCY?)",
+        ),
         # A variable of the user's own in the worker's prefix (the Makefile's cache
         # directory was one); with nothing close, the line points at the list.
         (
@@ -179,7 +186,7 @@ def test_an_unknown_sfn_variable_is_refused_with_the_closest_name(
 @pytest.mark.parametrize(
     ("variable", "typed", "valid"),
     [
-        ("LOG_LEVEL", "verbose", "DEBUG, INFO, WARNING, ERROR"),
+        ("LOG_LEVEL", "verbose", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ("SFN_LOG_FORMAT", "Pretty", "json, console"),
         ("SFN_HANDLER_MODE", "Fork", "async, thread, process"),
         ("SFN_HEARTBEAT_MODE", "Often", "timer, progress"),
@@ -234,6 +241,19 @@ def test_a_handler_set_beside_an_app_is_refused() -> None:
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "SFN_HANDLER is set but the worker runs the app 'tests.apps:media'" in line
+
+
+@pytest.mark.parametrize("env", [{"SFN_ACTIVITY_ARN": ARN + "jobs"}, {}])
+@pytest.mark.parametrize("command", ["run", "check", "settings"])
+def test_a_handler_given_where_the_app_goes_says_to_use_handler(
+    env: dict[str, str], command: str
+) -> None:
+    """`sfn-worker run my_jobs:handle` said SFN_ACTIVITY_ARN conflicted with an app."""
+    result = sfn_worker(command, SEED, **env)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"app={SEED!r} is a function, not an sfn_worker.App: run a handler with " in line
+    assert f"--handler {SEED} (or SFN_HANDLER)" in line
 
 
 def test_log_level_under_both_its_names_must_agree() -> None:
@@ -364,3 +384,31 @@ def test_the_source_of_log_level_is_the_name_that_set_it() -> None:
     assert result.returncode == 0, result.stderr
     [line] = [line for line in result.stdout.splitlines() if "LOG_LEVEL " in line]
     assert line.split()[1:] == ["DEBUG", "environment", "(SFN_LOG_LEVEL)"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # A byte that is not UTF-8, a control character, a bracket: no activity is named so
+        # (CreateActivity refuses it); the poll failed later with ActivityDoesNotExist.
+        ({"SFN_ACTIVITY_ARN": ARN + "jo\udcffbs"}, "SFN_ACTIVITY_ARN='" + ARN + "jo\\udcffbs'"),
+        ({"SFN_ACTIVITY_ARN": ARN + "jo\x01bs"}, "the activity name must be 1-80 characters"),
+        ({"SFN_ACTIVITY_ARN": ARN + "jo\x85bs"}, "none of white space, control characters"),
+        ({"SFN_ACTIVITY_ARN": ARN + "jobs[1]"}, "the activity name must be"),
+        # A line break in the worker's name broke the settings table (and went to AWS).
+        (
+            {"SFN_ACTIVITY_ARN": ARN + "jobs", "SFN_WORKER_NAME": "a\nb"},
+            "SFN_WORKER_NAME='a\\nb' is invalid: must not contain control characters",
+        ),
+        ({"SFN_ACTIVITY_ARN": ARN + "jobs", "SFN_WORKER_NAME": "w\udcff"}, "SFN_WORKER_NAME="),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "settings"])
+def test_names_aws_would_refuse_are_refused_at_start(
+    env: dict[str, str], message: str, command: str
+) -> None:
+    result = sfn_worker(command, SFN_HANDLER=SEED, **env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert message in lines[0]

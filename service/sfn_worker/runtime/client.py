@@ -209,6 +209,7 @@ class SfnClients:
     sqs_polls: SQSClient | None = None
     sqs: SQSClient | None = None
     credentials: Any = None  # the session's, resolved before the clients (credentials.py)
+    direct: bool = False  # no proxy from the environment (a local fake): STS's too
 
 
 def aws_session() -> aioboto3.Session:
@@ -240,11 +241,13 @@ async def open_clients(
     session: aioboto3.Session | None = None,
     endpoint_url: str | None = None,
     credentials_wait_seconds: float = CREDENTIALS_WAIT_SECONDS,
+    direct: bool = False,
 ) -> AsyncIterator[SfnClients]:
     """One pool for every activity's polls, one for every source's other calls (and the same
     for SQS). Region, credentials and endpoints (AWS_ENDPOINT_URL_SFN, AWS_ENDPOINT_URL_SQS)
     come from the AWS chain unless given; credentials are waited for first (credentials.py).
-    Every call of these clients has an overall deadline (``bound_calls``)."""
+    Every call of these clients has an overall deadline (``bound_calls``). ``direct``: no
+    proxy from HTTP(S)_PROXY (a local fake's endpoint)."""
     session = session or aws_session()
     try:
         credentials = await wait_for_credentials(session, credentials_wait_seconds)
@@ -257,7 +260,7 @@ async def open_clients(
     async with contextlib.AsyncExitStack() as stack:
         try:
             polls = await _client(
-                stack, session, "stepfunctions", poll_config(pollers), endpoint_url
+                stack, session, "stepfunctions", poll_config(pollers), endpoint_url, direct
             )
             calls = await _client(
                 stack,
@@ -265,14 +268,15 @@ async def open_clients(
                 "stepfunctions",
                 call_config(calls_pool_connections(sources), timeout),
                 endpoint_url,
+                direct,
             )
             sqs_polls = sqs = None
             if queues:
                 receive = poll_config(sum(q.pollers for q in queues), RECEIVE_READ_TIMEOUT_SECONDS)
-                sqs_polls = await _client(stack, session, "sqs", receive, endpoint_url)
+                sqs_polls = await _client(stack, session, "sqs", receive, endpoint_url, direct)
                 # Visibility changes, deletes and releases: one per running task at most.
                 quick = call_config(sum(q.concurrency for q in queues) + SPARE_CONNECTIONS, timeout)
-                sqs = await _client(stack, session, "sqs", quick, endpoint_url)
+                sqs = await _client(stack, session, "sqs", quick, endpoint_url, direct)
         except NoRegionError:
             raise SettingsError(NO_REGION) from None
         for client in (polls, calls, sqs_polls, sqs):
@@ -288,7 +292,12 @@ async def open_clients(
             )
             bound_calls(sqs_polls, receive_deadline)
             bound_calls(sqs, overall_deadline(timeout, timeout))
-        yield SfnClients(polls, calls, session, endpoint_url, sqs_polls, sqs, credentials)
+        yield SfnClients(polls, calls, session, endpoint_url, sqs_polls, sqs, credentials, direct)
+
+
+def without_proxy(config: AioConfig) -> AioConfig:
+    # An empty mapping, not None: botocore then reads no proxy from the environment.
+    return config.merge(AioConfig(proxies={}))
 
 
 # botocore's service-specific endpoint variables; AWS_ENDPOINT_URL serves every service.
@@ -301,10 +310,12 @@ async def _client(
     service: str,
     config: AioConfig,
     endpoint_url: str | None,
+    direct: bool = False,
 ) -> Any:
     """A client of ``service``; an endpoint URL it cannot use is a configuration error at
     start, naming where it came from (botocore refuses some only at the first call: a port
     with a comment after it, as ``docker run --env-file`` keeps it)."""
+    config = without_proxy(config) if direct else config
     try:
         client = await stack.enter_async_context(
             session.client(service, config=config, endpoint_url=endpoint_url)

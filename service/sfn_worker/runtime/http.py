@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -89,9 +91,17 @@ async def serve_http(settings: Settings, runtime: Runtime) -> AsyncIterator[int 
     try:
         await server.start(settings.http_host, settings.http_port)
     except OSError as exc:
+        # A name that does not resolve, or an address not on this machine: the host's fault;
+        # in use, or a privileged port: the port's.
+        host_is_the_cause = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+        name = (
+            f"SFN_HTTP_HOST={settings.http_host!r}"
+            if host_is_the_cause
+            else f"SFN_HTTP_PORT={settings.http_port}"
+        )
         raise SettingsError(
-            f"SFN_HTTP_PORT={settings.http_port}: cannot listen on "
-            f"{settings.http_host}:{settings.http_port}: {exc.strerror or exc}"
+            f"{name}: cannot listen on {settings.http_host}:{settings.http_port}: "
+            f"{exc.strerror or exc}"
         ) from None
     try:
         yield settings.http_port

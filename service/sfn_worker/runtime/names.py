@@ -21,6 +21,7 @@ from .client import (
     bound_calls,
     call_config,
     overall_deadline,
+    without_proxy,
 )
 
 log = structlog.get_logger("sfn_worker.names")
@@ -29,12 +30,15 @@ ATTEMPTS = 5
 
 
 async def resolve_names(
-    sources: Sequence[SourceConfig], session: aioboto3.Session, endpoint_url: str | None
+    sources: Sequence[SourceConfig],
+    session: aioboto3.Session,
+    endpoint_url: str | None,
+    direct: bool = False,
 ) -> list[SourceConfig]:
-    """The sources, every activity with an ARN."""
+    """The sources, every activity with an ARN (``direct``: STS through no proxy)."""
     if all(not isinstance(s, ActivityConfig) or s.arn is not None for s in sources):
         return list(sources)
-    account = await _account(session, endpoint_url)
+    account = await _account(session, endpoint_url, direct)
     region = session.region_name
     partition = session.get_partition_for_region(region)
     resolved: list[SourceConfig] = []
@@ -49,9 +53,10 @@ async def resolve_names(
     return resolved
 
 
-async def _account(session: aioboto3.Session, endpoint_url: str | None) -> str:
+async def _account(session: aioboto3.Session, endpoint_url: str | None, direct: bool) -> str:
     retry = Retry(SEND_BACKOFF)
     config = call_config(SPARE_CONNECTIONS, CALL_TIMEOUT_MAX_SECONDS)
+    config = without_proxy(config) if direct else config
     async with session.client("sts", config=config, endpoint_url=endpoint_url) as sts:
         bound_calls(sts, overall_deadline(CALL_TIMEOUT_MAX_SECONDS, CALL_TIMEOUT_MAX_SECONDS))
         while True:

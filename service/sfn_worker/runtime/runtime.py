@@ -229,7 +229,9 @@ class Runtime:
                     "credentials", functools.partial(keep_fresh, clients.credentials)
                 )
                 stack.push_async_callback(cancel_and_wait, asyncio.create_task(fresh))
-            naming = resolve_names(self.configs, clients.session, clients.endpoint_url)
+            naming = resolve_names(
+                self.configs, clients.session, clients.endpoint_url, clients.direct
+            )
             configs = await self._unless_stopped(naming)
             if configs is None:
                 log.info("stopped while resolving activity names; nothing was polled")

@@ -215,7 +215,13 @@ class FakeSqs:
         return _ok({"Attributes": attributes})
 
     async def _op_SendMessage(self, queue: FakeQueue, params: dict[str, Any]) -> web.Response:
-        message = self.send(queue, str(params.get("MessageBody", "")))
+        body = str(params.get("MessageBody", ""))
+        if not body:
+            # As SQS answers an empty body (its code says missing, though it was sent).
+            return sqs_error(
+                "MissingParameter", "The request must contain the parameter MessageBody."
+            )
+        message = self.send(queue, body)
         return _ok({"MessageId": message.message_id})
 
 

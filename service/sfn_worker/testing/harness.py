@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aioboto3
 
-from ..app import App, Handler
+from ..app import App, Handler, LoadError, import_object, import_path, is_async_handler
 from ..config import SourceConfig, activity_name, queue_name
 from ..context import NO_STATE, TaskContext
 from ..runtime.client import SfnClients, open_clients
@@ -43,9 +44,15 @@ async def run_handler(
     if ctx is not None and state is not NO_STATE:
         raise ValueError("pass either ctx or state, not both")
     task_input = as_delivered(task_input)
+    chosen = _handler_mode(mode)
+    if chosen is HandlerMode.PROCESS and not is_async_handler(handler):
+        _check_importable(handler)
+    # Thread mode shortens the interpreter's switch interval for the worker's process; a
+    # test's must not keep it for the rest of the session.
+    switch_interval = sys.getswitchinterval()
     invoker = HandlerInvoker(
         handler,
-        _handler_mode(mode),
+        chosen,
         concurrency=1,
         middlewares=app.middlewares if app is not None else (),
         process_init=app.process_initializer if app is not None else None,
@@ -69,7 +76,23 @@ async def run_handler(
             raise
     finally:
         await invoker.aclose()
+        sys.setswitchinterval(switch_interval)
     return handler_outcome(call.result)
+
+
+def _check_importable(handler: Handler) -> None:
+    """A process handler is found again by ``module:function`` in the handler process; a
+    lambda or a nested function is not, and would fail only after a process started."""
+    path = import_path(handler)
+    try:
+        found = import_object(path, "handler")
+    except LoadError:
+        found = None
+    if found is not handler:
+        raise ValueError(
+            f"mode='process' needs a handler importable as module:function, not {path!r}: "
+            "define it at the top level of a module"
+        )
 
 
 def as_delivered(task_input: Any) -> Any:
@@ -129,8 +152,9 @@ def fake_clients(fake: FakeStepFunctions) -> ClientFactory:
         session = aioboto3.Session(
             region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
         )
+        # Direct: a developer's HTTP(S)_PROXY must not carry calls to the local fake.
         async with open_clients(
-            sources, session=session, endpoint_url=fake.endpoint_url
+            sources, session=session, endpoint_url=fake.endpoint_url, direct=True
         ) as clients:
             yield clients
 

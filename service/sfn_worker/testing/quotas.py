@@ -21,6 +21,15 @@ class Quota:
     burst: int
     refill_per_second: float
 
+    def __post_init__(self) -> None:
+        # An empty bucket that never refills throttles every call for ever.
+        if not self.burst >= 1:
+            raise ValueError(f"burst={self.burst!r}: a quota's burst is at least 1 call")
+        if not self.refill_per_second > 0:
+            raise ValueError(
+                f"refill_per_second={self.refill_per_second!r}: a quota refills, above 0"
+            )
+
 
 LARGE_REGIONS = Quota(burst=3_000, refill_per_second=500.0)  # us-east-1, us-west-2, eu-west-1
 OTHER_REGIONS = Quota(burst=1_500, refill_per_second=300.0)
