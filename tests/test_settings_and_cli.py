@@ -397,62 +397,11 @@ def test_the_console_script_imports_user_code_from_the_current_directory(
     assert "activity 'render'" in result.stdout
 
 
-async def test_run_and_process_mode_import_user_code_from_the_current_directory(
-    fake: FakeStepFunctions, user_code: Any
-) -> None:
-    """``sfn-worker run`` from the folder holding my_jobs.py, in process mode: the spawned
-    handler process imports it too."""
-    task = fake.add_task({"in": "SUCCESS"})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
-    env.pop("PYTHONPATH", None)
-    env.update(
-        SFN_ACTIVITY_ARN=fake.activity_arn,
-        SFN_HANDLER="my_jobs:render_video",
-        SFN_HANDLER_MODE="process",
-        SFN_SHUTDOWN_GRACE_SECONDS="2",
-    )
-    worker = await asyncio.create_subprocess_exec(
-        str(BIN / "sfn-worker"),
-        "run",
-        cwd=user_code,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        await fake.wait_for(lambda: task.state != "open", timeout=30)
-        worker.send_signal(signal.SIGTERM)
-        fake.release_polls()
-        _, stderr = await asyncio.wait_for(worker.communicate(), 30)
-    finally:
-        if worker.returncode is None:
-            worker.kill()
-            await worker.wait()
-    assert worker.returncode == 0, stderr.decode(errors="replace")[-2000:]
-    assert task.state == "succeeded"
-    assert json.loads(task.output or "{}") == {"rendered": {"in": "SUCCESS"}, "by": "my_jobs"}
-
-
-# Modules a user may well have beside their handlers, named like modules the worker imports
-# after the current directory is on the path: in the worker (uvloop when the loop starts,
-# stringprep at the first request) and in a handler process (nearly everything, and what
-# multiprocessing's `python -c` start imports: types, signal, socket).
-SHADOWS = (
-    *("uvloop", "stringprep", "json", "logging", "asyncio", "secrets", "queue", "resource"),
-    *("types", "signal", "socket"),
-)
-
-
-@pytest.mark.parametrize("mode", ["thread", "process"])
-async def test_modules_in_the_current_directory_never_replace_the_workers_own(
+async def _work_one_task_from(
     fake: FakeStepFunctions, user_code: Any, mode: str
-) -> None:
-    """``secrets.py`` beside my_jobs.py made every process-mode task fail with
-    Worker.HandlerProcessDied; ``uvloop.py`` made run and check end in a traceback;
-    ``stringprep.py`` failed every call to AWS."""
-    for name in SHADOWS:
-        (user_code / f"{name}.py").write_text(f"raise RuntimeError('the user module {name}.py')\n")
+) -> tuple[Any, int | None, str]:
+    """``sfn-worker run`` started in the folder holding my_jobs.py works one task, then
+    stops: the task, the exit code and the worker's log."""
     task = fake.add_task({"in": "SUCCESS"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
     env.pop("PYTHONPATH", None)
@@ -480,8 +429,41 @@ async def test_modules_in_the_current_directory_never_replace_the_workers_own(
         if worker.returncode is None:
             worker.kill()
             await worker.wait()
-    log = stderr.decode(errors="replace")
-    assert worker.returncode == 0, log[-2000:]
+    return task, worker.returncode, stderr.decode(errors="replace")
+
+
+async def test_run_and_process_mode_import_user_code_from_the_current_directory(
+    fake: FakeStepFunctions, user_code: Any
+) -> None:
+    """``sfn-worker run`` from the folder holding my_jobs.py, in process mode: the spawned
+    handler process imports it too."""
+    task, code, log = await _work_one_task_from(fake, user_code, "process")
+    assert code == 0, log[-2000:]
+    assert task.state == "succeeded"
+    assert json.loads(task.output or "{}") == {"rendered": {"in": "SUCCESS"}, "by": "my_jobs"}
+
+
+# Modules a user may well have beside their handlers, named like modules the worker imports
+# after the current directory is on the path: in the worker (uvloop when the loop starts,
+# stringprep at the first request) and in a handler process (nearly everything, and what
+# multiprocessing's `python -c` start imports: types, signal, socket).
+SHADOWS = (
+    *("uvloop", "stringprep", "json", "logging", "asyncio", "secrets", "queue", "resource"),
+    *("types", "signal", "socket"),
+)
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+async def test_modules_in_the_current_directory_never_replace_the_workers_own(
+    fake: FakeStepFunctions, user_code: Any, mode: str
+) -> None:
+    """``secrets.py`` beside my_jobs.py made every process-mode task fail with
+    Worker.HandlerProcessDied; ``uvloop.py`` made run and check end in a traceback;
+    ``stringprep.py`` failed every call to AWS."""
+    for name in SHADOWS:
+        (user_code / f"{name}.py").write_text(f"raise RuntimeError('the user module {name}.py')\n")
+    task, code, log = await _work_one_task_from(fake, user_code, mode)
+    assert code == 0, log[-2000:]
     assert task.state == "succeeded", log[-2000:]
     assert "the user module" not in log
 
