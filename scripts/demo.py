@@ -29,8 +29,9 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emulator import CONFIG, EmulatorError, LocalStack
+from sfn_worker.dev.resources import REGION
+from sfn_worker.dev.supervisor import aws_environment
 
-REGION = "us-east-1"
 ROLE_ARN = "arn:aws:iam::000000000000:role/demo-role"  # LocalStack does not check it
 EXECUTION_TIMEOUT_SECONDS = 60.0
 
@@ -45,19 +46,6 @@ EXECUTIONS = [
     (QUEUE, {"in": "RANDOM"}),
     ("uppercase", {"text": "hello from the demo"}),
 ]
-
-
-def aws_env(endpoint_url: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL_SFN": endpoint_url,
-        "AWS_ENDPOINT_URL_STS": endpoint_url,
-        "AWS_ENDPOINT_URL_SQS": endpoint_url,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": REGION,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
 
 
 def aws_client(service: str, endpoint_url: str) -> Any:
@@ -123,7 +111,7 @@ def run_demo() -> int:
 
         worker_log = Path(tmp) / "worker.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SFN_"))}
-        env.update(aws_env(emulator.endpoint_url))
+        env.update(aws_environment(emulator.endpoint_url))
         env.update(
             SFN_SEED_CALLBACKS_QUEUE_URL=queue_url,
             SFN_WORKER_NAME="demo-worker",
