@@ -334,6 +334,21 @@ CONFIGS = {
 }
 
 
+def _team_pytest(
+    folder: Path, name: str, source: str, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """A team's test module run by pytest in a folder of its own."""
+    (folder / name).write_text(source)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_the_plugin_runs_a_teams_tests_with_no_asyncio_configuration(
@@ -344,14 +359,7 @@ def test_the_plugin_runs_a_teams_tests_with_no_asyncio_configuration(
         "[pytest]\nfilterwarnings = error\naddopts = --strict-markers --strict-config\n" + ini
     )
     source = USER_TESTS if "no:asyncio" in options else USER_TESTS + MARKED_TEST
-    (tmp_path / "test_team.py").write_text(textwrap.dedent(source))
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _team_pytest(tmp_path, "test_team.py", textwrap.dedent(source), *options)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{passed} passed" in result.stdout, result.stdout
 
@@ -383,14 +391,7 @@ def test_a_handler_that_swallows_cancellation_fails_the_teardown_instead_of_hang
     tmp_path: Path,
 ) -> None:
     # Closing the test's loop waited for the handler's task: the run hung with no word.
-    (tmp_path / "test_stubborn.py").write_text(STUBBORN_TEST)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _team_pytest(tmp_path, "test_stubborn.py", STUBBORN_TEST, "-p", "no:asyncio")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 passed, 1 error" in result.stdout, result.stdout
     assert "left 1 task(s) that ignore cancellation" in result.stdout, result.stdout
@@ -415,14 +416,7 @@ def test_plain_that_drives_the_loop(sfn_fake, sfn_loop_runner) -> None:
 @pytest.mark.slow
 def test_the_fake_in_a_plain_test_is_refused_with_one_line(tmp_path: Path) -> None:
     # Its loop does not run there: botocore's own retries held the test for minutes.
-    (tmp_path / "test_plain.py").write_text(PLAIN_TESTS)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _team_pytest(tmp_path, "test_plain.py", PLAIN_TESTS, "-p", "no:asyncio")
     assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
     assert "test_plain is a plain test: the fake Step Functions answers only" in result.stdout
 
