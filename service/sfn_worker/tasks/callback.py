@@ -38,8 +38,8 @@ from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff, Retry
 from ..settings import OnShutdown
 from ..tracing import NO_TRACING, Tracing
+from .ended import MALFORMED_TOKEN, Answered, Closed, Released, TaskEnd, Unanswered
 from .receiver import OpenReceives, Receiver
-from .source import Ended
 from .source_worker import Intake, SourceParts, SourceWorker
 from .sqs_calls import SqsCalls
 from .task import SqsMessage, Task
@@ -132,7 +132,7 @@ class CallbackSource:
         )
 
     # -- around the task (TaskSource) ------------------------------------------------------
-    async def admit(self, task: Task) -> Ended | None:
+    async def admit(self, task: Task) -> Closed | None:
         """A redelivered message: the service says whether its task is still open."""
         assert task.message is not None
         if task.message.receive_count <= 1:
@@ -147,15 +147,15 @@ class CallbackSource:
                 return None
             except API_ERRORS as exc:
                 code = error_code(exc)
-                if code == "InvalidToken":
-                    return Ended.MALFORMED
+                if code == MALFORMED_TOKEN:
+                    return Closed.by(code)
                 if classify(exc) is ErrorKind.TASK_GONE:
                     log.info(
                         "message delivered again for a closed task; deleting it unanswered",
                         answer=code,
                         token=token_hash(task.token),
                     )
-                    return Ended.GONE
+                    return Closed.by(code)
                 delay = retry.next_delay()
                 if classify(exc) is not ErrorKind.TRANSIENT or loop.time() + delay > give_up_at:
                     log.warning(
@@ -168,18 +168,20 @@ class CallbackSource:
         assert task.message is not None
         return self._calls.keep_invisible(task.message, self._config.visibility_seconds)
 
-    async def settle(self, task: Task, ended: Ended) -> None:
+    async def settle(self, task: Task, ended: TaskEnd) -> None:
         message = task.message
         assert message is not None
         self._running.pop(message.message_id, None)
-        if ended in (Ended.ANSWERED, Ended.GONE):
-            await self._forget(message)
-        elif ended is Ended.RELEASED:
-            visible_in = math.ceil(self.receives.over_in())
-            await self._calls.release(message, visible_in, RELEASE_SECONDS)
-        elif ended is Ended.MALFORMED:
-            self._poison("malformed_token", "Step Functions calls the message's token invalid")
-        # UNANSWERED: left as it is; its next delivery is checked before it runs again.
+        match ended:
+            case Closed(malformed=True):
+                self._poison("malformed_token", "Step Functions calls the message's token invalid")
+            case Answered() | Closed():
+                await self._forget(message)
+            case Released():
+                visible_in = math.ceil(self.receives.over_in())
+                await self._calls.release(message, visible_in, RELEASE_SECONDS)
+            case Unanswered():
+                pass  # left as it is; its next delivery is checked before it runs again
 
     async def _forget(self, message: SqsMessage) -> None:
         self._settled[message.message_id] = None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from enum import Enum
 
 import structlog
 
@@ -23,6 +21,7 @@ from ..errors import (
 from ..metrics import SourceMetrics
 from ..retry import SEND_BACKOFF, Backoff, Retry, note_throttled
 from .answering import AnswerGate
+from .ended import Answered, Closed, Unanswered
 from .outcome import BARE_FAILURE, Failure, Outcome, Success
 
 log = structlog.get_logger("sfn_worker.sender")
@@ -35,24 +34,6 @@ TERMINAL_API: dict[type[Outcome], str] = {
     Success: "SendTaskSuccess",
     Failure: "SendTaskFailure",
 }
-
-
-class SendResult(Enum):
-    SENT = "sent"
-    # The call was answered TaskTimedOut/... after an earlier attempt may have been recorded.
-    ALREADY_RECORDED = "already_recorded"
-    TASK_GONE = "task_gone"
-    GAVE_UP = "gave_up"
-    # The caller's deadline (the shutdown's) came before the call got through: counted and
-    # reported once by the shutdown, not logged per token.
-    OUT_OF_TIME = "out_of_time"
-
-
-@dataclass(frozen=True)
-class SendReport:
-    result: SendResult
-    sent: Outcome  # what was sent: the outcome, or what replaced it (invalid output, KMS)
-    answer: str = ""  # the service's error code, when it closed the task
 
 
 class ResultSender:
@@ -71,8 +52,8 @@ class ResultSender:
 
     async def send(
         self, token: str, outcome: Outcome, deadline: float | None = None, age: float = 0.0
-    ) -> SendReport:
-        """Send ``outcome`` once; says what happened and what was actually sent. ``age``:
+    ) -> Answered | Closed | Unanswered:
+        """Send ``outcome`` once; says how the task ended and what was actually sent. ``age``:
         when the task started (loop time): while answers queue, the oldest goes first."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + SEND_RETRY_SECONDS
@@ -108,9 +89,9 @@ class ResultSender:
                                 "terminal call already recorded by an earlier attempt",
                                 answer=error_code(exc),
                             )
-                            return SendReport(SendResult.ALREADY_RECORDED, outcome, error_code(exc))
+                            return Answered(outcome, recorded_earlier=True)
                         log.warning("task closed before it was answered", answer=error_code(exc))
-                        return SendReport(SendResult.TASK_GONE, outcome, error_code(exc))
+                        return Closed.by(error_code(exc), at_answer=True)
                     if isinstance(outcome, Success) and error_code(exc) in {
                         "InvalidOutput",
                         "ValidationException",
@@ -136,19 +117,19 @@ class ResultSender:
                         continue
                     if kind is not ErrorKind.TRANSIENT:
                         log.error("terminal call rejected; not retrying", error=describe(exc))
-                        return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
+                        return Unanswered()
                     maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
                     throttled = is_throttling(exc)
                     delay = retry.next_delay(throttled)
                     if deadline is not None and loop.time() + delay > deadline:
-                        return SendReport(SendResult.OUT_OF_TIME, outcome, error_code(exc))
+                        return Unanswered(out_of_time=True)
                     if loop.time() + delay > give_up_at:
                         log.error(
                             "terminal call still failing; giving up",
                             error=describe(exc),
                             attempts=retry.failures + 1,
                         )
-                        return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
+                        return Unanswered()
                     if throttled:
                         note_throttled(TERMINAL_API[type(outcome)])
                     else:
@@ -162,6 +143,6 @@ class ResultSender:
                     await retry.wait(delay)
                 else:
                     gate.settled()
-                    return SendReport(SendResult.SENT, outcome)
+                    return Answered(outcome)
         finally:
             gate.end()

@@ -10,20 +10,10 @@ worker finishes it (tasks/callback.py).
 from __future__ import annotations
 
 import asyncio
-from enum import Enum
 from typing import Protocol
 
+from .ended import Closed, TaskEnd
 from .task import Task
-
-
-class Ended(Enum):
-    """How a task ended, for its source."""
-
-    ANSWERED = "answered"  # the one terminal call is recorded (now or by an earlier attempt)
-    GONE = "gone"  # the service closed it (timed out, execution stopped)
-    MALFORMED = "malformed"  # the service refused its token as invalid
-    RELEASED = "released"  # not answered, on purpose: another worker can take it
-    UNANSWERED = "unanswered"  # the terminal call kept failing: the service's timeout decides
 
 
 class TaskSource(Protocol):
@@ -34,8 +24,8 @@ class TaskSource(Protocol):
     # False: admit, keep and settle do nothing, and the runner skips them.
     tracks_deliveries: bool
 
-    async def admit(self, task: Task) -> Ended | None:
-        """Before the handler runs: None to run it, or why the task must not run."""
+    async def admit(self, task: Task) -> Closed | None:
+        """Before the handler runs: None to run it, or the service says it is closed."""
         ...
 
     def keep(self, task: Task) -> asyncio.Task[None] | None:
@@ -43,7 +33,7 @@ class TaskSource(Protocol):
         needed; the runner cancels it once the handler is done."""
         ...
 
-    async def settle(self, task: Task, ended: Ended) -> None:
+    async def settle(self, task: Task, ended: TaskEnd) -> None:
         """After the task ended (answered, gone, released...)."""
         ...
 
@@ -59,13 +49,13 @@ class ActivitySource:
     answers_at_shutdown = True
     tracks_deliveries = False
 
-    async def admit(self, task: Task) -> Ended | None:
+    async def admit(self, task: Task) -> Closed | None:
         return None
 
     def keep(self, task: Task) -> asyncio.Task[None] | None:
         return None
 
-    async def settle(self, task: Task, ended: Ended) -> None:
+    async def settle(self, task: Task, ended: TaskEnd) -> None:
         return None
 
     async def aclose(self) -> None:
