@@ -33,9 +33,9 @@ from ..aws import SFNClient, SQSClient
 from ..bulkhead import Accessory
 from ..config import CallbackQueueConfig
 from ..context import token_hash
-from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
+from ..errors import ErrorKind, classify, describe, error_code
 from ..metrics import SourceMetrics
-from ..retry import SEND_BACKOFF, Backoff, Retry
+from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from ..settings import OnShutdown
 from ..tracing import NO_TRACING, Tracing
 from .ended import MALFORMED_TOKEN, Answered, Closed, Released, TaskEnd, Unanswered
@@ -137,32 +137,37 @@ class CallbackSource:
         assert task.message is not None
         if task.message.receive_count <= 1:
             return None
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + PROBE_SECONDS
-        retry = Retry(self._backoff)
-        while True:
-            try:
-                async with self._probing:
-                    await self._sfn.send_task_heartbeat(taskToken=task.token)
-                return None
-            except API_ERRORS as exc:
-                code = error_code(exc)
-                if code == MALFORMED_TOKEN:
-                    return Closed.by(code)
-                if classify(exc) is ErrorKind.TASK_GONE:
-                    log.info(
-                        "message delivered again for a closed task; deleting it unanswered",
-                        answer=code,
-                        token=token_hash(task.token),
-                    )
-                    return Closed.by(code)
-                delay = retry.next_delay()
-                if classify(exc) is not ErrorKind.TRANSIENT or loop.time() + delay > give_up_at:
-                    log.warning(
-                        "could not check a redelivered task; running it", error=describe(exc)
-                    )
-                    return None
-                await retry.wait(delay)
+        give_up_at = asyncio.get_running_loop().time() + PROBE_SECONDS
+
+        async def probe() -> Closed | None:
+            async with self._probing:
+                await self._sfn.send_task_heartbeat(taskToken=task.token)
+            return None
+
+        def judge(exc: BaseException) -> Again | Stop[Closed | None]:
+            code = error_code(exc)
+            if code == MALFORMED_TOKEN:
+                return Stop(Closed.by(code))
+            kind = classify(exc)
+            if kind is ErrorKind.TASK_GONE:
+                log.info(
+                    "message delivered again for a closed task; deleting it unanswered",
+                    answer=code,
+                    token=token_hash(task.token),
+                )
+                return Stop(Closed.by(code))
+            if kind is not ErrorKind.TRANSIENT:
+                return _run_unchecked(exc)
+            return Again.AFTER_BACKOFF
+
+        def before_wait(
+            exc: BaseException, delay: float, retry: Retry
+        ) -> Stop[Closed | None] | None:
+            if asyncio.get_running_loop().time() + delay > give_up_at:
+                return _run_unchecked(exc)
+            return None
+
+        return await retrying(probe, backoff=self._backoff, judge=judge, before_wait=before_wait)
 
     def keep(self, task: Task) -> asyncio.Task[None]:
         assert task.message is not None
@@ -191,6 +196,11 @@ class CallbackSource:
 
     async def aclose(self) -> None:
         await self._calls.flush()
+
+
+def _run_unchecked(exc: BaseException) -> Stop[Closed | None]:
+    log.warning("could not check a redelivered task; running it", error=describe(exc))
+    return Stop(None)
 
 
 class CallbackQueueWorker(SourceWorker):

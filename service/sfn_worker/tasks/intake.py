@@ -19,7 +19,7 @@ from ..errors import (
     is_throttling,
 )
 from ..metrics import SourceMetrics
-from ..retry import POLL_BACKOFF, Backoff, Retry, note_throttled
+from ..retry import POLL_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from .slots import Slots
 from .task import Task
 
@@ -73,42 +73,53 @@ class IntakeLoop:
 
     async def run(self) -> None:
         with structlog.contextvars.bound_contextvars(**{self.NAME: self.number}):
-            retry = Retry(self._backoff)
-            while not self._no_more_requests():
-                taken = await self._slots.take(self.MOST)
-                # A slot is not enough: the handler must be able to start (process mode
-                # backs off after handler processes die).
-                try:
-                    await self._ready()
-                except BaseException:
-                    self._slots.give(taken)
-                    raise
-                if self._no_more_requests():
-                    self._slots.give(taken)
-                    break
-                self._holds_task = True
-                try:
-                    tasks = await self._fetch(taken)
-                except API_ERRORS as exc:
-                    self._holds_task = False
-                    self._slots.give(taken)
-                    if not self._keep_going_after(exc):
-                        return
-                    throttled = is_throttling(exc)
-                    delay = retry.next_delay(throttled)
-                    if throttled:
-                        note_throttled(self.API)
-                    else:
-                        log.warning(self.FAILED, error=describe(exc), retry_in=round(delay, 2))
-                    await retry.wait(delay)
-                    continue
-                retry.reset()
+            while True:
+                got = await retrying(
+                    self._take_and_fetch,
+                    backoff=self._backoff,
+                    judge=self._judge,
+                    throttle_api=self.API,
+                    on_retry=self._say_retry,
+                )
+                if got is None:  # stopping, or a fatal error
+                    return
+                taken, tasks = got
                 # The slots of the tasks now belong to them (their coroutines release them);
                 # the rest go back (an empty poll, poison messages, duplicates).
                 self._slots.give(taken - len(tasks))
                 for task in tasks:
                     await self._queue.put(task)
                 self._holds_task = False
+
+    async def _take_and_fetch(self) -> tuple[int, list[Task]] | None:
+        """Free slots and one request for that many tasks; None once no more may be made."""
+        if self._no_more_requests():
+            return None
+        taken = await self._slots.take(self.MOST)
+        # A slot is not enough: the handler must be able to start (process mode backs off
+        # after handler processes die).
+        try:
+            await self._ready()
+        except BaseException:
+            self._slots.give(taken)
+            raise
+        if self._no_more_requests():
+            self._slots.give(taken)
+            return None
+        self._holds_task = True
+        try:
+            return taken, await self._fetch(taken)
+        except API_ERRORS:
+            self._holds_task = False
+            self._slots.give(taken)
+            raise
+
+    def _judge(self, exc: BaseException) -> Again | Stop[None]:
+        return Again.AFTER_BACKOFF if self._keep_going_after(exc) else Stop(None)
+
+    def _say_retry(self, exc: BaseException, delay: float, retry: Retry) -> None:
+        if not is_throttling(exc):  # throttles go to the process's throttle notice
+            log.warning(self.FAILED, error=describe(exc), retry_in=round(delay, 2))
 
     def _keep_going_after(self, exc: BaseException) -> bool:
         self._metrics.poll_error(error_code(exc))

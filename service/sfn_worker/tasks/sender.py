@@ -8,7 +8,6 @@ import structlog
 
 from ..aws import SFNClient
 from ..errors import (
-    API_ERRORS,
     INVALID_OUTPUT_ERROR,
     KMS_REFUSED_CODES,
     ErrorKind,
@@ -19,7 +18,7 @@ from ..errors import (
     may_have_been_recorded,
 )
 from ..metrics import SourceMetrics
-from ..retry import SEND_BACKOFF, Backoff, Retry, note_throttled
+from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from .answering import AnswerGate
 from .ended import Answered, Closed, Unanswered
 from .outcome import BARE_FAILURE, Failure, Outcome, Success
@@ -59,90 +58,100 @@ class ResultSender:
         give_up_at = loop.time() + SEND_RETRY_SECONDS
         if deadline is not None:
             give_up_at = min(give_up_at, deadline)
-        retry = Retry(self._backoff)
         maybe_recorded = False
         client = self._client
         gate = self._gate
+        sending = outcome  # what the next attempt sends: the outcome, or what replaced it
+
+        async def attempt() -> Answered | Closed | Unanswered:
+            began = await gate.acquire(age)
+            try:
+                # Inline, not a helper coroutine: one frame less on every answer.
+                if isinstance(sending, Success):
+                    await client.send_task_success(taskToken=token, output=sending.output)
+                elif sending == BARE_FAILURE:
+                    await client.send_task_failure(taskToken=token)
+                else:
+                    await client.send_task_failure(
+                        taskToken=token, error=sending.error, cause=sending.cause
+                    )
+            finally:
+                gate.release(began)  # a retry waits its backoff without a turn
+            gate.settled()
+            return Answered(sending)
+
+        def judge(exc: BaseException) -> Again | Stop[Answered | Closed | Unanswered]:
+            nonlocal sending, maybe_recorded
+            kind = classify(exc)
+            if kind is ErrorKind.TASK_GONE:
+                gate.settled()
+                if maybe_recorded:
+                    log.info(
+                        "terminal call already recorded by an earlier attempt",
+                        answer=error_code(exc),
+                    )
+                    return Stop(Answered(sending, recorded_earlier=True))
+                log.warning("task closed before it was answered", answer=error_code(exc))
+                return Stop(Closed.by(error_code(exc), at_answer=True))
+            if isinstance(sending, Success) and error_code(exc) in {
+                "InvalidOutput",
+                "ValidationException",
+            }:
+                # The service refused the output itself; nothing was recorded, so the task
+                # still needs its one answer.
+                sending = Failure.of(
+                    INVALID_OUTPUT_ERROR, f"Step Functions rejected the output: {describe(exc)}"
+                )
+                return Again.AT_ONCE
+            if error_code(exc) in KMS_REFUSED_CODES and sending != BARE_FAILURE:
+                # The token still gets its one answer: a failure without error or cause is
+                # not encrypted, so KMS cannot refuse it.
+                log.error(
+                    "KMS refused the answer; answering with a bare SendTaskFailure",
+                    error=describe(exc),
+                    hint="give the worker's role kms:Decrypt/GenerateDataKey on the "
+                    "activity's key, or check the key's state",
+                )
+                self._metrics.kms_fallbacks.inc()
+                sending = BARE_FAILURE
+                return Again.AT_ONCE
+            if kind is not ErrorKind.TRANSIENT:
+                log.error("terminal call rejected; not retrying", error=describe(exc))
+                return Stop(Unanswered())
+            maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
+            return Again.AFTER_BACKOFF
+
+        def before_wait(exc: BaseException, delay: float, retry: Retry) -> Stop[Unanswered] | None:
+            if deadline is not None and loop.time() + delay > deadline:
+                return Stop(Unanswered(out_of_time=True))
+            if loop.time() + delay > give_up_at:
+                log.error(
+                    "terminal call still failing; giving up",
+                    error=describe(exc),
+                    attempts=retry.failures + 1,
+                )
+                return Stop(Unanswered())
+            return None
+
+        def on_retry(exc: BaseException, delay: float, retry: Retry) -> None:
+            if not is_throttling(exc):  # throttles go to the process's throttle notice
+                log.warning(
+                    "terminal call failed; retrying",
+                    error=describe(exc),
+                    attempt=retry.failures + 1,
+                    retry_in=round(delay, 3),
+                )
+            self._metrics.terminal_retries.inc()
+
         gate.begin()  # pending from here to the return: the gate measures backlogs
         try:
-            while True:
-                began = await gate.acquire(age)
-                try:
-                    try:
-                        # Inline, not a helper coroutine: one frame less on every answer.
-                        if isinstance(outcome, Success):
-                            await client.send_task_success(taskToken=token, output=outcome.output)
-                        elif outcome == BARE_FAILURE:
-                            await client.send_task_failure(taskToken=token)
-                        else:
-                            await client.send_task_failure(
-                                taskToken=token, error=outcome.error, cause=outcome.cause
-                            )
-                    finally:
-                        gate.release(began)  # a retry waits its backoff without a turn
-                except API_ERRORS as exc:
-                    kind = classify(exc)
-                    if kind is ErrorKind.TASK_GONE:
-                        gate.settled()
-                        if maybe_recorded:
-                            log.info(
-                                "terminal call already recorded by an earlier attempt",
-                                answer=error_code(exc),
-                            )
-                            return Answered(outcome, recorded_earlier=True)
-                        log.warning("task closed before it was answered", answer=error_code(exc))
-                        return Closed.by(error_code(exc), at_answer=True)
-                    if isinstance(outcome, Success) and error_code(exc) in {
-                        "InvalidOutput",
-                        "ValidationException",
-                    }:
-                        # The service refused the output itself; nothing was recorded, so the
-                        # task still needs its one answer.
-                        outcome = Failure.of(
-                            INVALID_OUTPUT_ERROR,
-                            f"Step Functions rejected the output: {describe(exc)}",
-                        )
-                        continue
-                    if error_code(exc) in KMS_REFUSED_CODES and outcome != BARE_FAILURE:
-                        # The token still gets its one answer: a failure without error or cause
-                        # is not encrypted, so KMS cannot refuse it.
-                        log.error(
-                            "KMS refused the answer; answering with a bare SendTaskFailure",
-                            error=describe(exc),
-                            hint="give the worker's role kms:Decrypt/GenerateDataKey on the "
-                            "activity's key, or check the key's state",
-                        )
-                        self._metrics.kms_fallbacks.inc()
-                        outcome = BARE_FAILURE
-                        continue
-                    if kind is not ErrorKind.TRANSIENT:
-                        log.error("terminal call rejected; not retrying", error=describe(exc))
-                        return Unanswered()
-                    maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
-                    throttled = is_throttling(exc)
-                    delay = retry.next_delay(throttled)
-                    if deadline is not None and loop.time() + delay > deadline:
-                        return Unanswered(out_of_time=True)
-                    if loop.time() + delay > give_up_at:
-                        log.error(
-                            "terminal call still failing; giving up",
-                            error=describe(exc),
-                            attempts=retry.failures + 1,
-                        )
-                        return Unanswered()
-                    if throttled:
-                        note_throttled(TERMINAL_API[type(outcome)])
-                    else:
-                        log.warning(
-                            "terminal call failed; retrying",
-                            error=describe(exc),
-                            attempt=retry.failures + 1,
-                            retry_in=round(delay, 3),
-                        )
-                    self._metrics.terminal_retries.inc()
-                    await retry.wait(delay)
-                else:
-                    gate.settled()
-                    return Answered(outcome)
+            return await retrying(
+                attempt,
+                backoff=self._backoff,
+                judge=judge,
+                throttle_api=lambda: TERMINAL_API[type(sending)],
+                before_wait=before_wait,
+                on_retry=on_retry,
+            )
         finally:
             gate.end()
