@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from .errors import API_ERRORS, ErrorKind, classify, is_throttling
+from .aws_errors import API_ERRORS, ErrorKind, classify, is_throttling
 
 log = structlog.get_logger("sfn_worker.retry")
 

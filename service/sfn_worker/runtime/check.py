@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 
 from ..app import import_path
+from ..aws_errors import API_ERRORS
 from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig
-from ..errors import API_ERRORS, FatalWorkerError, describe
+from ..exceptions import FatalWorkerError
+from ..exit_codes import EXIT_FAILURE, EXIT_OK
+from ..redact import describe
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, HandlerMode, Settings
 from .client import SfnClients, open_clients
 from .names import resolve_names
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
 
 
 async def check(settings: Settings, configs: list[SourceConfig]) -> int:

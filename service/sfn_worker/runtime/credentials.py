@@ -24,8 +24,10 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError
 
+from ..aws_errors import API_ERRORS, classify
 from ..bulkhead import Accessory
-from ..errors import API_ERRORS, FatalWorkerError, classify, describe
+from ..exceptions import FatalWorkerError
+from ..redact import describe
 from ..retry import Again, Backoff, Retry, retrying
 
 log = structlog.get_logger("sfn_worker.credentials")

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import aioboto3
 import structlog
 
+from ..aws_errors import ErrorKind, classify
 from ..config import ActivityConfig, SourceConfig, check_distinct
-from ..errors import ErrorKind, FatalWorkerError, classify, describe
+from ..exceptions import FatalWorkerError
+from ..redact import describe
 from ..retry import SEND_BACKOFF, Again, Retry, Stop, retrying
 from .client import (
     CALL_TIMEOUT_MAX_SECONDS,

@@ -25,7 +25,7 @@ from ..aio import cancel_and_wait
 from ..app import App, import_path
 from ..bulkhead import Accessories, Accessory, AccessorySnapshot
 from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig, resolve
-from ..errors import FatalWorkerError, WorkerCrashed
+from ..exceptions import FatalWorkerError, WorkerCrashed
 from ..logs import report_to as report_logs_to
 from ..metrics import Metrics
 from ..otel_config import check_otel_environment

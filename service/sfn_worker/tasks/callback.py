@@ -30,11 +30,12 @@ from typing import Any
 import structlog
 
 from ..aws import SFNClient, SQSClient
+from ..aws_errors import ErrorKind, classify, error_code
 from ..bulkhead import Accessory
 from ..config import CallbackQueueConfig
 from ..context import token_hash
-from ..errors import ErrorKind, classify, describe, error_code
 from ..metrics import SourceMetrics
+from ..redact import describe
 from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from ..settings import OnShutdown
 from ..tracing import NO_TRACING, Tracing

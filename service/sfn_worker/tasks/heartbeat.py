@@ -24,8 +24,9 @@ from typing import Protocol
 import structlog
 
 from ..aws import SFNClient
-from ..errors import ErrorKind, classify, describe, error_code, is_throttling
+from ..aws_errors import ErrorKind, classify, error_code, is_throttling
 from ..metrics import SourceMetrics
+from ..redact import describe
 from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from .pacing import HeartbeatPacer
 

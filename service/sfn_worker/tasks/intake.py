@@ -9,16 +9,10 @@ from typing import ClassVar
 
 import structlog
 
-from ..errors import (
-    API_ERRORS,
-    ErrorKind,
-    FatalWorkerError,
-    classify,
-    describe,
-    error_code,
-    is_throttling,
-)
+from ..aws_errors import API_ERRORS, ErrorKind, classify, error_code, is_throttling
+from ..exceptions import FatalWorkerError
 from ..metrics import SourceMetrics
+from ..redact import describe
 from ..retry import POLL_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from .slots import Slots
 from .task import Task

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 from ..aws import SFNClient
-from ..errors import FatalWorkerError
+from ..exceptions import FatalWorkerError
 from ..metrics import SourceMetrics
 from ..retry import POLL_BACKOFF, Backoff
 from .intake import IntakeLoop

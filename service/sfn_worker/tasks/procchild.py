@@ -32,8 +32,10 @@ import structlog
 
 from ..app import import_object
 from ..context import STATE_UNAVAILABLE, TaskContext
-from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, describe, truncate
+from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, truncate
+from ..exceptions import TaskFailed
 from ..logs import LogConfig, configure_logging
+from ..redact import describe
 from ..tracing import tracing_requested
 
 log = structlog.get_logger("sfn_worker.handler_process")

@@ -36,7 +36,8 @@ import structlog
 
 from ..aio import retrieve_exception
 from ..context import TaskContext
-from ..errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, TaskFailed, describe_exit
+from ..errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, describe_exit
+from ..exceptions import TaskFailed
 from ..logs import current_log_config
 from ..retry import Backoff
 from .procchild import child_main, local_error

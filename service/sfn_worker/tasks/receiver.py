@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..aws import SQSClient
-from ..errors import FatalWorkerError
+from ..exceptions import FatalWorkerError
 from ..metrics import SourceMetrics
 from ..retry import POLL_BACKOFF, Backoff
 from .intake import IntakeLoop

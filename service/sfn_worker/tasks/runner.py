@@ -15,8 +15,9 @@ import structlog
 from ..aio import cancel_and_wait, retrieve_exception
 from ..aws import SFNClient
 from ..context import Flag, TaskContext
-from ..errors import SHUTDOWN_ERROR, describe
+from ..errors import SHUTDOWN_ERROR
 from ..metrics import SourceMetrics
+from ..redact import describe
 from ..retry import SEND_BACKOFF, Backoff
 from ..settings import HandlerMode, HeartbeatMode
 from ..tracing import NO_SPAN, NO_TRACING, TaskSpan, Tracing

@@ -7,17 +7,17 @@ import asyncio
 import structlog
 
 from ..aws import SFNClient
-from ..errors import (
-    INVALID_OUTPUT_ERROR,
+from ..aws_errors import (
     KMS_REFUSED_CODES,
     ErrorKind,
     classify,
-    describe,
     error_code,
     is_throttling,
     may_have_been_recorded,
 )
+from ..errors import INVALID_OUTPUT_ERROR
 from ..metrics import SourceMetrics
+from ..redact import describe
 from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from .answering import AnswerGate
 from .ended import Answered, Closed, Unanswered

@@ -20,7 +20,7 @@ from ..app import Middleware
 from ..aws import SFNClient, SQSClient
 from ..bulkhead import Accessories
 from ..config import SourceConfig
-from ..errors import FatalWorkerError
+from ..exceptions import FatalWorkerError
 from ..metrics import SourceMetrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..tracing import NO_TRACING, Tracing
