@@ -13,7 +13,7 @@ class ActivityWorker(SourceWorker):
     def __init__(self, config: ActivityConfig, parts: SourceParts, metrics: SourceMetrics):
         assert config.arn is not None, "activity names are resolved before workers are built"
         self._arn = config.arn
-        super().__init__(config, parts, metrics, ActivitySource(), activity_arn=config.arn)
+        super().__init__(config, parts, metrics, ActivitySource(config.arn))
 
     def _make_intakes(self) -> list[Intake]:
         parts = self._parts

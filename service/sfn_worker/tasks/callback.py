@@ -41,6 +41,7 @@ from ..settings import OnShutdown
 from ..tracing import NO_TRACING, Tracing
 from .ended import MALFORMED_TOKEN, Answered, Closed, Released, TaskEnd, Unanswered
 from .receiver import OpenReceives, Receiver
+from .source import Origin
 from .source_worker import Intake, SourceParts, SourceWorker
 from .sqs_calls import SqsCalls
 from .task import SqsMessage, Task
@@ -58,6 +59,7 @@ MAX_PROBING = 16
 
 class CallbackSource:
     kind = "queue"
+    trace_system = "aws_sqs"  # OpenTelemetry's messaging.system for SQS
     tracks_deliveries = True
 
     def __init__(
@@ -72,6 +74,7 @@ class CallbackSource:
         tracing: Tracing = NO_TRACING,
     ) -> None:
         self.answers_at_shutdown = config.on_shutdown is OnShutdown.FAIL
+        self.origin = Origin(queue_url=config.queue_url)
         self._config = config
         self._sfn = sfn
         self._metrics = metrics
@@ -133,6 +136,13 @@ class CallbackSource:
         )
 
     # -- around the task (TaskSource) ------------------------------------------------------
+    def span_attributes(self, task: Task) -> dict[str, str]:
+        assert task.message is not None
+        return {
+            "messaging.message.id": task.message.message_id,
+            "sfn_worker.queue.url": self._config.queue_url,
+        }
+
     async def admit(self, task: Task) -> Closed | None:
         """A redelivered message: the service says whether its task is still open."""
         assert task.message is not None
@@ -217,7 +227,7 @@ class CallbackQueueWorker(SourceWorker):
             tracing=parts.tracing,
         )
         self._queue_config = config
-        super().__init__(config, parts, metrics, self._callback, queue_url=config.queue_url)
+        super().__init__(config, parts, metrics, self._callback)
 
     def _make_intakes(self) -> list[Intake]:
         parts = self._parts

@@ -26,13 +26,10 @@ from .handlers import HandlerCall, HandlerInvoker
 from .heartbeat import Heartbeats
 from .outcome import Failure, Outcome, Success, encode_output, from_exception, invalid_input
 from .sender import ResultSender
-from .source import ActivitySource, TaskSource
+from .source import TaskSource
 from .task import Task
 
 log = structlog.get_logger("sfn_worker.task")
-
-# messaging.system of a task's span: OpenTelemetry registers aws_sqs, nothing for activities.
-TRACE_SYSTEMS = {"activity": "aws.stepfunctions", "queue": "aws_sqs"}
 
 
 class CancelReason(Enum):
@@ -129,15 +126,13 @@ def handler_outcome(result: asyncio.Future[Any]) -> Outcome:
 
 @dataclass(frozen=True)
 class TaskSettings:
-    """What every task of one source (an activity or a callback queue) shares."""
+    """What every task of one source shares."""
 
     worker_name: str
     source_name: str
     heartbeat_seconds: float
     heartbeat_mode: HeartbeatMode
     state: Any
-    activity_arn: str = ""
-    queue_url: str = ""
     tracing: Tracing = NO_TRACING
 
 
@@ -154,7 +149,7 @@ class TaskRunner:
         tasks_changed: asyncio.Event,
         on_task_end: Callable[[asyncio.Future[Any] | None], None],
         on_crash: Callable[[BaseException], None],
-        source: TaskSource | None = None,
+        source: TaskSource,
         heartbeat_backoff: Backoff = SEND_BACKOFF,
     ) -> None:
         self._settings = settings
@@ -162,7 +157,7 @@ class TaskRunner:
         # the task's slot is not free until that future is done.
         self._on_task_end = on_task_end
         self._on_crash = on_crash
-        self._source = source or ActivitySource()
+        self._source = source
         self._invoker = invoker
         self._sender = sender
         self._metrics = metrics
@@ -285,9 +280,9 @@ class TaskRunner:
         ctx = TaskContext(
             task_token=task.token,
             worker_name=settings.worker_name,
-            activity_arn=settings.activity_arn,
-            queue_url=settings.queue_url,
             source_name=settings.source_name,
+            activity_arn=self._source.origin.activity_arn,
+            queue_url=self._source.origin.queue_url,
             shutdown_requested=self._shutdown_requested,
             _stopping=self._stopping,
             _state=settings.state,
@@ -353,13 +348,9 @@ class TaskRunner:
             "sfn_worker.task.token_hash": record.token_hash,
             "sfn_worker.handler.mode": self._invoker.mode.value,
         }
-        if settings.activity_arn:
-            attributes["aws.step_functions.activity.arn"] = settings.activity_arn
-        if task.message is not None:
-            attributes["messaging.message.id"] = task.message.message_id
-            attributes["sfn_worker.queue.url"] = settings.queue_url
+        attributes.update(self._source.span_attributes(task))
         return settings.tracing.task(
-            source=TRACE_SYSTEMS[self._source.kind],
+            source=self._source.trace_system,
             destination=settings.source_name,
             attributes=attributes,
             task_input=task.input,

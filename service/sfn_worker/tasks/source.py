@@ -10,19 +10,34 @@ worker finishes it (tasks/callback.py).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Protocol
 
 from .ended import Closed, TaskEnd
 from .task import Task
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a source's tasks come from, as ``TaskContext`` tells the handler."""
+
+    activity_arn: str = ""
+    queue_url: str = ""
+
+
 class TaskSource(Protocol):
-    kind: str  # "activity" | "queue": the metrics label, the span's messaging.system
+    kind: str  # the metrics and log label of the source's kind ("activity", "queue")
+    trace_system: str  # a task span's messaging.system
+    origin: Origin  # what the handler's TaskContext says about where its task came from
     # Whether a task the worker cannot finish is answered with Worker.Shutdown (True) or
     # released for another worker (False).
     answers_at_shutdown: bool
     # False: admit, keep and settle do nothing, and the runner skips them.
     tracks_deliveries: bool
+
+    def span_attributes(self, task: Task) -> dict[str, str]:
+        """What a task's span says of its source, beside its name and kind."""
+        ...
 
     async def admit(self, task: Task) -> Closed | None:
         """Before the handler runs: None to run it, or the service says it is closed."""
@@ -46,8 +61,17 @@ class ActivitySource:
     """Activities need nothing around their tasks: the token is the whole delivery."""
 
     kind = "activity"
+    # OpenTelemetry registers no messaging.system for Step Functions activities.
+    trace_system = "aws.stepfunctions"
     answers_at_shutdown = True
     tracks_deliveries = False
+
+    def __init__(self, arn: str) -> None:
+        self._arn = arn
+        self.origin = Origin(activity_arn=arn)
+
+    def span_attributes(self, task: Task) -> dict[str, str]:
+        return {"aws.step_functions.activity.arn": self._arn}
 
     async def admit(self, task: Task) -> Closed | None:
         return None

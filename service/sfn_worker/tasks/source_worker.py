@@ -95,9 +95,6 @@ class SourceWorker:
         parts: SourceParts,
         metrics: SourceMetrics,
         source: TaskSource,
-        *,
-        activity_arn: str = "",
-        queue_url: str = "",
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -122,8 +119,6 @@ class SourceWorker:
                 heartbeat_seconds=config.heartbeat_seconds,
                 heartbeat_mode=config.heartbeat_mode,
                 state=parts.state,
-                activity_arn=activity_arn,
-                queue_url=queue_url,
                 tracing=parts.tracing,
             ),
             client=parts.calls,
