@@ -26,6 +26,7 @@ from .errors import truncate
 from .exceptions import FatalWorkerError, LifespanFailed, WorkerCrashed
 from .exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from .logs import configure_logging
+from .once import add_once
 from .runtime.check import check
 from .runtime.ecs_protection import task_protection
 from .runtime.effective import print_settings
@@ -308,6 +309,7 @@ SUBCOMMANDS: list[Callable[[Subcommands], None]] = [
     add_settings,
     add_healthcheck,
     add_dev_command,
+    add_once,
 ]
 
 

@@ -35,6 +35,7 @@ from ..streams import STDOUT_BUFFER_BYTES, OutputStream, open_stream
 from ..tasks.activity import ActivityWorker
 from ..tasks.answering import AnswerGate
 from ..tasks.callback import CallbackQueueWorker
+from ..tasks.once import OnceConfig, OnceWorker
 from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
 from ..tracing import NO_TRACING, Tracing, setup_tracing
 from .client import SfnClients, open_clients
@@ -81,12 +82,15 @@ class Runtime:
         poll_backoff: Backoff = POLL_BACKOFF,
         send_backoff: Backoff = SEND_BACKOFF,
         environ: Mapping[str, str] | None = None,
+        configs: Sequence[SourceConfig] | None = None,
     ) -> None:
+        """``configs``: the sources, resolved already (``sfn-worker once``); by default
+        those the app registers, with their settings."""
         self.app = app
         self.settings = settings
         # Configuration errors surface here, before any client or poll.
         environ = os.environ if environ is None else environ
-        self.configs = resolve(app, settings, environ)
+        self.configs = list(configs) if configs is not None else resolve(app, settings, environ)
         check_otel_environment(environ, emf=settings.metrics is MetricsOutput.EMF)
         self.metrics = metrics or Metrics()
         # What runs beside the task path, each behind a bulkhead (bulkhead.py).
@@ -327,6 +331,8 @@ class Runtime:
         metrics = self.metrics.for_source(config.name, config.kind)
         if isinstance(config, ActivityConfig):
             return ActivityWorker(config, parts, metrics)
+        if isinstance(config, OnceConfig):
+            return OnceWorker(config, parts, metrics)
         assert isinstance(config, CallbackQueueConfig)
         return CallbackQueueWorker(config, parts, metrics)
 
