@@ -105,3 +105,24 @@ async def test_sigterm_answers_worker_shutdown_within_the_grace(fake: FakeStepFu
         assert await worker.exit_code() == 0
     assert (task.state, task.error) == ("failed", SHUTDOWN_ERROR)
     assert task.terminal_calls == 1
+
+
+def test_the_ecs_example_passes_token_and_input_to_a_once_container() -> None:
+    from .test_config_files import SETTING_NAMES, load_json
+
+    machine = load_json("once-state-machine.json")
+    state = machine["States"]["Render"]
+    assert state["Resource"] == "arn:aws:states:::ecs:runTask.waitForTaskToken"
+    (override,) = state["Parameters"]["Overrides"]["ContainerOverrides"]
+    passed = {item["Name"]: item["Value.$"] for item in override["Environment"]}
+    assert passed == {"SFN_TASK_TOKEN": "$$.Task.Token", "SFN_TASK_INPUT": "States.JsonToString($)"}
+    (container,) = load_json("ecs-task-definition-once.json")["containerDefinitions"]
+    assert container["name"] == override["Name"]
+    assert container["command"] == ["once"]
+    env = {item["name"]: item["value"] for item in container["environment"]}
+    assert set(env) <= SETTING_NAMES
+    assert "SFN_HANDLER" in env
+    # SIGTERM (ECS StopTask) answers Worker.Shutdown within the grace, before SIGKILL.
+    assert float(env["SFN_SHUTDOWN_GRACE_SECONDS"]) + 5 <= container["stopTimeout"]
+    # A heartbeat every SFN_HEARTBEAT_SECONDS keeps the state's HeartbeatSeconds.
+    assert float(env["SFN_HEARTBEAT_SECONDS"]) < state["HeartbeatSeconds"]
