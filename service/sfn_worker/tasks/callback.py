@@ -40,6 +40,7 @@ from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from ..settings import OnShutdown
 from ..tracing import NO_TRACING, Tracing
 from .ended import MALFORMED_TOKEN, Answered, Closed, Released, TaskEnd, Unanswered
+from .intake import IntakeParts
 from .receiver import OpenReceives, Receiver
 from .source import Origin
 from .source_worker import Intake, SourceParts, SourceWorker
@@ -229,26 +230,17 @@ class CallbackQueueWorker(SourceWorker):
         self._queue_config = config
         super().__init__(config, parts, metrics, self._callback)
 
-    def _make_intakes(self) -> list[Intake]:
-        parts = self._parts
-        assert parts.sqs_polls is not None
+    def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
+        assert self._parts.sqs_polls is not None
         return [
             Receiver(
                 number,
-                client=parts.sqs_polls,
+                parts,
+                client=self._parts.sqs_polls,
                 queue_url=self._queue_config.queue_url,
                 visibility_seconds=self._queue_config.visibility_seconds,
                 accept=self._callback.accept,
                 receives=self._callback.receives,
-                slots=self._slots,
-                ready=self._invoker.wait_ready,
-                untraced=parts.tracing.untraced,
-                queue=self._queue,
-                stopping=parts.stopping,
-                stop_requested=parts.stop_requested,
-                on_fatal=parts.on_fatal,
-                metrics=self.metrics,
-                backoff=parts.poll_backoff,
             )
             for number in range(self.config.pollers)
         ]

@@ -4,7 +4,9 @@ tasks, hand them to the queue; back off on errors, stop on fatal ones."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import structlog
@@ -20,6 +22,23 @@ from .task import Task
 log = structlog.get_logger("sfn_worker.intake")
 
 
+@dataclass(frozen=True)
+class IntakeParts:
+    """What every intake loop of one source shares: its slots, the handler's readiness, the
+    queue it hands tasks to, the process's stop events, where a fatal error goes, its
+    source's metrics and its backoff."""
+
+    slots: Slots
+    ready: Callable[[], Awaitable[None]]
+    queue: asyncio.Queue[Task | None]
+    stopping: asyncio.Event  # the shutdown began: tasks from now on are late
+    stop_requested: asyncio.Event  # no request may start from now on
+    on_fatal: Callable[[FatalWorkerError], None]
+    metrics: SourceMetrics
+    untraced: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+    backoff: Backoff = POLL_BACKOFF
+
+
 class IntakeLoop:
     """One intake loop. While ``holds_task()`` a request may be open or its tasks not yet
     queued: a loop in that state must never be cancelled, or tasks the service already
@@ -30,28 +49,17 @@ class IntakeLoop:
     FAILED: ClassVar[str]  # the warning when a request failed and is retried
     MOST: ClassVar[int] = 1  # slots one request may fill
 
-    def __init__(
-        self,
-        number: int,
-        *,
-        slots: Slots,
-        ready: Callable[[], Awaitable[None]],
-        queue: asyncio.Queue[Task | None],
-        stopping: asyncio.Event,
-        stop_requested: asyncio.Event,
-        on_fatal: Callable[[FatalWorkerError], None],
-        metrics: SourceMetrics,
-        backoff: Backoff = POLL_BACKOFF,
-    ) -> None:
+    def __init__(self, number: int, parts: IntakeParts) -> None:
         self.number = number
-        self._slots = slots
-        self._ready = ready
-        self._queue = queue
-        self._stopping = stopping
-        self._stop_requested = stop_requested
-        self._on_fatal = on_fatal
-        self._metrics = metrics
-        self._backoff = backoff
+        self._slots = parts.slots
+        self._ready = parts.ready
+        self._queue = parts.queue
+        self._stopping = parts.stopping
+        self._stop_requested = parts.stop_requested
+        self._on_fatal = parts.on_fatal
+        self._metrics = parts.metrics
+        self._backoff = parts.backoff
+        self._untraced = parts.untraced
         self._holds_task = False
 
     def holds_task(self) -> bool:

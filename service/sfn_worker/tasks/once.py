@@ -10,14 +10,13 @@ say whether the token was answered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..config import SourceConfig
 from ..metrics import SourceMetrics
 from .ended import Closed, TaskEnd
+from .intake import IntakeParts
 from .outcome import decode_input
-from .slots import Slots
 from .source import Origin
 from .source_worker import Intake, SourceParts, SourceWorker
 from .task import Task
@@ -72,22 +71,13 @@ class OnceIntake:
     "holds" the task from the start): a stop that comes first makes the task late, and a
     late task is answered Worker.Shutdown, not dropped."""
 
-    def __init__(
-        self,
-        config: OnceConfig,
-        *,
-        slots: Slots,
-        ready: Callable[[], Awaitable[None]],
-        queue: asyncio.Queue[Task | None],
-        stopping: asyncio.Event,
-        stop_requested: asyncio.Event,
-    ) -> None:
+    def __init__(self, config: OnceConfig, parts: IntakeParts) -> None:
         self._config = config
-        self._slots = slots
-        self._ready = ready
-        self._queue = queue
-        self._stopping = stopping
-        self._stop_requested = stop_requested
+        self._slots = parts.slots
+        self._ready = parts.ready
+        self._queue = parts.queue
+        self._stopping = parts.stopping
+        self._stop_requested = parts.stop_requested
         self._holds_task = True
 
     def holds_task(self) -> bool:
@@ -107,19 +97,9 @@ class OnceIntake:
 
 class OnceWorker(SourceWorker):
     def __init__(self, config: OnceConfig, parts: SourceParts, metrics: SourceMetrics):
-        self._once_config = config
         self.once = OnceSource()
         super().__init__(config, parts, metrics, self.once)
+        self._once_config = config
 
-    def _make_intakes(self) -> list[Intake]:
-        parts = self._parts
-        return [
-            OnceIntake(
-                self._once_config,
-                slots=self._slots,
-                ready=self._invoker.wait_ready,
-                queue=self._queue,
-                stopping=parts.stopping,
-                stop_requested=parts.stop_requested,
-            )
-        ]
+    def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
+        return [OnceIntake(self._once_config, parts)]

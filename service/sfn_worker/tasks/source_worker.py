@@ -26,6 +26,7 @@ from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..tracing import NO_TRACING, Tracing
 from .answering import AnswerGate
 from .handlers import HandlerInvoker
+from .intake import IntakeParts
 from .procpool import PoolHealth
 from .runner import TaskRunner, TaskSettings
 from .sender import ResultSender
@@ -132,7 +133,8 @@ class SourceWorker:
             source=source,
             heartbeat_backoff=parts.send_backoff,
         )
-        self._intakes = self._make_intakes()
+        # Made by run(): a subclass's constructor has nothing to prepare before super().
+        self._intakes: list[Intake] = []
         self._intake_tasks: list[asyncio.Task[None]] = []
         self._handlers_stuck = 0
         metrics.concurrency.set(config.concurrency)
@@ -140,8 +142,23 @@ class SourceWorker:
         metrics.tasks_in_flight.set_function(self._runner.running_count)
         metrics.queue_depth.set_function(self._queue.qsize)
 
-    def _make_intakes(self) -> list[Intake]:
+    def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
+        """How this source's tasks come in: its intake loops (pollers, receivers...)."""
         raise NotImplementedError
+
+    def _intake_parts(self) -> IntakeParts:
+        parts = self._parts
+        return IntakeParts(
+            slots=self._slots,
+            ready=self._invoker.wait_ready,
+            queue=self._queue,
+            stopping=parts.stopping,
+            stop_requested=parts.stop_requested,
+            on_fatal=parts.on_fatal,
+            metrics=self.metrics,
+            untraced=parts.tracing.untraced,
+            backoff=parts.poll_backoff,
+        )
 
     @property
     def name(self) -> str:
@@ -153,6 +170,7 @@ class SourceWorker:
 
     # -- running -----------------------------------------------------------------------------
     async def run(self) -> None:
+        self._intakes = self._make_intakes(self._intake_parts())
         with structlog.contextvars.bound_contextvars(**{self.source.kind: self.name}):
             async with asyncio.TaskGroup() as group:
                 self._intake_tasks = [
@@ -205,7 +223,7 @@ class SourceWorker:
         return SourceState(
             kind=self.source.kind,
             name=self.name,
-            pollers=len(self._intakes),
+            pollers=self.config.pollers,
             pollers_alive=sum(1 for task in self._intake_tasks if not task.done()),
             concurrency=self.config.concurrency,
             running=self._runner.running_count(),
