@@ -24,7 +24,7 @@ import structlog
 from ..aio import cancel_and_wait
 from ..app import App, import_path
 from ..bulkhead import Accessories, Accessory, AccessorySnapshot
-from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig, resolve
+from ..config import SourceConfig, resolve
 from ..exceptions import FatalWorkerError, WorkerCrashed
 from ..logs import report_to as report_logs_to
 from ..metrics import Metrics
@@ -32,10 +32,8 @@ from ..otel_config import check_otel_environment
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
 from ..streams import STDOUT_BUFFER_BYTES, OutputStream, open_stream
-from ..tasks.activity import ActivityWorker
 from ..tasks.answering import AnswerGate
-from ..tasks.callback import CallbackQueueWorker
-from ..tasks.once import OnceConfig, OnceWorker
+from ..tasks.kinds import worker_class
 from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
 from ..tracing import NO_TRACING, Tracing, setup_tracing
 from .client import SfnClients, open_clients
@@ -329,12 +327,7 @@ class Runtime:
 
     def _worker(self, config: SourceConfig, parts: SourceParts) -> SourceWorker:
         metrics = self.metrics.for_source(config.name, config.kind)
-        if isinstance(config, ActivityConfig):
-            return ActivityWorker(config, parts, metrics)
-        if isinstance(config, OnceConfig):
-            return OnceWorker(config, parts, metrics)
-        assert isinstance(config, CallbackQueueConfig)
-        return CallbackQueueWorker(config, parts, metrics)
+        return worker_class(config).serving(config, parts, metrics)
 
     async def _publish_emf(self, accessory: Accessory) -> None:
         settings = self.settings
@@ -371,13 +364,10 @@ class Runtime:
 def log_started(sources: Sequence[SourceWorker], settings: Settings) -> None:
     for source in sources:
         config = source.config
-        where = {"arn": config.arn} if isinstance(config, ActivityConfig) else {}
-        if isinstance(config, CallbackQueueConfig):
-            where = {"queue_url": config.queue_url, "on_shutdown": config.on_shutdown.value}
         log.info(
             "worker started",
             **{config.kind: config.name},
-            **where,
+            **config.started_fields(),
             pollers=config.pollers,
             concurrency=config.concurrency,
             heartbeat_seconds=config.heartbeat_seconds,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ..config import ActivityConfig
+from typing import Self
+
+from ..aws import SFNClient, SQSClient
+from ..config import ActivityConfig, SourceConfig
 from ..metrics import SourceMetrics
 from .intake import IntakeParts
 from .poller import Poller
@@ -15,6 +18,18 @@ class ActivityWorker(SourceWorker):
         assert config.arn is not None, "activity names are resolved before workers are built"
         super().__init__(config, parts, metrics, ActivitySource(config.arn))
         self._arn = config.arn
+
+    @classmethod
+    def serving(cls, config: SourceConfig, parts: SourceParts, metrics: SourceMetrics) -> Self:
+        assert isinstance(config, ActivityConfig)
+        return cls(config, parts, metrics)
+
+    @classmethod
+    async def probe(
+        cls, config: SourceConfig, calls: SFNClient, sqs: SQSClient | None
+    ) -> list[str]:
+        await calls.describe_activity(activityArn=str(config.address))
+        return []
 
     def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
         return [

@@ -25,14 +25,14 @@ import asyncio
 import json
 import math
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Self
 
 import structlog
 
 from ..aws import SFNClient, SQSClient
 from ..aws_errors import ErrorKind, classify, error_code
 from ..bulkhead import Accessory
-from ..config import CallbackQueueConfig
+from ..config import CallbackQueueConfig, SourceConfig
 from ..context import token_hash
 from ..metrics import SourceMetrics
 from ..redact import describe
@@ -229,6 +229,26 @@ class CallbackQueueWorker(SourceWorker):
         )
         self._queue_config = config
         super().__init__(config, parts, metrics, self._callback)
+
+    @classmethod
+    def serving(cls, config: SourceConfig, parts: SourceParts, metrics: SourceMetrics) -> Self:
+        assert isinstance(config, CallbackQueueConfig)
+        return cls(config, parts, metrics)
+
+    @classmethod
+    async def probe(
+        cls, config: SourceConfig, calls: SFNClient, sqs: SQSClient | None
+    ) -> list[str]:
+        assert sqs is not None, "a callback queue needs the process's SQS clients"
+        attributes = await sqs.get_queue_attributes(
+            QueueUrl=str(config.address), AttributeNames=["RedrivePolicy"]
+        )
+        if "RedrivePolicy" in attributes.get("Attributes", {}):
+            return []
+        return [
+            "WARNING: the queue has no redrive policy: poison messages come "
+            "back for ever instead of moving to a dead-letter queue"
+        ]
 
     def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
         assert self._parts.sqs_polls is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Self
 
 from ..config import SourceConfig
 from ..metrics import SourceMetrics
@@ -100,6 +101,11 @@ class OnceWorker(SourceWorker):
         self.once = OnceSource()
         super().__init__(config, parts, metrics, self.once)
         self._once_config = config
+
+    @classmethod
+    def serving(cls, config: SourceConfig, parts: SourceParts, metrics: SourceMetrics) -> Self:
+        assert isinstance(config, OnceConfig)
+        return cls(config, parts, metrics)
 
     def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
         return [OnceIntake(self._once_config, parts)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import structlog
 
@@ -141,6 +141,19 @@ class SourceWorker:
         # Read when scraped, not updated per task.
         metrics.tasks_in_flight.set_function(self._runner.running_count)
         metrics.queue_depth.set_function(self._queue.qsize)
+
+    @classmethod
+    def serving(cls, config: SourceConfig, parts: SourceParts, metrics: SourceMetrics) -> Self:
+        """The worker for ``config`` (of this kind: tasks/kinds.py picks the class)."""
+        raise NotImplementedError
+
+    @classmethod
+    async def probe(
+        cls, config: SourceConfig, calls: SFNClient, sqs: SQSClient | None
+    ) -> list[str]:
+        """``sfn-worker check``: ask the service that the source exists (API errors
+        propagate); notes worth printing under it."""
+        return []
 
     def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
         """How this source's tasks come in: its intake loops (pollers, receivers...)."""
