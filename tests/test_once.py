@@ -126,3 +126,17 @@ def test_the_ecs_example_passes_token_and_input_to_a_once_container() -> None:
     assert float(env["SFN_SHUTDOWN_GRACE_SECONDS"]) + 5 <= container["stopTimeout"]
     # A heartbeat every SFN_HEARTBEAT_SECONDS keeps the state's HeartbeatSeconds.
     assert float(env["SFN_HEARTBEAT_SECONDS"]) < state["HeartbeatSeconds"]
+
+
+async def test_the_task_is_heartbeated_while_its_handler_runs(fake: FakeStepFunctions) -> None:
+    task = fake.open_callback_task({})
+    async with once_process(
+        SFN_TASK_TOKEN=task.token,
+        SFN_TASK_INPUT=json.dumps({"seconds": 3}),
+        SFN_HANDLER="sfn_worker.examples:sleep_handler",
+        SFN_HEARTBEAT_SECONDS="1",
+    ) as worker:
+        assert await worker.exit_code() == 0
+    assert task.state == "succeeded"
+    beats = [c for c in fake.calls_of("SendTaskHeartbeat") if c.token == task.token]
+    assert beats  # due every 0.9-1 s of a 3 s handler
