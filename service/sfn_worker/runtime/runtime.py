@@ -34,7 +34,15 @@ from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Setting
 from ..streams import STDOUT_BUFFER_BYTES, OutputStream, open_stream
 from ..tasks.answering import AnswerGate
 from ..tasks.kinds import worker_class
-from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
+from ..tasks.source_worker import (
+    AppParts,
+    ProcessLink,
+    SharedParts,
+    SourceClients,
+    SourceParts,
+    SourceState,
+    SourceWorker,
+)
 from ..tracing import NO_TRACING, Tracing, setup_tracing
 from .client import SfnClients, open_clients
 from .credentials import keep_fresh, refreshes_ahead
@@ -265,24 +273,21 @@ class Runtime:
     ) -> None:
         poll_backoff, send_backoff = self._backoffs
         parts = SourceParts(
-            polls=clients.polls,
-            calls=clients.calls,
-            sqs_polls=clients.sqs_polls,
-            sqs=clients.sqs,
-            worker_name=self.settings.worker_name,
-            stopping=self._stopping,
-            stop_requested=self._stop,
-            tasks_changed=self.tasks_changed,
-            state=state,
-            middlewares=self.app.middlewares,
-            process_init=self.app.process_initializer,
-            on_fatal=self._on_fatal,
-            on_crash=self._on_crash,
-            accessories=self.accessories,
-            tracing=self._tracing,
-            poll_backoff=poll_backoff,
-            send_backoff=send_backoff,
-            answers=self.answers,
+            SourceClients(clients.polls, clients.calls, clients.sqs_polls, clients.sqs),
+            AppParts(
+                self.settings.worker_name,
+                state,
+                self.app.middlewares,
+                self.app.process_initializer,
+            ),
+            ProcessLink(
+                stopping=self._stopping,
+                stop_requested=self._stop,
+                tasks_changed=self.tasks_changed,
+                on_fatal=self._on_fatal,
+                on_crash=self._on_crash,
+            ),
+            SharedParts(self.accessories, self._tracing, self.answers, poll_backoff, send_backoff),
         )
         self._sources = [self._worker(config, parts) for config in configs]
         accessories = self.accessories

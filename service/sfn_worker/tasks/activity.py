@@ -36,9 +36,9 @@ class ActivityWorker(SourceWorker):
             Poller(
                 number,
                 parts,
-                client=self._parts.polls,
+                client=self._parts.clients.polls,
                 activity_arn=self._arn,
-                worker_name=self._parts.worker_name,
+                worker_name=self._parts.app.worker_name,
             )
             for number in range(self.config.pollers)
         ]

@@ -217,15 +217,15 @@ def _run_unchecked(exc: BaseException) -> Stop[Closed | None]:
 
 class CallbackQueueWorker(SourceWorker):
     def __init__(self, config: CallbackQueueConfig, parts: SourceParts, metrics: SourceMetrics):
-        assert parts.sqs is not None, "a callback queue needs the process's SQS clients"
+        assert parts.clients.sqs is not None, "a callback queue needs the process's SQS clients"
         self._callback = CallbackSource(
             config,
-            sqs=parts.sqs,
-            sfn=parts.calls,
+            sqs=parts.clients.sqs,
+            sfn=parts.clients.calls,
             metrics=metrics,
-            accessory=parts.accessories.get("sqs_housekeeping"),
-            backoff=parts.send_backoff,
-            tracing=parts.tracing,
+            accessory=parts.shared.accessories.get("sqs_housekeeping"),
+            backoff=parts.shared.send_backoff,
+            tracing=parts.shared.tracing,
         )
         self._queue_config = config
         super().__init__(config, parts, metrics, self._callback)
@@ -251,12 +251,12 @@ class CallbackQueueWorker(SourceWorker):
         ]
 
     def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
-        assert self._parts.sqs_polls is not None
+        assert self._parts.clients.sqs_polls is not None
         return [
             Receiver(
                 number,
                 parts,
-                client=self._parts.sqs_polls,
+                client=self._parts.clients.sqs_polls,
                 queue_url=self._queue_config.queue_url,
                 visibility_seconds=self._queue_config.visibility_seconds,
                 accept=self._callback.accept,
