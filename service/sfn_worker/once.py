@@ -4,8 +4,8 @@ For ``arn:aws:states:::ecs:runTask.waitForTaskToken`` states: the state passes t
 token (SFN_TASK_TOKEN) and the input (SFN_TASK_INPUT, JSON; absent: {}) to the container
 as environment overrides. The task is worked by the same runtime as ``run`` (lifespan,
 heartbeats, output checks, KMS fallback, tracing, EMF, logs, signals), with one source:
-tasks/once.py. Exit 0 once the token is answered (success or failure), 1 when it could
-not be, 2 for a configuration error.
+tasks/sources/once/worker.py. Exit 0 once the token is answered (success or failure), 1
+when it could not be, 2 for a configuration error.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .exit_codes import EXIT_FAILURE, EXIT_OK
 from .runtime.runtime import Runtime
 from .settings import HandlerMode, Settings, SettingsError
 from .tasks.ended import Answered
-from .tasks.once import OnceConfig, OnceWorker
+from .tasks.sources.once.worker import OnceConfig, OnceWorker
 
 TOKEN_VARIABLE = "SFN_TASK_TOKEN"
 INPUT_VARIABLE = "SFN_TASK_INPUT"

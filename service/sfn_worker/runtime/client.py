@@ -36,8 +36,8 @@ from ..aws import SFNClient, SQSClient
 from ..config import SourceConfig
 from ..settings import SettingsError
 from ..tasks.answering import MAX_ANSWERING
-from ..tasks.callback import MAX_PROBING
 from ..tasks.heartbeat import MAX_SENDING
+from ..tasks.sources.queue.worker import MAX_PROBING
 from .credentials import wait_for_credentials
 
 

@@ -5,10 +5,10 @@ config class, a SourceWorker subclass and one line here."""
 from __future__ import annotations
 
 from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig
-from .activity import ActivityWorker
-from .callback import CallbackQueueWorker
-from .once import OnceConfig, OnceWorker
 from .source_worker import SourceWorker
+from .sources.activity.worker import ActivityWorker
+from .sources.once.worker import OnceConfig, OnceWorker
+from .sources.queue.worker import CallbackQueueWorker
 
 WORKERS: dict[type[SourceConfig], type[SourceWorker]] = {
     ActivityConfig: ActivityWorker,

@@ -22,7 +22,7 @@ from ..retry import SEND_BACKOFF, Backoff
 from ..settings import HandlerMode, HeartbeatMode
 from ..tracing import NO_SPAN, NO_TRACING, TaskSpan, Tracing
 from .ended import RELEASED, Answered, Closed, Released, TaskEnd, Unanswered
-from .handlers import HandlerCall, HandlerInvoker
+from .handlers.invoker import HandlerCall, HandlerInvoker
 from .heartbeat import Heartbeats
 from .outcome import Failure, Outcome, Success, encode_output, from_exception, invalid_input
 from .sender import ResultSender

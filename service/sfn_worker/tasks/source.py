@@ -4,7 +4,7 @@ An activity's task is answered, whatever happens (Worker.Shutdown when the worke
 A callback queue's task came in an SQS message: a redelivered message is checked before it
 runs, the message is kept invisible while its handler runs, deleted once the task is
 answered or closed, and released (visible again at once) when the worker stops, so another
-worker finishes it (tasks/callback.py).
+worker finishes it (tasks/sources/queue/worker.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 ``run()`` takes and works tasks until the process stops it, then returns once every open
 poll has returned and every task taken has ended. The process (runtime/shutdown.py) drives
 the shutdown through the methods below; a source never looks at other sources. Subclasses
-say how tasks come in (tasks/activity.py, tasks/callback.py).
+say how tasks come in (tasks/sources/activity/worker.py, tasks/sources/queue/worker.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from ..metrics import SourceMetrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..tracing import NO_TRACING, Tracing
 from .answering import AnswerGate
-from .handlers import HandlerInvoker
+from .handlers.invoker import HandlerInvoker
+from .handlers.procpool import PoolHealth
 from .intake import IntakeParts
-from .procpool import PoolHealth
 from .runner import TaskRunner, TaskSettings
 from .sender import ResultSender
 from .slots import Slots

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import structlog
 
-from ..aws import SQSClient
-from ..aws_errors import API_ERRORS, STALE_RECEIPT_CODES, ErrorKind, classify, error_code
-from ..bulkhead import Accessory
-from ..redact import describe
-from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
-from ..tracing import NO_TRACING, Tracing
-from .task import SqsMessage
+from ....aws import SQSClient
+from ....aws_errors import API_ERRORS, STALE_RECEIPT_CODES, ErrorKind, classify, error_code
+from ....bulkhead import Accessory
+from ....redact import describe
+from ....retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
+from ....tracing import NO_TRACING, Tracing
+from ...task import SqsMessage
 
 log = structlog.get_logger("sfn_worker.sqs")
 

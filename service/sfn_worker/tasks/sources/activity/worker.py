@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Self
 
-from ..aws import SFNClient, SQSClient
-from ..config import ActivityConfig, SourceConfig
-from ..metrics import SourceMetrics
-from .intake import IntakeParts
+from ....aws import SFNClient, SQSClient
+from ....config import ActivityConfig, SourceConfig
+from ....metrics import SourceMetrics
+from ...intake import IntakeParts
+from ...source import ActivitySource
+from ...source_worker import Intake, SourceParts, SourceWorker
 from .poller import Poller
-from .source import ActivitySource
-from .source_worker import Intake, SourceParts, SourceWorker
 
 
 class ActivityWorker(SourceWorker):

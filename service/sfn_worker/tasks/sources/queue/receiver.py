@@ -7,9 +7,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ..aws import SQSClient
-from .intake import IntakeLoop, IntakeParts
-from .task import Task
+from ....aws import SQSClient
+from ...intake import IntakeLoop, IntakeParts
+from ...task import Task
 
 MAX_MESSAGES = 10  # SQS's most per ReceiveMessage
 WAIT_SECONDS = 20  # SQS's longest long poll

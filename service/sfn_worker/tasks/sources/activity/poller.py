@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..aws import SFNClient
-from .intake import IntakeLoop, IntakeParts
-from .outcome import decode_input
-from .task import Task
+from ....aws import SFNClient
+from ...intake import IntakeLoop, IntakeParts
+from ...outcome import decode_input
+from ...task import Task
 
 
 class Poller(IntakeLoop):

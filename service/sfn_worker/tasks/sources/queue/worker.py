@@ -29,23 +29,23 @@ from typing import Any, Self
 
 import structlog
 
-from ..aws import SFNClient, SQSClient
-from ..aws_errors import ErrorKind, classify, error_code
-from ..bulkhead import Accessory
-from ..config import CallbackQueueConfig, SourceConfig
-from ..context import token_hash
-from ..metrics import SourceMetrics
-from ..redact import describe
-from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
-from ..settings import OnShutdown
-from ..tracing import NO_TRACING, Tracing
-from .ended import MALFORMED_TOKEN, Answered, Closed, Released, TaskEnd, Unanswered
-from .intake import IntakeParts
+from ....aws import SFNClient, SQSClient
+from ....aws_errors import ErrorKind, classify, error_code
+from ....bulkhead import Accessory
+from ....config import CallbackQueueConfig, SourceConfig
+from ....context import token_hash
+from ....metrics import SourceMetrics
+from ....redact import describe
+from ....retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
+from ....settings import OnShutdown
+from ....tracing import NO_TRACING, Tracing
+from ...ended import MALFORMED_TOKEN, Answered, Closed, Released, TaskEnd, Unanswered
+from ...intake import IntakeParts
+from ...source import Origin
+from ...source_worker import Intake, SourceParts, SourceWorker
+from ...task import SqsMessage, Task
 from .receiver import OpenReceives, Receiver
-from .source import Origin
-from .source_worker import Intake, SourceParts, SourceWorker
 from .sqs_calls import SqsCalls
-from .task import SqsMessage, Task
 
 log = structlog.get_logger("sfn_worker.callback")
 

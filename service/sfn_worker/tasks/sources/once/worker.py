@@ -13,14 +13,14 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Self
 
-from ..config import SourceConfig
-from ..metrics import SourceMetrics
-from .ended import Closed, TaskEnd
-from .intake import IntakeParts
-from .outcome import decode_input
-from .source import Origin
-from .source_worker import Intake, SourceParts, SourceWorker
-from .task import Task
+from ....config import SourceConfig
+from ....metrics import SourceMetrics
+from ...ended import Closed, TaskEnd
+from ...intake import IntakeParts
+from ...outcome import decode_input
+from ...source import Origin
+from ...source_worker import Intake, SourceParts, SourceWorker
+from ...task import Task
 
 
 @dataclass(frozen=True)
