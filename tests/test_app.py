@@ -13,7 +13,7 @@ import pytest
 
 from sfn_worker import SHUTDOWN_ERROR, App, TaskContext, TaskFailed
 from sfn_worker.config import ActivityConfig, activity_key, resolve
-from sfn_worker.errors import LifespanFailed
+from sfn_worker.exceptions import LifespanFailed
 from sfn_worker.runtime.check import check
 from sfn_worker.settings import Settings, SettingsError
 from sfn_worker.testing import FakeStepFunctions, run_app, run_handler

@@ -149,7 +149,7 @@ def test_iam_policy_is_least_privilege() -> None:
         "states:SendTaskHeartbeat",
         "ecs:UpdateTaskProtection",
         "ecs:GetTaskProtection",
-        # Callback queues: exactly what tasks/callback.py calls, on the queue alone.
+        # Callback queues: exactly what tasks/sources/queue/worker.py calls, on the queue alone.
         "sqs:ReceiveMessage",
         "sqs:ChangeMessageVisibility",
         "sqs:DeleteMessage",

@@ -664,7 +664,7 @@ def test_no_command_names_the_commands(capsys: Any) -> None:
     with pytest.raises(SystemExit) as exited:
         main([])
     assert exited.value.code == 2
-    assert "required: {run,check,settings,healthcheck,dev}" in capsys.readouterr().err
+    assert "required: {run,check,settings,healthcheck,dev,once}" in capsys.readouterr().err
 
 
 def test_version_is_the_package_version(capsys: Any) -> None:

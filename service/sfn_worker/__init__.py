@@ -13,8 +13,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .app import App, non_blocking
     from .context import TaskContext
-    from .errors import SHUTDOWN_ERROR, FatalWorkerError, TaskFailed
-    from .settings import Settings, load_settings
+    from .errors import SHUTDOWN_ERROR
+    from .exceptions import (
+        FatalWorkerError,
+        LifespanFailed,
+        SfnWorkerError,
+        TaskFailed,
+        WorkerCrashed,
+    )
+    from .settings import Settings, SettingsError, load_settings
     from .worker import Worker
 
     __version__: str
@@ -24,9 +31,13 @@ _EXPORTS = {
     "non_blocking": ".app",
     "TaskContext": ".context",
     "SHUTDOWN_ERROR": ".errors",
-    "FatalWorkerError": ".errors",
-    "TaskFailed": ".errors",
+    "SfnWorkerError": ".exceptions",
+    "FatalWorkerError": ".exceptions",
+    "LifespanFailed": ".exceptions",
+    "TaskFailed": ".exceptions",
+    "WorkerCrashed": ".exceptions",
     "Settings": ".settings",
+    "SettingsError": ".settings",
     "load_settings": ".settings",
     "Worker": ".worker",
 }
@@ -35,10 +46,14 @@ __all__ = [
     "SHUTDOWN_ERROR",
     "App",
     "FatalWorkerError",
+    "LifespanFailed",
     "Settings",
+    "SettingsError",
+    "SfnWorkerError",
     "TaskContext",
     "TaskFailed",
     "Worker",
+    "WorkerCrashed",
     "__version__",
     "load_settings",
     "non_blocking",

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from .context import TaskContext
+from .exceptions import SfnWorkerError
 from .settings import HandlerMode, HeartbeatMode
 
 Handler = Callable[[Any, TaskContext], Any]
@@ -45,7 +46,7 @@ H = TypeVar("H", bound=Handler)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class LoadError(Exception):
+class LoadError(SfnWorkerError):
     """An app or handler path does not name what it should; the message says which."""
 
 

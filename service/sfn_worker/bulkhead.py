@@ -29,8 +29,8 @@ from enum import Enum
 
 import structlog
 
-from .errors import describe
 from .metrics import Metrics
+from .redact import describe
 from .retry import Backoff
 
 log = structlog.get_logger("sfn_worker.bulkhead")

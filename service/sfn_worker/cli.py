@@ -22,8 +22,11 @@ from . import __version__, cli_help
 from .app import App, LoadError, import_object, importable_from_cwd, load_app
 from .config import resolve
 from .dev.command import add_dev_command
-from .errors import FatalWorkerError, LifespanFailed, WorkerCrashed, truncate
+from .errors import truncate
+from .exceptions import FatalWorkerError, LifespanFailed, WorkerCrashed
+from .exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from .logs import configure_logging
+from .once import add_once
 from .runtime.check import check
 from .runtime.ecs_protection import task_protection
 from .runtime.effective import print_settings
@@ -34,10 +37,6 @@ from .runtime.signals import Signals
 from .settings import FLAGS, Settings, SettingsError, load_settings
 from .streams import flush_all, reopen_closed_standard_fds
 from .worker import single_app
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 
 log = structlog.get_logger("sfn_worker.cli")
 
@@ -310,6 +309,7 @@ SUBCOMMANDS: list[Callable[[Subcommands], None]] = [
     add_settings,
     add_healthcheck,
     add_dev_command,
+    add_once,
 ]
 
 

@@ -96,6 +96,10 @@ class SourceConfig:
     """What every task source shares: its name, handler, slots, pollers, heartbeats."""
 
     kind: ClassVar[str] = "source"
+    # The field naming what the source serves (its activity's ARN, its queue's URL), the
+    # key of its provenance in ``sources``; "" when it serves nothing by address.
+    address_field: ClassVar[str] = ""
+    uses_sqs: ClassVar[bool] = False  # needs the process's SQS clients
     name: str
     key: str
     handler: Handler
@@ -117,14 +121,35 @@ class SourceConfig:
         """Heartbeat calls per second when every slot holds a task."""
         return self.concurrency / self.heartbeat_seconds if self.heartbeat_seconds else 0.0
 
+    @property
+    def address(self) -> str | None:
+        """What the source serves (None: not known yet, or nothing)."""
+        value = getattr(self, self.address_field, None) if self.address_field else None
+        return None if value is None else str(value)
+
+    def started_fields(self) -> dict[str, str]:
+        """What the "worker started" line says of this source beside the shared settings."""
+        return {}
+
+    def own_settings(self) -> list[tuple[str, str]]:
+        """This kind's own settings, as (name, value) for ``check`` and ``settings``."""
+        return []
+
 
 @dataclass(frozen=True)
 class ActivityConfig(SourceConfig):
     kind: ClassVar[str] = "activity"
+    address_field: ClassVar[str] = "arn"
     arn: str | None  # None: the name is turned into an ARN at start
 
     def with_arn(self, arn: str) -> ActivityConfig:
         return dataclasses.replace(self, arn=arn)
+
+    def started_fields(self) -> dict[str, str]:
+        return {"arn": str(self.arn)}
+
+    def own_settings(self) -> list[tuple[str, str]]:
+        return [("arn", self.arn or "-")]
 
 
 @dataclass(frozen=True)
@@ -132,11 +157,21 @@ class CallbackQueueConfig(SourceConfig):
     """An SQS queue whose messages carry task tokens (``.waitForTaskToken`` states)."""
 
     kind: ClassVar[str] = "queue"
+    address_field: ClassVar[str] = "queue_url"
+    uses_sqs: ClassVar[bool] = True
     queue_url: str
     visibility_seconds: int
     on_shutdown: OnShutdown
     token_field: str
     input_field: str
+
+    def started_fields(self) -> dict[str, str]:
+        return {"queue_url": self.queue_url, "on_shutdown": self.on_shutdown.value}
+
+    def own_settings(self) -> list[tuple[str, str]]:
+        return [("queue_url", self.queue_url)] + [
+            (field, str(getattr(self, field))) for field in QUEUE_FIELDS
+        ]
 
 
 def activity_key(name: str) -> str:
@@ -228,14 +263,10 @@ def check_distinct(configs: Sequence[SourceConfig]) -> None:
     """No two sources on one activity ARN or queue URL (also once names are resolved)."""
     seen: dict[str, str] = {}
     for config in configs:
-        if isinstance(config, ActivityConfig):
-            where, field = config.arn, "arn"
-        else:
-            assert isinstance(config, CallbackQueueConfig)
-            where, field = config.queue_url, "queue_url"
+        where = config.address
         if where is None:
             continue
-        label = f"{config.kind} {config.name!r} ({config.sources[field]})"
+        label = f"{config.kind} {config.name!r} ({config.sources[config.address_field]})"
         if where in seen:
             raise SettingsError(
                 f"{seen[where]} and {label} are both {where}: they would take each other's "

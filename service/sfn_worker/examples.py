@@ -12,7 +12,7 @@ import structlog
 
 from .app import App, CallNext, non_blocking
 from .context import TaskContext
-from .errors import TaskFailed
+from .exceptions import TaskFailed
 
 log = structlog.get_logger("sfn_worker.examples")
 

@@ -54,7 +54,8 @@ from opentelemetry.metrics import get_meter_provider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .errors import describe, error_name
+from .errors import error_name
+from .redact import describe
 
 log = structlog.get_logger("sfn_worker.tracing")
 

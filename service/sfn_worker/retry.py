@@ -1,5 +1,10 @@
-"""Capped exponential backoff with jitter, and the one retry loop helper that polls,
-heartbeats and terminal calls share."""
+"""Capped exponential backoff with jitter, and the one retry loop (``retrying``) that
+polls, heartbeats, terminal calls, SQS calls and start-up lookups share.
+
+Each caller says only what differs: what an error means (``judge``: try again after the
+backoff, at once, or stop with a value), when a wait would be too late (``before_wait``),
+what to say about a retry (``on_retry``), and which API a throttle notice names.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,14 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
+from typing import Generic, TypeVar
 
 import structlog
+
+from .aws_errors import API_ERRORS, ErrorKind, classify, is_throttling
 
 log = structlog.get_logger("sfn_worker.retry")
 
@@ -94,3 +104,73 @@ THROTTLES = ThrottleNotice()  # one per process: the quota is the account's, not
 
 def note_throttled(api: str) -> None:
     THROTTLES.note(api)
+
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Again(Enum):
+    """What a failed attempt calls for, when it is not the end."""
+
+    AFTER_BACKOFF = "after_backoff"  # transient: wait the backoff, then try again
+    AT_ONCE = "at_once"  # the next attempt differs (what it sends changed): no wait
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Generic[T_co]):
+    """End the loop: ``retrying`` returns ``value``."""
+
+    value: T_co
+
+
+def transient_only(exc: BaseException) -> Again | Stop[T]:
+    """The default judge: transient errors are retried, anything else is raised."""
+    if classify(exc) is ErrorKind.TRANSIENT:
+        return Again.AFTER_BACKOFF
+    raise exc
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    backoff: Backoff,
+    judge: Callable[[BaseException], Again | Stop[T]] = transient_only,
+    cap_seconds: float | None = None,
+    throttle_api: str | Callable[[], str] | None = None,
+    before_wait: Callable[[BaseException, float, Retry], Stop[T] | None] | None = None,
+    on_retry: Callable[[BaseException, float, Retry], None] | None = None,
+    errors: tuple[type[BaseException], ...] = API_ERRORS,
+) -> T:
+    """``attempt()`` until it returns, or ``judge`` (or ``before_wait``) stops the loop.
+
+    An attempt that raises one of ``errors`` is judged; one that is to be tried again
+    after the backoff waits ``Retry.next_delay``. With ``throttle_api``, a throttled error
+    waits the short throttle backoff and is counted in the process's throttle notice for
+    that API (a callable: the API the failed attempt called; ``on_retry`` still sees it, to
+    count it). ``before_wait`` sees the delay
+    first and may stop the loop (a deadline the wait would pass). Other exceptions, and
+    cancellation, propagate.
+    """
+    retry = Retry(backoff, cap_seconds)
+    while True:
+        try:
+            return await attempt()
+        except errors as exc:
+            verdict = judge(exc)
+            if isinstance(verdict, Stop):
+                return verdict.value
+            if verdict is Again.AT_ONCE:
+                continue
+            throttled = throttle_api is not None and is_throttling(exc)
+            delay = retry.next_delay(throttled)
+            if before_wait is not None:
+                stop = before_wait(exc, delay, retry)
+                if stop is not None:
+                    return stop.value
+            if throttled:
+                assert throttle_api is not None
+                note_throttled(throttle_api if isinstance(throttle_api, str) else throttle_api())
+            if on_retry is not None:
+                on_retry(exc, delay, retry)
+            await retry.wait(delay)

@@ -24,6 +24,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .exceptions import SfnWorkerError
+
 # Step Functions allows at most 1,000 open GetActivityTask polls per activity ARN.
 MAX_POLLERS_PER_ACTIVITY = 1000
 WORKER_NAME_MAX = 80
@@ -336,7 +338,7 @@ class Settings(BaseSettings):
         return DEFAULT_ORIGIN
 
 
-class SettingsError(Exception):
+class SettingsError(SfnWorkerError):
     """Settings could not be read; the message names the variable and is meant for operators."""
 
 

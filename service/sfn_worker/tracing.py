@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from .errors import describe
+from .redact import describe
 from .settings import SettingsError
 
 log = structlog.get_logger("sfn_worker.tracing")

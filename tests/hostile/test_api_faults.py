@@ -15,7 +15,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfn_worker import SHUTDOWN_ERROR, FatalWorkerError, TaskContext, TaskFailed, errors
+from sfn_worker import SHUTDOWN_ERROR, FatalWorkerError, TaskContext, TaskFailed, aws_errors
 from sfn_worker.examples import seed_handler
 from sfn_worker.logs import configure_logging, reset_logging
 from sfn_worker.retry import Backoff
@@ -325,7 +325,7 @@ async def test_shutdown_with_1000_in_flight_answers_every_task(fake: FakeStepFun
 def test_error_descriptions_never_echo_a_token() -> None:
     from botocore.exceptions import ClientError
 
-    from sfn_worker.errors import describe
+    from sfn_worker.redact import describe
 
     token = "AAAAKgAAAAIAAAAAAAAAA" + "x9Z" * 200
     error = ClientError(
@@ -352,15 +352,15 @@ def test_every_error_code_of_the_services_has_a_deliberate_class(service: str) -
     code, which botocore reports) is in exactly one class; a new one fails here first."""
     codes = _model_error_codes(service)
     if service == "sqs":
-        codes |= {errors.SQS_QUERY_CODES.get(code, code) for code in codes}
+        codes |= {aws_errors.SQS_QUERY_CODES.get(code, code) for code in codes}
     classes = {
-        "task gone": errors.TASK_GONE_CODES,
-        "fatal": errors.FATAL_CODES,
-        "transient": errors.TRANSIENT_CODES,
-        "rejected": errors.REJECTED_CODES,
+        "task gone": aws_errors.TASK_GONE_CODES,
+        "fatal": aws_errors.FATAL_CODES,
+        "transient": aws_errors.TRANSIENT_CODES,
+        "rejected": aws_errors.REJECTED_CODES,
     }
     for code in sorted(codes):
         homes = [name for name, members in classes.items() if code in members]
         assert len(homes) == 1, f"{service} error {code!r} is in {homes or 'no class'}"
-    assert errors.THROTTLING_CODES <= errors.TRANSIENT_CODES
-    assert set(errors.SQS_QUERY_CODES) <= _model_error_codes("sqs")
+    assert aws_errors.THROTTLING_CODES <= aws_errors.TRANSIENT_CODES
+    assert set(aws_errors.SQS_QUERY_CODES) <= _model_error_codes("sqs")

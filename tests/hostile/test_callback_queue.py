@@ -12,7 +12,7 @@ import structlog
 from sfn_worker import TaskContext
 from sfn_worker.examples import seed_handler
 from sfn_worker.retry import POLL_BACKOFF, SEND_BACKOFF
-from sfn_worker.tasks.receiver import WAIT_SECONDS
+from sfn_worker.tasks.sources.queue.receiver import WAIT_SECONDS
 from sfn_worker.testing import FakeStepFunctions, Fault
 
 from ..conftest import running_worker

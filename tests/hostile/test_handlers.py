@@ -15,9 +15,10 @@ import psutil
 import pytest
 
 from sfn_worker import SHUTDOWN_ERROR, TaskContext, TaskFailed
-from sfn_worker.errors import PROCESS_DIED_ERROR, WorkerCrashed
-from sfn_worker.tasks.poller import Poller
-from sfn_worker.tasks.procpool import CANCEL_GRACE_SECONDS
+from sfn_worker.errors import PROCESS_DIED_ERROR
+from sfn_worker.exceptions import WorkerCrashed
+from sfn_worker.tasks.handlers.procpool import CANCEL_GRACE_SECONDS
+from sfn_worker.tasks.sources.activity.poller import Poller
 from sfn_worker.tasks.task import Task
 from sfn_worker.testing import FakeStepFunctions
 

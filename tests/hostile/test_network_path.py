@@ -145,7 +145,7 @@ def test_network_errors_are_transient_and_may_have_been_recorded() -> None:
         ReadTimeoutError,
     )
 
-    from sfn_worker.errors import ErrorKind, classify, may_have_been_recorded
+    from sfn_worker.aws_errors import ErrorKind, classify, may_have_been_recorded
 
     url = "http://127.0.0.1:1/"
     for error in (

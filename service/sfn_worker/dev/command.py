@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from .discover import DiscoveryError, Target, discover
 from .localstack import EmulatorError, LocalStack, ensure_installed
 from .resources import REGION, Resources
@@ -29,9 +30,6 @@ from .supervisor import Supervisor, first
 
 # module:attribute, as the worker's import_object reads it (dotted on both sides).
 TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 # LocalStack's GetActivityTask long poll in a dev session (AWS: 60 s), shorter than the
 # worker's grace there: a restarted worker leaves no poll that would take the next task.
 ACTIVITY_POLL_SECONDS = 2.0

@@ -5,14 +5,15 @@ from __future__ import annotations
 import sys
 
 from ..app import import_path
-from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig
-from ..errors import API_ERRORS, FatalWorkerError, describe
+from ..aws_errors import API_ERRORS
+from ..config import SourceConfig
+from ..exceptions import FatalWorkerError
+from ..exit_codes import EXIT_FAILURE, EXIT_OK
+from ..redact import describe
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, HandlerMode, Settings
+from ..tasks.kinds import worker_class
 from .client import SfnClients, open_clients
 from .names import resolve_names
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
 
 
 async def check(settings: Settings, configs: list[SourceConfig]) -> int:
@@ -32,22 +33,9 @@ async def _check_sources(
     failed = 0
     configs = await resolve_names(configs, clients.session, clients.endpoint_url)
     for config in configs:
-        where = config.arn if isinstance(config, ActivityConfig) else None
-        notes: list[str] = []
+        where = config.address
         try:
-            if isinstance(config, CallbackQueueConfig):
-                where = config.queue_url
-                assert clients.sqs is not None
-                attributes = await clients.sqs.get_queue_attributes(
-                    QueueUrl=config.queue_url, AttributeNames=["RedrivePolicy"]
-                )
-                if "RedrivePolicy" not in attributes.get("Attributes", {}):
-                    notes.append(
-                        "WARNING: the queue has no redrive policy: poison messages come "
-                        "back for ever instead of moving to a dead-letter queue"
-                    )
-            else:
-                await clients.calls.describe_activity(activityArn=str(where))
+            notes = await worker_class(config).probe(config, clients.calls, clients.sqs)
         except API_ERRORS as exc:
             failed += 1
             print(
@@ -72,14 +60,7 @@ def describe_config(config: SourceConfig) -> list[str]:
     sources = config.sources
     queue = config.queue_size or f"0 = pollers ({config.pollers})"
     lines = [f"handler            {import_path(config.handler)} ({sources['handler']})"]
-    if isinstance(config, ActivityConfig):
-        lines.append(f"arn                {config.arn or '-'} ({sources['arn']})")
-    if isinstance(config, CallbackQueueConfig):
-        lines.append(f"queue_url          {config.queue_url} ({sources['queue_url']})")
-        lines += [
-            f"{field:<18} {getattr(config, field)} ({sources[field]})"
-            for field in ("visibility_seconds", "on_shutdown", "token_field", "input_field")
-        ]
+    lines += [f"{name:<18} {value} ({sources[name]})" for name, value in config.own_settings()]
     lines += [
         f"handler_mode       {config.handler_mode.value} ({sources['handler_mode']})",
         f"concurrency        {config.concurrency} ({sources['concurrency']})",

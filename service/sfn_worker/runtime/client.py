@@ -33,11 +33,11 @@ from botocore import handlers as botocore_handlers
 from botocore.exceptions import NoRegionError, ProfileNotFound
 
 from ..aws import SFNClient, SQSClient
-from ..config import CallbackQueueConfig, SourceConfig
+from ..config import SourceConfig
 from ..settings import SettingsError
 from ..tasks.answering import MAX_ANSWERING
-from ..tasks.callback import MAX_PROBING
 from ..tasks.heartbeat import MAX_SENDING
+from ..tasks.sources.queue.worker import MAX_PROBING
 from .credentials import wait_for_credentials
 
 
@@ -190,9 +190,7 @@ def calls_pool_connections(sources: Sequence[SourceConfig]) -> int:
     once when their answers fell due together at shutdown."""
     answers = min(MAX_ANSWERING, sum(s.concurrency for s in sources))
     heartbeats = sum(min(MAX_SENDING, s.concurrency) for s in sources if s.heartbeat_seconds)
-    probes = sum(
-        min(MAX_PROBING, s.concurrency) for s in sources if isinstance(s, CallbackQueueConfig)
-    )
+    probes = sum(min(MAX_PROBING, s.concurrency) for s in sources if s.uses_sqs)
     return answers + heartbeats + probes + SPARE_CONNECTIONS
 
 
@@ -255,7 +253,7 @@ async def open_clients(
         raise SettingsError(NO_REGION) from None
     heartbeats = [a.heartbeat_seconds for a in sources if a.heartbeat_seconds]
     timeout = call_timeout_seconds(min(heartbeats, default=0.0))
-    queues = [s for s in sources if isinstance(s, CallbackQueueConfig)]
+    queues = [s for s in sources if s.uses_sqs]
     pollers = sum(s.pollers for s in sources if s not in queues) or 1
     async with contextlib.AsyncExitStack() as stack:
         try:

@@ -24,9 +24,11 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError
 
+from ..aws_errors import API_ERRORS, classify
 from ..bulkhead import Accessory
-from ..errors import API_ERRORS, FatalWorkerError, classify, describe
-from ..retry import Backoff, Retry
+from ..exceptions import FatalWorkerError
+from ..redact import describe
+from ..retry import Again, Backoff, Retry, retrying
 
 log = structlog.get_logger("sfn_worker.credentials")
 
@@ -53,31 +55,42 @@ async def wait_for_credentials(session: Any, wait_seconds: float) -> Any:
     that, or at once when no provider has credentials."""
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + wait_seconds
-    retry = Retry(START_BACKOFF)
-    while True:
-        try:
-            credentials = await session.get_credentials()
-        except RESOLUTION_ERRORS as exc:
-            delay = retry.next_delay()
-            if loop.time() + delay > give_up_at:
-                raise FatalWorkerError(
-                    f"cannot get AWS credentials: {describe(exc)} (tried for {wait_seconds:g} s; "
-                    "SFN_CREDENTIALS_WAIT_SECONDS sets how long)"
-                ) from None
-            if retry.failures == 0:
-                log.warning(
-                    "AWS credentials not available yet; retrying",
-                    error=describe(exc),
-                    kind=classify(exc).value,
-                    for_seconds=wait_seconds,
-                )
-            await retry.wait(delay)
-            continue
+    failures = 0
+
+    async def resolve() -> Any:
+        credentials = await session.get_credentials()
         if credentials is None:
             raise FatalWorkerError(NO_CREDENTIALS)
-        if retry.failures:
-            log.info("AWS credentials available", after_attempts=retry.failures + 1)
+        if failures:
+            log.info("AWS credentials available", after_attempts=failures + 1)
         return credentials
+
+    def before_wait(exc: BaseException, delay: float, retry: Retry) -> None:
+        if loop.time() + delay > give_up_at:
+            raise FatalWorkerError(
+                f"cannot get AWS credentials: {describe(exc)} (tried for {wait_seconds:g} s; "
+                "SFN_CREDENTIALS_WAIT_SECONDS sets how long)"
+            ) from None
+
+    def on_retry(exc: BaseException, delay: float, retry: Retry) -> None:
+        nonlocal failures
+        if retry.failures == 0:
+            log.warning(
+                "AWS credentials not available yet; retrying",
+                error=describe(exc),
+                kind=classify(exc).value,
+                for_seconds=wait_seconds,
+            )
+        failures = retry.failures + 1
+
+    return await retrying(
+        resolve,
+        backoff=START_BACKOFF,
+        judge=lambda exc: Again.AFTER_BACKOFF,  # any provider may heal: the deadline decides
+        before_wait=before_wait,
+        on_retry=on_retry,
+        errors=RESOLUTION_ERRORS,
+    )
 
 
 def refreshes_ahead(credentials: Any) -> bool:

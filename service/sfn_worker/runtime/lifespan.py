@@ -19,7 +19,7 @@ import structlog
 
 from ..app import App
 from ..context import NO_STATE
-from ..errors import LifespanFailed
+from ..exceptions import LifespanFailed
 
 log = structlog.get_logger("sfn_worker.lifespan")
 

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 import aioboto3
 import structlog
 
+from ..aws_errors import ErrorKind, classify
 from ..config import ActivityConfig, SourceConfig, check_distinct
-from ..errors import API_ERRORS, ErrorKind, FatalWorkerError, classify, describe
-from ..retry import SEND_BACKOFF, Retry
+from ..exceptions import FatalWorkerError
+from ..redact import describe
+from ..retry import SEND_BACKOFF, Again, Retry, Stop, retrying
 from .client import (
     CALL_TIMEOUT_MAX_SECONDS,
     SPARE_CONNECTIONS,
@@ -54,19 +56,34 @@ async def resolve_names(
 
 
 async def _account(session: aioboto3.Session, endpoint_url: str | None, direct: bool) -> str:
-    retry = Retry(SEND_BACKOFF)
     config = call_config(SPARE_CONNECTIONS, CALL_TIMEOUT_MAX_SECONDS)
     config = without_proxy(config) if direct else config
     async with session.client("sts", config=config, endpoint_url=endpoint_url) as sts:
         bound_calls(sts, overall_deadline(CALL_TIMEOUT_MAX_SECONDS, CALL_TIMEOUT_MAX_SECONDS))
-        while True:
-            try:
-                identity = await sts.get_caller_identity()
-                return str(identity["Account"])
-            except API_ERRORS as exc:
-                if classify(exc) is not ErrorKind.TRANSIENT or retry.failures + 1 >= ATTEMPTS:
-                    raise FatalWorkerError(
-                        "cannot turn activity names into ARNs: STS GetCallerIdentity failed: "
-                        f"{describe(exc)} (set SFN_<KEY>_ACTIVITY_ARN to skip it)"
-                    ) from None
-                await retry.wait(retry.next_delay())
+
+        async def ask() -> str:
+            identity = await sts.get_caller_identity()
+            return str(identity["Account"])
+
+        return await retrying(
+            ask, backoff=SEND_BACKOFF, judge=_transient_or_fatal, before_wait=_at_most_attempts
+        )
+
+
+def _transient_or_fatal(exc: BaseException) -> Again:
+    if classify(exc) is not ErrorKind.TRANSIENT:
+        raise _cannot(exc) from None
+    return Again.AFTER_BACKOFF
+
+
+def _at_most_attempts(exc: BaseException, delay: float, retry: Retry) -> Stop[str] | None:
+    if retry.failures + 1 >= ATTEMPTS:
+        raise _cannot(exc) from None
+    return None
+
+
+def _cannot(exc: BaseException) -> FatalWorkerError:
+    return FatalWorkerError(
+        "cannot turn activity names into ARNs: STS GetCallerIdentity failed: "
+        f"{describe(exc)} (set SFN_<KEY>_ACTIVITY_ARN to skip it)"
+    )

@@ -24,18 +24,25 @@ import structlog
 from ..aio import cancel_and_wait
 from ..app import App, import_path
 from ..bulkhead import Accessories, Accessory, AccessorySnapshot
-from ..config import ActivityConfig, CallbackQueueConfig, SourceConfig, resolve
-from ..errors import FatalWorkerError, WorkerCrashed
+from ..config import SourceConfig, resolve
+from ..exceptions import FatalWorkerError, WorkerCrashed
 from ..logs import report_to as report_logs_to
 from ..metrics import Metrics
 from ..otel_config import check_otel_environment
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, MetricsOutput, Settings
 from ..streams import STDOUT_BUFFER_BYTES, OutputStream, open_stream
-from ..tasks.activity import ActivityWorker
 from ..tasks.answering import AnswerGate
-from ..tasks.callback import CallbackQueueWorker
-from ..tasks.source_worker import SourceParts, SourceState, SourceWorker
+from ..tasks.kinds import worker_class
+from ..tasks.source_worker import (
+    AppParts,
+    ProcessLink,
+    SharedParts,
+    SourceClients,
+    SourceParts,
+    SourceState,
+    SourceWorker,
+)
 from ..tracing import NO_TRACING, Tracing, setup_tracing
 from .client import SfnClients, open_clients
 from .credentials import keep_fresh, refreshes_ahead
@@ -81,12 +88,15 @@ class Runtime:
         poll_backoff: Backoff = POLL_BACKOFF,
         send_backoff: Backoff = SEND_BACKOFF,
         environ: Mapping[str, str] | None = None,
+        configs: Sequence[SourceConfig] | None = None,
     ) -> None:
+        """``configs``: the sources, resolved already (``sfn-worker once``); by default
+        those the app registers, with their settings."""
         self.app = app
         self.settings = settings
         # Configuration errors surface here, before any client or poll.
         environ = os.environ if environ is None else environ
-        self.configs = resolve(app, settings, environ)
+        self.configs = list(configs) if configs is not None else resolve(app, settings, environ)
         check_otel_environment(environ, emf=settings.metrics is MetricsOutput.EMF)
         self.metrics = metrics or Metrics()
         # What runs beside the task path, each behind a bulkhead (bulkhead.py).
@@ -263,24 +273,21 @@ class Runtime:
     ) -> None:
         poll_backoff, send_backoff = self._backoffs
         parts = SourceParts(
-            polls=clients.polls,
-            calls=clients.calls,
-            sqs_polls=clients.sqs_polls,
-            sqs=clients.sqs,
-            worker_name=self.settings.worker_name,
-            stopping=self._stopping,
-            stop_requested=self._stop,
-            tasks_changed=self.tasks_changed,
-            state=state,
-            middlewares=self.app.middlewares,
-            process_init=self.app.process_initializer,
-            on_fatal=self._on_fatal,
-            on_crash=self._on_crash,
-            accessories=self.accessories,
-            tracing=self._tracing,
-            poll_backoff=poll_backoff,
-            send_backoff=send_backoff,
-            answers=self.answers,
+            SourceClients(clients.polls, clients.calls, clients.sqs_polls, clients.sqs),
+            AppParts(
+                self.settings.worker_name,
+                state,
+                self.app.middlewares,
+                self.app.process_initializer,
+            ),
+            ProcessLink(
+                stopping=self._stopping,
+                stop_requested=self._stop,
+                tasks_changed=self.tasks_changed,
+                on_fatal=self._on_fatal,
+                on_crash=self._on_crash,
+            ),
+            SharedParts(self.accessories, self._tracing, self.answers, poll_backoff, send_backoff),
         )
         self._sources = [self._worker(config, parts) for config in configs]
         accessories = self.accessories
@@ -325,10 +332,7 @@ class Runtime:
 
     def _worker(self, config: SourceConfig, parts: SourceParts) -> SourceWorker:
         metrics = self.metrics.for_source(config.name, config.kind)
-        if isinstance(config, ActivityConfig):
-            return ActivityWorker(config, parts, metrics)
-        assert isinstance(config, CallbackQueueConfig)
-        return CallbackQueueWorker(config, parts, metrics)
+        return worker_class(config).serving(config, parts, metrics)
 
     async def _publish_emf(self, accessory: Accessory) -> None:
         settings = self.settings
@@ -365,13 +369,10 @@ class Runtime:
 def log_started(sources: Sequence[SourceWorker], settings: Settings) -> None:
     for source in sources:
         config = source.config
-        where = {"arn": config.arn} if isinstance(config, ActivityConfig) else {}
-        if isinstance(config, CallbackQueueConfig):
-            where = {"queue_url": config.queue_url, "on_shutdown": config.on_shutdown.value}
         log.info(
             "worker started",
             **{config.kind: config.name},
-            **where,
+            **config.started_fields(),
             pollers=config.pollers,
             concurrency=config.concurrency,
             heartbeat_seconds=config.heartbeat_seconds,

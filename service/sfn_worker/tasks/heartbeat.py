@@ -24,9 +24,10 @@ from typing import Protocol
 import structlog
 
 from ..aws import SFNClient
-from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code, is_throttling
+from ..aws_errors import ErrorKind, classify, error_code, is_throttling
 from ..metrics import SourceMetrics
-from ..retry import SEND_BACKOFF, Backoff, Retry
+from ..redact import describe
+from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from .pacing import HeartbeatPacer
 
 log = structlog.get_logger("sfn_worker.heartbeat")
@@ -263,42 +264,50 @@ class Heartbeats:
         structlog.contextvars.bind_contextvars(token=beat.task.token_hash)
         loop = asyncio.get_running_loop()
         metrics = self._metrics
-        # Retry soon: a late heartbeat can still beat the state's HeartbeatSeconds.
-        retry = Retry(self._backoff, cap_seconds=self._interval / 2)
-        while True:
+        task = beat.task
+
+        async def send() -> bool | None:
             beat.sending = True
             try:
-                await self._client.send_task_heartbeat(taskToken=beat.task.token)
-            except API_ERRORS as exc:
+                await self._client.send_task_heartbeat(taskToken=task.token)
+            finally:
                 beat.sending = False
-                kind = classify(exc)
-                metrics.heartbeat_failed(error_code(exc))
-                if kind is ErrorKind.TASK_GONE:
-                    log.warning(
-                        "heartbeat says the task is gone; cancelling it", answer=error_code(exc)
-                    )
-                    beat.task.task_gone(error_code(exc))
-                    return False
-                if beat.stopped:
-                    return False  # the answer goes next: no retry may race it
-                if is_throttling(exc):
-                    self._pacer.throttled(beat)
-                    return None
-                if kind is not ErrorKind.TRANSIENT:
-                    log.error(
-                        "heartbeat rejected; no more heartbeats for this task", error=describe(exc)
-                    )
-                    return False
-                delay = retry.next_delay()
+            now = loop.time()
+            beat.last_ok = now
+            self._pacer.accepted(now)
+            metrics.heartbeats_sent.inc()
+            metrics.observe_heartbeat_lag(max(0.0, now - beat.due))
+            return True
+
+        def judge(exc: BaseException) -> Again | Stop[bool | None]:
+            kind = classify(exc)
+            metrics.heartbeat_failed(error_code(exc))
+            if kind is ErrorKind.TASK_GONE:
                 log.warning(
-                    "heartbeat failed; retrying", error=describe(exc), retry_in=round(delay, 3)
+                    "heartbeat says the task is gone; cancelling it", answer=error_code(exc)
                 )
-                await retry.wait(delay)
-            else:
-                beat.sending = False
-                now = loop.time()
-                beat.last_ok = now
-                self._pacer.accepted(now)
-                metrics.heartbeats_sent.inc()
-                metrics.observe_heartbeat_lag(max(0.0, now - beat.due))
-                return True
+                task.task_gone(error_code(exc))
+                return Stop(False)
+            if beat.stopped:
+                return Stop(False)  # the answer goes next: no retry may race it
+            if is_throttling(exc):
+                self._pacer.throttled(beat)
+                return Stop(None)
+            if kind is not ErrorKind.TRANSIENT:
+                log.error(
+                    "heartbeat rejected; no more heartbeats for this task", error=describe(exc)
+                )
+                return Stop(False)
+            return Again.AFTER_BACKOFF
+
+        def on_retry(exc: BaseException, delay: float, retry: Retry) -> None:
+            log.warning("heartbeat failed; retrying", error=describe(exc), retry_in=round(delay, 3))
+
+        # Retry soon: a late heartbeat can still beat the state's HeartbeatSeconds.
+        return await retrying(
+            send,
+            backoff=self._backoff,
+            cap_seconds=self._interval / 2,
+            judge=judge,
+            on_retry=on_retry,
+        )

@@ -4,26 +4,39 @@ tasks, hand them to the queue; back off on errors, stop on fatal ones."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import structlog
 
-from ..errors import (
-    API_ERRORS,
-    ErrorKind,
-    FatalWorkerError,
-    classify,
-    describe,
-    error_code,
-    is_throttling,
-)
+from ..aws_errors import API_ERRORS, ErrorKind, classify, error_code, is_throttling
+from ..exceptions import FatalWorkerError
 from ..metrics import SourceMetrics
-from ..retry import POLL_BACKOFF, Backoff, Retry, note_throttled
+from ..redact import describe
+from ..retry import POLL_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from .slots import Slots
 from .task import Task
 
 log = structlog.get_logger("sfn_worker.intake")
+
+
+@dataclass(frozen=True)
+class IntakeParts:
+    """What every intake loop of one source shares: its slots, the handler's readiness, the
+    queue it hands tasks to, the process's stop events, where a fatal error goes, its
+    source's metrics and its backoff."""
+
+    slots: Slots
+    ready: Callable[[], Awaitable[None]]
+    queue: asyncio.Queue[Task | None]
+    stopping: asyncio.Event  # the shutdown began: tasks from now on are late
+    stop_requested: asyncio.Event  # no request may start from now on
+    on_fatal: Callable[[FatalWorkerError], None]
+    metrics: SourceMetrics
+    untraced: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+    backoff: Backoff = POLL_BACKOFF
 
 
 class IntakeLoop:
@@ -36,28 +49,17 @@ class IntakeLoop:
     FAILED: ClassVar[str]  # the warning when a request failed and is retried
     MOST: ClassVar[int] = 1  # slots one request may fill
 
-    def __init__(
-        self,
-        number: int,
-        *,
-        slots: Slots,
-        ready: Callable[[], Awaitable[None]],
-        queue: asyncio.Queue[Task | None],
-        stopping: asyncio.Event,
-        stop_requested: asyncio.Event,
-        on_fatal: Callable[[FatalWorkerError], None],
-        metrics: SourceMetrics,
-        backoff: Backoff = POLL_BACKOFF,
-    ) -> None:
+    def __init__(self, number: int, parts: IntakeParts) -> None:
         self.number = number
-        self._slots = slots
-        self._ready = ready
-        self._queue = queue
-        self._stopping = stopping
-        self._stop_requested = stop_requested
-        self._on_fatal = on_fatal
-        self._metrics = metrics
-        self._backoff = backoff
+        self._slots = parts.slots
+        self._ready = parts.ready
+        self._queue = parts.queue
+        self._stopping = parts.stopping
+        self._stop_requested = parts.stop_requested
+        self._on_fatal = parts.on_fatal
+        self._metrics = parts.metrics
+        self._backoff = parts.backoff
+        self._untraced = parts.untraced
         self._holds_task = False
 
     def holds_task(self) -> bool:
@@ -73,42 +75,53 @@ class IntakeLoop:
 
     async def run(self) -> None:
         with structlog.contextvars.bound_contextvars(**{self.NAME: self.number}):
-            retry = Retry(self._backoff)
-            while not self._no_more_requests():
-                taken = await self._slots.take(self.MOST)
-                # A slot is not enough: the handler must be able to start (process mode
-                # backs off after handler processes die).
-                try:
-                    await self._ready()
-                except BaseException:
-                    self._slots.give(taken)
-                    raise
-                if self._no_more_requests():
-                    self._slots.give(taken)
-                    break
-                self._holds_task = True
-                try:
-                    tasks = await self._fetch(taken)
-                except API_ERRORS as exc:
-                    self._holds_task = False
-                    self._slots.give(taken)
-                    if not self._keep_going_after(exc):
-                        return
-                    throttled = is_throttling(exc)
-                    delay = retry.next_delay(throttled)
-                    if throttled:
-                        note_throttled(self.API)
-                    else:
-                        log.warning(self.FAILED, error=describe(exc), retry_in=round(delay, 2))
-                    await retry.wait(delay)
-                    continue
-                retry.reset()
+            while True:
+                got = await retrying(
+                    self._take_and_fetch,
+                    backoff=self._backoff,
+                    judge=self._judge,
+                    throttle_api=self.API,
+                    on_retry=self._say_retry,
+                )
+                if got is None:  # stopping, or a fatal error
+                    return
+                taken, tasks = got
                 # The slots of the tasks now belong to them (their coroutines release them);
                 # the rest go back (an empty poll, poison messages, duplicates).
                 self._slots.give(taken - len(tasks))
                 for task in tasks:
                     await self._queue.put(task)
                 self._holds_task = False
+
+    async def _take_and_fetch(self) -> tuple[int, list[Task]] | None:
+        """Free slots and one request for that many tasks; None once no more may be made."""
+        if self._no_more_requests():
+            return None
+        taken = await self._slots.take(self.MOST)
+        # A slot is not enough: the handler must be able to start (process mode backs off
+        # after handler processes die).
+        try:
+            await self._ready()
+        except BaseException:
+            self._slots.give(taken)
+            raise
+        if self._no_more_requests():
+            self._slots.give(taken)
+            return None
+        self._holds_task = True
+        try:
+            return taken, await self._fetch(taken)
+        except API_ERRORS:
+            self._holds_task = False
+            self._slots.give(taken)
+            raise
+
+    def _judge(self, exc: BaseException) -> Again | Stop[None]:
+        return Again.AFTER_BACKOFF if self._keep_going_after(exc) else Stop(None)
+
+    def _say_retry(self, exc: BaseException, delay: float, retry: Retry) -> None:
+        if not is_throttling(exc):  # throttles go to the process's throttle notice
+            log.warning(self.FAILED, error=describe(exc), retry_in=round(delay, 2))
 
     def _keep_going_after(self, exc: BaseException) -> bool:
         self._metrics.poll_error(error_code(exc))

@@ -17,10 +17,10 @@ from ..errors import (
     HandlerExited,
     HandlerProcessDied,
     RemoteHandlerError,
-    TaskFailed,
     error_name,
     truncate,
 )
+from ..exceptions import TaskFailed
 
 
 @dataclass(frozen=True)

@@ -15,26 +15,21 @@ import structlog
 from ..aio import cancel_and_wait, retrieve_exception
 from ..aws import SFNClient
 from ..context import Flag, TaskContext
-from ..errors import SHUTDOWN_ERROR, describe
+from ..errors import SHUTDOWN_ERROR
 from ..metrics import SourceMetrics
+from ..redact import describe
 from ..retry import SEND_BACKOFF, Backoff
 from ..settings import HandlerMode, HeartbeatMode
 from ..tracing import NO_SPAN, NO_TRACING, TaskSpan, Tracing
-from .handlers import HandlerCall, HandlerInvoker
+from .ended import RELEASED, Answered, Closed, Released, TaskEnd, Unanswered
+from .handlers.invoker import HandlerCall, HandlerInvoker
 from .heartbeat import Heartbeats
 from .outcome import Failure, Outcome, Success, encode_output, from_exception, invalid_input
-from .sender import ResultSender, SendResult
-from .source import ActivitySource, Ended, TaskSource
+from .sender import ResultSender
+from .source import TaskSource
 from .task import Task
 
 log = structlog.get_logger("sfn_worker.task")
-
-# messaging.system of a task's span: OpenTelemetry registers aws_sqs, nothing for activities.
-TRACE_SYSTEMS = {"activity": "aws.stepfunctions", "queue": "aws_sqs"}
-# What the runner decides instead of an answer.
-RELEASE = "release"  # hand the task back to its source, unanswered (callback queues)
-GONE = "gone"  # the task is closed at the service: send nothing
-NotSent = str
 
 
 class CancelReason(Enum):
@@ -53,7 +48,7 @@ class RunningTask:
     settled: asyncio.Future[None]
     handler: HandlerCall | None = None
     cancel_reason: CancelReason | None = None
-    gone_answer: str = ""
+    closed: Closed | None = None  # the service closed the task (a heartbeat said so)
     # ctx.heartbeat() calls (from any thread or, via its pipe, a handler process).
     progress: int = 0
     # Loop time the handler itself started (process mode: after its process started).
@@ -72,7 +67,7 @@ class RunningTask:
 
     def task_gone(self, answer: str) -> None:
         """A heartbeat was answered TaskTimedOut / TaskDoesNotExist / InvalidToken."""
-        self.gone_answer = answer
+        self.closed = Closed.by(answer)
         self.cancel(CancelReason.TASK_GONE)
         # A sync handler in a thread cannot be stopped: stop waiting for it.
         self.abandon()
@@ -131,15 +126,13 @@ def handler_outcome(result: asyncio.Future[Any]) -> Outcome:
 
 @dataclass(frozen=True)
 class TaskSettings:
-    """What every task of one source (an activity or a callback queue) shares."""
+    """What every task of one source shares."""
 
     worker_name: str
     source_name: str
     heartbeat_seconds: float
     heartbeat_mode: HeartbeatMode
     state: Any
-    activity_arn: str = ""
-    queue_url: str = ""
     tracing: Tracing = NO_TRACING
 
 
@@ -156,7 +149,7 @@ class TaskRunner:
         tasks_changed: asyncio.Event,
         on_task_end: Callable[[asyncio.Future[Any] | None], None],
         on_crash: Callable[[BaseException], None],
-        source: TaskSource | None = None,
+        source: TaskSource,
         heartbeat_backoff: Backoff = SEND_BACKOFF,
     ) -> None:
         self._settings = settings
@@ -164,7 +157,7 @@ class TaskRunner:
         # the task's slot is not free until that future is done.
         self._on_task_end = on_task_end
         self._on_crash = on_crash
-        self._source = source or ActivitySource()
+        self._source = source
         self._invoker = invoker
         self._sender = sender
         self._metrics = metrics
@@ -241,14 +234,11 @@ class TaskRunner:
         try:
             span = self._task_span(record, task)
             span.activate()
-            outcome: Outcome | NotSent | None
+            outcome: Outcome | Released | Closed | None
             try:
                 outcome = self._refused(task)
                 if outcome is None and self._source.tracks_deliveries:
-                    refused = await self._source.admit(task)
-                    if refused is not None:
-                        record.gone_answer = refused.value
-                        outcome = GONE
+                    outcome = await self._source.admit(task)
                 if outcome is None:
                     call = self._start_handler(task, record, span)
                     if not call.result.done():  # done already: a sync handler on the loop
@@ -271,13 +261,13 @@ class TaskRunner:
                 outcome = Failure.of("Worker.InternalError", describe(exc))
             duration = round(asyncio.get_running_loop().time() - record.started_at, 3)
             self._metrics.handler_duration.observe(duration)
-            ended, how, error = await self._answer(record, outcome, duration)
+            ended = await self._answer(record, outcome, duration)
             if self._source.tracks_deliveries:
                 try:
                     await self._source.settle(task, ended)
                 except Exception:
                     log.exception("internal error while settling the task with its source")
-            span.end(how, error)
+            span.end(ended.outcome, ended.error if isinstance(ended, Answered) else None)
         except Exception as exc:  # noqa: BLE001 - on_crash logs it and stops the worker
             self._on_crash(exc)
         finally:
@@ -290,9 +280,9 @@ class TaskRunner:
         ctx = TaskContext(
             task_token=task.token,
             worker_name=settings.worker_name,
-            activity_arn=settings.activity_arn,
-            queue_url=settings.queue_url,
             source_name=settings.source_name,
+            activity_arn=self._source.origin.activity_arn,
+            queue_url=self._source.origin.queue_url,
             shutdown_requested=self._shutdown_requested,
             _stopping=self._stopping,
             _state=settings.state,
@@ -316,11 +306,11 @@ class TaskRunner:
         finished = record.handler.finished if record.handler is not None else None
         self._on_task_end(finished if finished is not None and not finished.done() else None)
 
-    def _refused(self, task: Task) -> Outcome | NotSent | None:
+    def _refused(self, task: Task) -> Outcome | Released | None:
         """What to answer instead of running the handler, if anything."""
         if task.late or self._refuse_new_work:
             if not self._source.answers_at_shutdown:
-                return RELEASE
+                return RELEASED
             return Failure.of(
                 SHUTDOWN_ERROR,
                 "the worker was shutting down when this task arrived; it was not started",
@@ -338,11 +328,14 @@ class TaskRunner:
         handler_span.end_with(call.result)
         return call
 
-    def _after_handler(self, record: RunningTask) -> Outcome | NotSent:
+    def _after_handler(self, record: RunningTask) -> Outcome | Released | Closed:
         if record.cancel_reason is CancelReason.SHUTDOWN and not self._source.answers_at_shutdown:
-            return RELEASE
+            return RELEASED
         answer = record.answer()
-        return GONE if answer is None else answer
+        if answer is None:
+            assert record.closed is not None, "only a closed task goes unanswered"
+            return record.closed
+        return answer
 
     def _task_span(self, record: RunningTask, task: Task) -> TaskSpan:
         settings = self._settings
@@ -355,69 +348,62 @@ class TaskRunner:
             "sfn_worker.task.token_hash": record.token_hash,
             "sfn_worker.handler.mode": self._invoker.mode.value,
         }
-        if settings.activity_arn:
-            attributes["aws.step_functions.activity.arn"] = settings.activity_arn
-        if task.message is not None:
-            attributes["messaging.message.id"] = task.message.message_id
-            attributes["sfn_worker.queue.url"] = settings.queue_url
+        attributes.update(self._source.span_attributes(task))
         return settings.tracing.task(
-            source=TRACE_SYSTEMS[self._source.kind],
+            source=self._source.trace_system,
             destination=settings.source_name,
             attributes=attributes,
             task_input=task.input,
         )
 
     async def _answer(
-        self, record: RunningTask, outcome: Outcome | NotSent, duration: float
-    ) -> tuple[Ended, str, str | None]:
-        """Send the one answer; how the task ended for its source, in words, and its error."""
-        if outcome == RELEASE:
-            self._metrics.tasks_released.inc()
-            log.info("task ended", outcome="released", duration=duration)
-            return Ended.RELEASED, "released", None
-        if isinstance(outcome, str):  # GONE: closed at the service, or a second delivery
-            self._metrics.tasks_gone.inc()
-            log.info("task ended", outcome="gone", answer=record.gone_answer, duration=duration)
-            return _ended_by(record.gone_answer), "gone", None
-        try:
-            report = await self._sender.send(
-                record.token, outcome, self._send_deadline, record.started_at
-            )
-        except Exception:
-            # A defect on the way out (the sender retries every API error itself) costs this
-            # task's answer, never the worker.
-            log.exception("internal error while answering the task")
-            return Ended.UNANSWERED, SendResult.GAVE_UP.value, None
-        if report.result is SendResult.TASK_GONE:
-            self._metrics.tasks_gone.inc()
-            log.info("task ended", outcome=report.result.value, duration=duration)
-            return _ended_by(report.answer), report.result.value, None
-        if report.result is SendResult.OUT_OF_TIME:
-            # The grace ran out first: counted, and reported once by the shutdown.
-            self._out_of_time += 1
-            self._metrics.tasks_unanswered.inc()
-            return Ended.UNANSWERED, report.result.value, None
-        if report.result is SendResult.GAVE_UP:
-            self._metrics.tasks_gone.inc()
-            log.info("task ended", outcome=report.result.value, duration=duration)
-            return Ended.UNANSWERED, report.result.value, None
-        if isinstance(report.sent, Success):
-            self._metrics.tasks_succeeded.inc()
-            log.info("task ended", outcome="succeeded", duration=duration)
-            return Ended.ANSWERED, "succeeded", None
-        error = report.sent.error or "(none)"  # a bare failure, after KMS refused the answer
-        self._metrics.task_failed(error)
-        log.info("task ended", outcome="failed", error=error, duration=duration)
-        return Ended.ANSWERED, "failed", error
+        self, record: RunningTask, outcome: Outcome | Released | Closed, duration: float
+    ) -> TaskEnd:
+        """Send the one answer, if one is due; how the task ended, counted and logged."""
+        ended: TaskEnd
+        if isinstance(outcome, Released | Closed):
+            ended = outcome
+        else:
+            try:
+                ended = await self._sender.send(
+                    record.token, outcome, self._send_deadline, record.started_at
+                )
+            except Exception:
+                # A defect on the way out (the sender retries every API error itself) costs
+                # this task's answer, never the worker.
+                log.exception("internal error while answering the task")
+                return Unanswered()
+        self._report(ended, duration)
+        return ended
+
+    def _report(self, ended: TaskEnd, duration: float) -> None:
+        metrics = self._metrics
+        match ended:
+            case Released():
+                metrics.tasks_released.inc()
+                log.info("task ended", outcome=ended.outcome, duration=duration)
+            case Closed(at_answer=False):  # closed at the service, or a second delivery
+                metrics.tasks_gone.inc()
+                log.info(
+                    "task ended", outcome=ended.outcome, answer=ended.answer, duration=duration
+                )
+            case Closed():
+                metrics.tasks_gone.inc()
+                log.info("task ended", outcome=ended.outcome, duration=duration)
+            case Unanswered(out_of_time=True):
+                # The grace ran out first: counted, and reported once by the shutdown.
+                self._out_of_time += 1
+                metrics.tasks_unanswered.inc()
+            case Unanswered():
+                metrics.tasks_gone.inc()
+                log.info("task ended", outcome=ended.outcome, duration=duration)
+            case Answered(sent=Success()):
+                metrics.tasks_succeeded.inc()
+                log.info("task ended", outcome=ended.outcome, duration=duration)
+            case Answered():
+                error = ended.error or "(none)"
+                metrics.task_failed(error)
+                log.info("task ended", outcome=ended.outcome, error=error, duration=duration)
 
 
 _NO_CONTEXT = contextvars.Context()
-
-
-def _ended_by(answer: str) -> Ended:
-    """A closed task: InvalidToken means the service cannot read the token at all."""
-    if answer in ("InvalidToken", Ended.MALFORMED.value):
-        return Ended.MALFORMED
-    if answer == Ended.ANSWERED.value:
-        return Ended.ANSWERED
-    return Ended.GONE

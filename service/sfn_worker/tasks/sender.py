@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from enum import Enum
 
 import structlog
 
 from ..aws import SFNClient
-from ..errors import (
-    API_ERRORS,
-    INVALID_OUTPUT_ERROR,
+from ..aws_errors import (
     KMS_REFUSED_CODES,
     ErrorKind,
     classify,
-    describe,
     error_code,
     is_throttling,
     may_have_been_recorded,
 )
+from ..errors import INVALID_OUTPUT_ERROR
 from ..metrics import SourceMetrics
-from ..retry import SEND_BACKOFF, Backoff, Retry, note_throttled
+from ..redact import describe
+from ..retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from .answering import AnswerGate
+from .ended import Answered, Closed, Unanswered
 from .outcome import BARE_FAILURE, Failure, Outcome, Success
 
 log = structlog.get_logger("sfn_worker.sender")
@@ -35,24 +33,6 @@ TERMINAL_API: dict[type[Outcome], str] = {
     Success: "SendTaskSuccess",
     Failure: "SendTaskFailure",
 }
-
-
-class SendResult(Enum):
-    SENT = "sent"
-    # The call was answered TaskTimedOut/... after an earlier attempt may have been recorded.
-    ALREADY_RECORDED = "already_recorded"
-    TASK_GONE = "task_gone"
-    GAVE_UP = "gave_up"
-    # The caller's deadline (the shutdown's) came before the call got through: counted and
-    # reported once by the shutdown, not logged per token.
-    OUT_OF_TIME = "out_of_time"
-
-
-@dataclass(frozen=True)
-class SendReport:
-    result: SendResult
-    sent: Outcome  # what was sent: the outcome, or what replaced it (invalid output, KMS)
-    answer: str = ""  # the service's error code, when it closed the task
 
 
 class ResultSender:
@@ -71,97 +51,107 @@ class ResultSender:
 
     async def send(
         self, token: str, outcome: Outcome, deadline: float | None = None, age: float = 0.0
-    ) -> SendReport:
-        """Send ``outcome`` once; says what happened and what was actually sent. ``age``:
+    ) -> Answered | Closed | Unanswered:
+        """Send ``outcome`` once; says how the task ended and what was actually sent. ``age``:
         when the task started (loop time): while answers queue, the oldest goes first."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + SEND_RETRY_SECONDS
         if deadline is not None:
             give_up_at = min(give_up_at, deadline)
-        retry = Retry(self._backoff)
         maybe_recorded = False
         client = self._client
         gate = self._gate
+        sending = outcome  # what the next attempt sends: the outcome, or what replaced it
+
+        async def attempt() -> Answered | Closed | Unanswered:
+            began = await gate.acquire(age)
+            try:
+                # Inline, not a helper coroutine: one frame less on every answer.
+                if isinstance(sending, Success):
+                    await client.send_task_success(taskToken=token, output=sending.output)
+                elif sending == BARE_FAILURE:
+                    await client.send_task_failure(taskToken=token)
+                else:
+                    await client.send_task_failure(
+                        taskToken=token, error=sending.error, cause=sending.cause
+                    )
+            finally:
+                gate.release(began)  # a retry waits its backoff without a turn
+            gate.settled()
+            return Answered(sending)
+
+        def judge(exc: BaseException) -> Again | Stop[Answered | Closed | Unanswered]:
+            nonlocal sending, maybe_recorded
+            kind = classify(exc)
+            if kind is ErrorKind.TASK_GONE:
+                gate.settled()
+                if maybe_recorded:
+                    log.info(
+                        "terminal call already recorded by an earlier attempt",
+                        answer=error_code(exc),
+                    )
+                    return Stop(Answered(sending, recorded_earlier=True))
+                log.warning("task closed before it was answered", answer=error_code(exc))
+                return Stop(Closed.by(error_code(exc), at_answer=True))
+            if isinstance(sending, Success) and error_code(exc) in {
+                "InvalidOutput",
+                "ValidationException",
+            }:
+                # The service refused the output itself; nothing was recorded, so the task
+                # still needs its one answer.
+                sending = Failure.of(
+                    INVALID_OUTPUT_ERROR, f"Step Functions rejected the output: {describe(exc)}"
+                )
+                return Again.AT_ONCE
+            if error_code(exc) in KMS_REFUSED_CODES and sending != BARE_FAILURE:
+                # The token still gets its one answer: a failure without error or cause is
+                # not encrypted, so KMS cannot refuse it.
+                log.error(
+                    "KMS refused the answer; answering with a bare SendTaskFailure",
+                    error=describe(exc),
+                    hint="give the worker's role kms:Decrypt/GenerateDataKey on the "
+                    "activity's key, or check the key's state",
+                )
+                self._metrics.kms_fallbacks.inc()
+                sending = BARE_FAILURE
+                return Again.AT_ONCE
+            if kind is not ErrorKind.TRANSIENT:
+                log.error("terminal call rejected; not retrying", error=describe(exc))
+                return Stop(Unanswered())
+            maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
+            return Again.AFTER_BACKOFF
+
+        def before_wait(exc: BaseException, delay: float, retry: Retry) -> Stop[Unanswered] | None:
+            if deadline is not None and loop.time() + delay > deadline:
+                return Stop(Unanswered(out_of_time=True))
+            if loop.time() + delay > give_up_at:
+                log.error(
+                    "terminal call still failing; giving up",
+                    error=describe(exc),
+                    attempts=retry.failures + 1,
+                )
+                return Stop(Unanswered())
+            return None
+
+        def on_retry(exc: BaseException, delay: float, retry: Retry) -> None:
+            if not is_throttling(exc):  # throttles go to the process's throttle notice
+                log.warning(
+                    "terminal call failed; retrying",
+                    error=describe(exc),
+                    attempt=retry.failures + 1,
+                    retry_in=round(delay, 3),
+                )
+            self._metrics.terminal_retries.inc()
+
         gate.begin()  # pending from here to the return: the gate measures backlogs
         try:
-            while True:
-                began = await gate.acquire(age)
-                try:
-                    try:
-                        # Inline, not a helper coroutine: one frame less on every answer.
-                        if isinstance(outcome, Success):
-                            await client.send_task_success(taskToken=token, output=outcome.output)
-                        elif outcome == BARE_FAILURE:
-                            await client.send_task_failure(taskToken=token)
-                        else:
-                            await client.send_task_failure(
-                                taskToken=token, error=outcome.error, cause=outcome.cause
-                            )
-                    finally:
-                        gate.release(began)  # a retry waits its backoff without a turn
-                except API_ERRORS as exc:
-                    kind = classify(exc)
-                    if kind is ErrorKind.TASK_GONE:
-                        gate.settled()
-                        if maybe_recorded:
-                            log.info(
-                                "terminal call already recorded by an earlier attempt",
-                                answer=error_code(exc),
-                            )
-                            return SendReport(SendResult.ALREADY_RECORDED, outcome, error_code(exc))
-                        log.warning("task closed before it was answered", answer=error_code(exc))
-                        return SendReport(SendResult.TASK_GONE, outcome, error_code(exc))
-                    if isinstance(outcome, Success) and error_code(exc) in {
-                        "InvalidOutput",
-                        "ValidationException",
-                    }:
-                        # The service refused the output itself; nothing was recorded, so the
-                        # task still needs its one answer.
-                        outcome = Failure.of(
-                            INVALID_OUTPUT_ERROR,
-                            f"Step Functions rejected the output: {describe(exc)}",
-                        )
-                        continue
-                    if error_code(exc) in KMS_REFUSED_CODES and outcome != BARE_FAILURE:
-                        # The token still gets its one answer: a failure without error or cause
-                        # is not encrypted, so KMS cannot refuse it.
-                        log.error(
-                            "KMS refused the answer; answering with a bare SendTaskFailure",
-                            error=describe(exc),
-                            hint="give the worker's role kms:Decrypt/GenerateDataKey on the "
-                            "activity's key, or check the key's state",
-                        )
-                        self._metrics.kms_fallbacks.inc()
-                        outcome = BARE_FAILURE
-                        continue
-                    if kind is not ErrorKind.TRANSIENT:
-                        log.error("terminal call rejected; not retrying", error=describe(exc))
-                        return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
-                    maybe_recorded = maybe_recorded or may_have_been_recorded(exc)
-                    throttled = is_throttling(exc)
-                    delay = retry.next_delay(throttled)
-                    if deadline is not None and loop.time() + delay > deadline:
-                        return SendReport(SendResult.OUT_OF_TIME, outcome, error_code(exc))
-                    if loop.time() + delay > give_up_at:
-                        log.error(
-                            "terminal call still failing; giving up",
-                            error=describe(exc),
-                            attempts=retry.failures + 1,
-                        )
-                        return SendReport(SendResult.GAVE_UP, outcome, error_code(exc))
-                    if throttled:
-                        note_throttled(TERMINAL_API[type(outcome)])
-                    else:
-                        log.warning(
-                            "terminal call failed; retrying",
-                            error=describe(exc),
-                            attempt=retry.failures + 1,
-                            retry_in=round(delay, 3),
-                        )
-                    self._metrics.terminal_retries.inc()
-                    await retry.wait(delay)
-                else:
-                    gate.settled()
-                    return SendReport(SendResult.SENT, outcome)
+            return await retrying(
+                attempt,
+                backoff=self._backoff,
+                judge=judge,
+                throttle_api=lambda: TERMINAL_API[type(sending)],
+                before_wait=before_wait,
+                on_retry=on_retry,
+            )
         finally:
             gate.end()

@@ -4,38 +4,43 @@ An activity's task is answered, whatever happens (Worker.Shutdown when the worke
 A callback queue's task came in an SQS message: a redelivered message is checked before it
 runs, the message is kept invisible while its handler runs, deleted once the task is
 answered or closed, and released (visible again at once) when the worker stops, so another
-worker finishes it (tasks/callback.py).
+worker finishes it (tasks/sources/queue/worker.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from enum import Enum
+from dataclasses import dataclass
 from typing import Protocol
 
+from .ended import Closed, TaskEnd
 from .task import Task
 
 
-class Ended(Enum):
-    """How a task ended, for its source."""
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a source's tasks come from, as ``TaskContext`` tells the handler."""
 
-    ANSWERED = "answered"  # the one terminal call is recorded (now or by an earlier attempt)
-    GONE = "gone"  # the service closed it (timed out, execution stopped)
-    MALFORMED = "malformed"  # the service refused its token as invalid
-    RELEASED = "released"  # not answered, on purpose: another worker can take it
-    UNANSWERED = "unanswered"  # the terminal call kept failing: the service's timeout decides
+    activity_arn: str = ""
+    queue_url: str = ""
 
 
 class TaskSource(Protocol):
-    kind: str  # "activity" | "queue": the metrics label, the span's messaging.system
+    kind: str  # the metrics and log label of the source's kind ("activity", "queue")
+    trace_system: str  # a task span's messaging.system
+    origin: Origin  # what the handler's TaskContext says about where its task came from
     # Whether a task the worker cannot finish is answered with Worker.Shutdown (True) or
     # released for another worker (False).
     answers_at_shutdown: bool
     # False: admit, keep and settle do nothing, and the runner skips them.
     tracks_deliveries: bool
 
-    async def admit(self, task: Task) -> Ended | None:
-        """Before the handler runs: None to run it, or why the task must not run."""
+    def span_attributes(self, task: Task) -> dict[str, str]:
+        """What a task's span says of its source, beside its name and kind."""
+        ...
+
+    async def admit(self, task: Task) -> Closed | None:
+        """Before the handler runs: None to run it, or the service says it is closed."""
         ...
 
     def keep(self, task: Task) -> asyncio.Task[None] | None:
@@ -43,7 +48,7 @@ class TaskSource(Protocol):
         needed; the runner cancels it once the handler is done."""
         ...
 
-    async def settle(self, task: Task, ended: Ended) -> None:
+    async def settle(self, task: Task, ended: TaskEnd) -> None:
         """After the task ended (answered, gone, released...)."""
         ...
 
@@ -56,16 +61,25 @@ class ActivitySource:
     """Activities need nothing around their tasks: the token is the whole delivery."""
 
     kind = "activity"
+    # OpenTelemetry registers no messaging.system for Step Functions activities.
+    trace_system = "aws.stepfunctions"
     answers_at_shutdown = True
     tracks_deliveries = False
 
-    async def admit(self, task: Task) -> Ended | None:
+    def __init__(self, arn: str) -> None:
+        self._arn = arn
+        self.origin = Origin(activity_arn=arn)
+
+    def span_attributes(self, task: Task) -> dict[str, str]:
+        return {"aws.step_functions.activity.arn": self._arn}
+
+    async def admit(self, task: Task) -> Closed | None:
         return None
 
     def keep(self, task: Task) -> asyncio.Task[None] | None:
         return None
 
-    async def settle(self, task: Task, ended: Ended) -> None:
+    async def settle(self, task: Task, ended: TaskEnd) -> None:
         return None
 
     async def aclose(self) -> None:

@@ -4,7 +4,7 @@
 ``run()`` takes and works tasks until the process stops it, then returns once every open
 poll has returned and every task taken has ended. The process (runtime/shutdown.py) drives
 the shutdown through the methods below; a source never looks at other sources. Subclasses
-say how tasks come in (tasks/activity.py, tasks/callback.py).
+say how tasks come in (tasks/sources/activity/worker.py, tasks/sources/queue/worker.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import structlog
 
@@ -20,13 +20,14 @@ from ..app import Middleware
 from ..aws import SFNClient, SQSClient
 from ..bulkhead import Accessories
 from ..config import SourceConfig
-from ..errors import FatalWorkerError
+from ..exceptions import FatalWorkerError
 from ..metrics import SourceMetrics
 from ..retry import POLL_BACKOFF, SEND_BACKOFF, Backoff
 from ..tracing import NO_TRACING, Tracing
 from .answering import AnswerGate
-from .handlers import HandlerInvoker
-from .procpool import PoolHealth
+from .handlers.invoker import HandlerInvoker
+from .handlers.procpool import PoolHealth
+from .intake import IntakeParts
 from .runner import TaskRunner, TaskSettings
 from .sender import ResultSender
 from .slots import Slots
@@ -64,28 +65,60 @@ class SourceState:
 
 
 @dataclass(frozen=True)
-class SourceParts:
-    """What the process lends every source."""
+class SourceClients:
+    """The process's AWS clients: Step Functions long polls and quick calls; the same two
+    for SQS when a source needs them."""
 
     polls: SFNClient
     calls: SFNClient
-    sqs_polls: SQSClient | None  # ReceiveMessage only (20 s long polls)
-    sqs: SQSClient | None  # the other SQS calls (quick)
+    sqs_polls: SQSClient | None = None  # ReceiveMessage only (20 s long polls)
+    sqs: SQSClient | None = None  # the other SQS calls (quick)
+
+
+@dataclass(frozen=True)
+class AppParts:
+    """What the app lends every task: the worker's name, the lifespan's state, middleware
+    and the handler processes' initialiser."""
+
     worker_name: str
+    state: Any = None
+    middlewares: Sequence[Middleware] = ()
+    process_init: Callable[[], Any] | None = None
+
+
+@dataclass(frozen=True)
+class ProcessLink:
+    """How a source hears of the process and tells it: its stop events, the tasks-changed
+    signal (ECS task protection), and where a fatal error or a defect goes."""
+
     stopping: asyncio.Event  # the shutdown began
     stop_requested: asyncio.Event  # a stop was asked for: no request may start from now on
     tasks_changed: asyncio.Event
-    state: Any
-    middlewares: Sequence[Middleware]
-    process_init: Callable[[], Any] | None
     on_fatal: Callable[[FatalWorkerError], None]
     on_crash: OnCrash
+
+
+@dataclass(frozen=True)
+class SharedParts:
+    """What every source shares and none owns: the accessories' bulkhead, tracing, the
+    process-wide answer gate and the backoffs."""
+
     accessories: Accessories  # housekeeping beside the task path reports here
     tracing: Tracing = NO_TRACING
-    poll_backoff: Backoff = POLL_BACKOFF
-    send_backoff: Backoff = SEND_BACKOFF
     # Terminal calls on the wire at once, for every source (they share the calls' pool).
     answers: AnswerGate = field(default_factory=AnswerGate)
+    poll_backoff: Backoff = POLL_BACKOFF
+    send_backoff: Backoff = SEND_BACKOFF
+
+
+@dataclass(frozen=True)
+class SourceParts:
+    """What the process lends every source."""
+
+    clients: SourceClients
+    app: AppParts
+    process: ProcessLink
+    shared: SharedParts
 
 
 class SourceWorker:
@@ -95,9 +128,6 @@ class SourceWorker:
         parts: SourceParts,
         metrics: SourceMetrics,
         source: TaskSource,
-        *,
-        activity_arn: str = "",
-        queue_url: str = "",
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -107,37 +137,38 @@ class SourceWorker:
             config.handler,
             config.handler_mode,
             config.concurrency,
-            middlewares=parts.middlewares,
-            process_init=parts.process_init,
+            middlewares=parts.app.middlewares,
+            process_init=parts.app.process_init,
             max_tasks_per_child=config.max_tasks_per_child,
-            trace_carrier=parts.tracing.carrier,
+            trace_carrier=parts.shared.tracing.carrier,
             on_process_death=metrics.handler_process_deaths.inc,
         )
         self._slots = Slots(config.concurrency)
         self._queue: asyncio.Queue[Task | None] = asyncio.Queue(config.effective_queue_size)
         self._runner = TaskRunner(
             TaskSettings(
-                worker_name=parts.worker_name,
+                worker_name=parts.app.worker_name,
                 source_name=config.name,
                 heartbeat_seconds=config.heartbeat_seconds,
                 heartbeat_mode=config.heartbeat_mode,
-                state=parts.state,
-                activity_arn=activity_arn,
-                queue_url=queue_url,
-                tracing=parts.tracing,
+                state=parts.app.state,
+                tracing=parts.shared.tracing,
             ),
-            client=parts.calls,
+            client=parts.clients.calls,
             invoker=self._invoker,
-            sender=ResultSender(parts.calls, metrics, parts.send_backoff, parts.answers),
+            sender=ResultSender(
+                parts.clients.calls, metrics, parts.shared.send_backoff, parts.shared.answers
+            ),
             metrics=metrics,
-            stopping=parts.stopping,
-            tasks_changed=parts.tasks_changed,
+            stopping=parts.process.stopping,
+            tasks_changed=parts.process.tasks_changed,
             on_task_end=self._free_slot,
-            on_crash=lambda exc: parts.on_crash(exc, f"{config.name} task"),
+            on_crash=lambda exc: parts.process.on_crash(exc, f"{config.name} task"),
             source=source,
-            heartbeat_backoff=parts.send_backoff,
+            heartbeat_backoff=parts.shared.send_backoff,
         )
-        self._intakes = self._make_intakes()
+        # Made by run(): a subclass's constructor has nothing to prepare before super().
+        self._intakes: list[Intake] = []
         self._intake_tasks: list[asyncio.Task[None]] = []
         self._handlers_stuck = 0
         metrics.concurrency.set(config.concurrency)
@@ -145,8 +176,36 @@ class SourceWorker:
         metrics.tasks_in_flight.set_function(self._runner.running_count)
         metrics.queue_depth.set_function(self._queue.qsize)
 
-    def _make_intakes(self) -> list[Intake]:
+    @classmethod
+    def serving(cls, config: SourceConfig, parts: SourceParts, metrics: SourceMetrics) -> Self:
+        """The worker for ``config`` (of this kind: tasks/kinds.py picks the class)."""
         raise NotImplementedError
+
+    @classmethod
+    async def probe(
+        cls, config: SourceConfig, calls: SFNClient, sqs: SQSClient | None
+    ) -> list[str]:
+        """``sfn-worker check``: ask the service that the source exists (API errors
+        propagate); notes worth printing under it."""
+        return []
+
+    def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
+        """How this source's tasks come in: its intake loops (pollers, receivers...)."""
+        raise NotImplementedError
+
+    def _intake_parts(self) -> IntakeParts:
+        parts = self._parts
+        return IntakeParts(
+            slots=self._slots,
+            ready=self._invoker.wait_ready,
+            queue=self._queue,
+            stopping=parts.process.stopping,
+            stop_requested=parts.process.stop_requested,
+            on_fatal=parts.process.on_fatal,
+            metrics=self.metrics,
+            untraced=parts.shared.tracing.untraced,
+            backoff=parts.shared.poll_backoff,
+        )
 
     @property
     def name(self) -> str:
@@ -158,6 +217,7 @@ class SourceWorker:
 
     # -- running -----------------------------------------------------------------------------
     async def run(self) -> None:
+        self._intakes = self._make_intakes(self._intake_parts())
         with structlog.contextvars.bound_contextvars(**{self.source.kind: self.name}):
             async with asyncio.TaskGroup() as group:
                 self._intake_tasks = [
@@ -165,7 +225,7 @@ class SourceWorker:
                     for intake in self._intakes
                 ]
                 group.create_task(self._guard(self._dispatch(group), "dispatcher"))
-                await self._parts.stopping.wait()
+                await self._parts.process.stopping.wait()
                 await asyncio.wait(self._intake_tasks)
                 await self._queue.put(None)  # after the last task an intake queued
             # The task group returns once the dispatcher and every task it started are done.
@@ -180,7 +240,7 @@ class SourceWorker:
         try:
             await work
         except Exception as exc:  # noqa: BLE001 - on_crash logs it and stops the worker
-            self._parts.on_crash(exc, f"{self.name} {part}")
+            self._parts.process.on_crash(exc, f"{self.name} {part}")
 
     def _free_slot(self, still_running: asyncio.Future[Any] | None) -> None:
         if still_running is None:
@@ -210,7 +270,7 @@ class SourceWorker:
         return SourceState(
             kind=self.source.kind,
             name=self.name,
-            pollers=len(self._intakes),
+            pollers=self.config.pollers,
             pollers_alive=sum(1 for task in self._intake_tasks if not task.done()),
             concurrency=self.config.concurrency,
             running=self._runner.running_count(),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..errors import SQS_QUERY_CODES
+from ..aws_errors import SQS_QUERY_CODES
 
 if TYPE_CHECKING:
     from .fake_sfn import FakeStepFunctions, FakeTask

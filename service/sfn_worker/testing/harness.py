@@ -18,7 +18,7 @@ from ..context import NO_STATE, TaskContext
 from ..runtime.client import SfnClients, open_clients
 from ..runtime.runtime import ClientFactory, Runtime
 from ..settings import HandlerMode, Settings
-from ..tasks.handlers import HandlerInvoker
+from ..tasks.handlers.invoker import HandlerInvoker
 from ..tasks.outcome import Outcome, decode_input
 from ..tasks.runner import handler_outcome
 from .fake_sfn import DEFAULT_ACTIVITY_ARN, REGION, FakeStepFunctions

@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..aio import retrieve_exception
-from ..app import CallNext, Handler, Middleware, import_path, is_async_handler
-from ..context import TaskContext
-from ..errors import HandlerExited
-from ..settings import HandlerMode
+from ...aio import retrieve_exception
+from ...app import CallNext, Handler, Middleware, import_path, is_async_handler
+from ...context import TaskContext
+from ...errors import HandlerExited
+from ...settings import HandlerMode
 from .procpool import HandlerProcessPool, PoolHealth
 
 THREAD_SWITCH_INTERVAL_SECONDS = 0.001

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import structlog
 
-from ..aws import SQSClient
-from ..bulkhead import Accessory
-from ..errors import API_ERRORS, STALE_RECEIPT_CODES, ErrorKind, classify, describe, error_code
-from ..retry import SEND_BACKOFF, Backoff, Retry
-from ..tracing import NO_TRACING, Tracing
-from .task import SqsMessage
+from ....aws import SQSClient
+from ....aws_errors import API_ERRORS, STALE_RECEIPT_CODES, ErrorKind, classify, error_code
+from ....bulkhead import Accessory
+from ....redact import describe
+from ....retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
+from ....tracing import NO_TRACING, Tracing
+from ...task import SqsMessage
 
 log = structlog.get_logger("sfn_worker.sqs")
 
@@ -36,6 +37,10 @@ BATCH_SIZE = 10
 # A failed visibility extension is retried at least this often (and at least six times
 # per visibility timeout), however long the outage.
 EXTEND_RETRY_CAP_SECONDS = 5.0
+
+
+class _SomeFailed(Exception):
+    """Some entries of a batch failed and are worth another try."""
 
 
 class _Stale(Exception):
@@ -96,40 +101,50 @@ class SqsCalls:
 
     async def _until_done(self, message: SqsMessage, seconds: int, retry_cap: float) -> None:
         """One extension, retried until it works (or the handle is stale)."""
-        retry = Retry(self._backoff, cap_seconds=retry_cap)
-        while True:
-            try:
-                await self._visibility(message, seconds)
-                self._accessory.recovered()
-                return
-            except API_ERRORS as exc:
-                if error_code(exc) in STALE_RECEIPT_CODES:
-                    raise _Stale(describe(exc)) from None
-                delay = retry.next_delay()
-                self._accessory.failed(
-                    exc, call="ChangeMessageVisibility", retry_in=round(delay, 2)
-                )
-            await retry.wait(delay)
+
+        async def extend() -> None:
+            await self._visibility(message, seconds)
+            self._accessory.recovered()
+
+        def judge(exc: BaseException) -> Again:
+            if error_code(exc) in STALE_RECEIPT_CODES:
+                raise _Stale(describe(exc)) from None
+            return Again.AFTER_BACKOFF
+
+        def on_retry(exc: BaseException, delay: float, retry: Retry) -> None:
+            self._accessory.failed(exc, call="ChangeMessageVisibility", retry_in=round(delay, 2))
+
+        await retrying(
+            extend, backoff=self._backoff, cap_seconds=retry_cap, judge=judge, on_retry=on_retry
+        )
 
     async def release(self, message: SqsMessage, visible_in: int, give_up_after: float) -> bool:
         """Visible again in ``visible_in`` seconds (0: at once): another worker takes the task
         (its token is still valid)."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + give_up_after
-        retry = Retry(self._backoff)
-        while True:
-            try:
-                await self._visibility(message, visible_in)
-                return True
-            except API_ERRORS as exc:
-                stale = error_code(exc) in STALE_RECEIPT_CODES
-                delay = retry.next_delay()
-                final = stale or classify(exc) is not ErrorKind.TRANSIENT
-                if final or loop.time() + delay > give_up_at:
-                    # Not fatal: the message becomes visible when its timeout runs out.
-                    self._accessory.failed(exc, call="ChangeMessageVisibility (release)")
-                    return False
-            await retry.wait(delay)
+
+        async def make_visible() -> bool:
+            await self._visibility(message, visible_in)
+            return True
+
+        def not_released(exc: BaseException) -> Stop[bool]:
+            # Not fatal: the message becomes visible when its timeout runs out.
+            self._accessory.failed(exc, call="ChangeMessageVisibility (release)")
+            return Stop(False)
+
+        def judge(exc: BaseException) -> Again | Stop[bool]:
+            stale = error_code(exc) in STALE_RECEIPT_CODES
+            if stale or classify(exc) is not ErrorKind.TRANSIENT:
+                return not_released(exc)
+            return Again.AFTER_BACKOFF
+
+        def before_wait(exc: BaseException, delay: float, retry: Retry) -> Stop[bool] | None:
+            return not_released(exc) if loop.time() + delay > give_up_at else None
+
+        return await retrying(
+            make_visible, backoff=self._backoff, judge=judge, before_wait=before_wait
+        )
 
     async def _visibility(self, message: SqsMessage, seconds: int) -> None:
         await self._client.change_message_visibility(
@@ -174,42 +189,54 @@ class SqsCalls:
     async def _delete_batch(self, batch: list[_Delete]) -> None:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + DELETE_RETRY_SECONDS
-        retry = Retry(self._backoff)
         waiting = {str(n): entry for n, entry in enumerate(batch)}
-        while waiting:
+
+        async def delete() -> None:
             entries = [
                 {"Id": n, "ReceiptHandle": e.message.receipt_handle} for n, e in waiting.items()
             ]
-            try:
-                answer = await self._client.delete_message_batch(
-                    QueueUrl=self._url,
-                    Entries=entries,  # type: ignore[arg-type]
-                )
-            except API_ERRORS as exc:
-                if classify(exc) is not ErrorKind.TRANSIENT:
-                    self._finish(waiting, False, describe(exc))
-                    return
-            else:
-                self._accessory.recovered()
-                for ok in answer.get("Successful", []):
-                    self._settled(waiting.pop(ok["Id"]), True)
-                for bad in answer.get("Failed", []):
-                    # A stale handle or a request fault will not heal; the rest is retried.
-                    code = bad.get("Code", "")
-                    if code in STALE_RECEIPT_CODES or bad.get("SenderFault"):
-                        self._finish({bad["Id"]: waiting.pop(bad["Id"])}, False, code)
-            if not waiting:
-                return
-            delay = retry.next_delay()
+            answer = await self._client.delete_message_batch(
+                QueueUrl=self._url,
+                Entries=entries,  # type: ignore[arg-type]
+            )
+            self._accessory.recovered()
+            for ok in answer.get("Successful", []):
+                self._settled(waiting.pop(ok["Id"]), True)
+            for bad in answer.get("Failed", []):
+                # A stale handle or a request fault will not heal; the rest is retried.
+                code = bad.get("Code", "")
+                if code in STALE_RECEIPT_CODES or bad.get("SenderFault"):
+                    self._finish({bad["Id"]: waiting.pop(bad["Id"])}, False, code)
+            if waiting:
+                raise _SomeFailed
+
+        def judge(exc: BaseException) -> Again | Stop[None]:
+            if isinstance(exc, _SomeFailed) or classify(exc) is ErrorKind.TRANSIENT:
+                return Again.AFTER_BACKOFF
+            self._finish(waiting, False, describe(exc))
+            return Stop(None)
+
+        def before_wait(exc: BaseException, delay: float, retry: Retry) -> Stop[None] | None:
             if loop.time() + delay > give_up_at:
                 self._finish(waiting, False, "still failing after retries")
-                return
+                return Stop(None)
+            return None
+
+        def on_retry(exc: BaseException, delay: float, retry: Retry) -> None:
             self._accessory.failed(
                 f"{len(waiting)} deletes failed",
                 call="DeleteMessageBatch",
                 retry_in=round(delay, 2),
             )
-            await retry.wait(delay)
+
+        await retrying(
+            delete,
+            backoff=self._backoff,
+            judge=judge,
+            before_wait=before_wait,
+            on_retry=on_retry,
+            errors=(*API_ERRORS, _SomeFailed),
+        )
 
     def _settled(self, entry: _Delete, ok: bool) -> None:
         if not entry.done.done():

@@ -4,17 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from ..aws import SQSClient
-from ..errors import FatalWorkerError
-from ..metrics import SourceMetrics
-from ..retry import POLL_BACKOFF, Backoff
-from .intake import IntakeLoop
-from .slots import Slots
-from .task import Task
+from ....aws import SQSClient
+from ...intake import IntakeLoop, IntakeParts
+from ...task import Task
 
 MAX_MESSAGES = 10  # SQS's most per ReceiveMessage
 WAIT_SECONDS = 20  # SQS's longest long poll
@@ -65,39 +60,20 @@ class Receiver(IntakeLoop):
     def __init__(
         self,
         number: int,
+        parts: IntakeParts,
         *,
         client: SQSClient,
         queue_url: str,
         visibility_seconds: int,
         accept: Callable[[dict[str, Any], bool], Task | None],
         receives: OpenReceives,
-        slots: Slots,
-        ready: Callable[[], Awaitable[None]],
-        untraced: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
-        queue: asyncio.Queue[Task | None],
-        stopping: asyncio.Event,
-        stop_requested: asyncio.Event,
-        on_fatal: Callable[[FatalWorkerError], None],
-        metrics: SourceMetrics,
-        backoff: Backoff = POLL_BACKOFF,
     ) -> None:
-        super().__init__(
-            number,
-            slots=slots,
-            ready=ready,
-            queue=queue,
-            stopping=stopping,
-            stop_requested=stop_requested,
-            on_fatal=on_fatal,
-            metrics=metrics,
-            backoff=backoff,
-        )
+        super().__init__(number, parts)
         self._client = client
         self._queue_url = queue_url
         self._visibility = visibility_seconds
         self._accept = accept
         self._receives = receives
-        self._untraced = untraced
 
     async def _fetch(self, count: int) -> list[Task]:
         messages = await self._receive(count)

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
-
-from ..aws import SFNClient
-from ..errors import FatalWorkerError
-from ..metrics import SourceMetrics
-from ..retry import POLL_BACKOFF, Backoff
-from .intake import IntakeLoop
-from .outcome import decode_input
-from .slots import Slots
-from .task import Task
+from ....aws import SFNClient
+from ...intake import IntakeLoop, IntakeParts
+from ...outcome import decode_input
+from ...task import Task
 
 
 class Poller(IntakeLoop):
@@ -24,37 +16,13 @@ class Poller(IntakeLoop):
     FAILED = "poll failed; backing off"
 
     def __init__(
-        self,
-        number: int,
-        *,
-        client: SFNClient,
-        activity_arn: str,
+        self, number: int, parts: IntakeParts, *, client: SFNClient, activity_arn: str,
         worker_name: str,
-        slots: Slots,
-        ready: Callable[[], Awaitable[None]],
-        untraced: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
-        queue: asyncio.Queue[Task | None],
-        stopping: asyncio.Event,
-        stop_requested: asyncio.Event,
-        on_fatal: Callable[[FatalWorkerError], None],
-        metrics: SourceMetrics,
-        backoff: Backoff = POLL_BACKOFF,
-    ) -> None:
-        super().__init__(
-            number,
-            slots=slots,
-            ready=ready,
-            queue=queue,
-            stopping=stopping,
-            stop_requested=stop_requested,
-            on_fatal=on_fatal,
-            metrics=metrics,
-            backoff=backoff,
-        )
+    ) -> None:  # fmt: skip
+        super().__init__(number, parts)
         self._client = client
         self._activity_arn = activity_arn
         self._worker_name = worker_name
-        self._untraced = untraced
 
     async def _fetch(self, count: int) -> list[Task]:
         self._metrics.polls_open.inc()

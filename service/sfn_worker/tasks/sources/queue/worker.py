@@ -25,24 +25,27 @@ import asyncio
 import json
 import math
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Self
 
 import structlog
 
-from ..aws import SFNClient, SQSClient
-from ..bulkhead import Accessory
-from ..config import CallbackQueueConfig
-from ..context import token_hash
-from ..errors import API_ERRORS, ErrorKind, classify, describe, error_code
-from ..metrics import SourceMetrics
-from ..retry import SEND_BACKOFF, Backoff, Retry
-from ..settings import OnShutdown
-from ..tracing import NO_TRACING, Tracing
+from ....aws import SFNClient, SQSClient
+from ....aws_errors import ErrorKind, classify, error_code
+from ....bulkhead import Accessory
+from ....config import CallbackQueueConfig, SourceConfig
+from ....context import token_hash
+from ....metrics import SourceMetrics
+from ....redact import describe
+from ....retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
+from ....settings import OnShutdown
+from ....tracing import NO_TRACING, Tracing
+from ...ended import MALFORMED_TOKEN, Answered, Closed, Released, TaskEnd, Unanswered
+from ...intake import IntakeParts
+from ...source import Origin
+from ...source_worker import Intake, SourceParts, SourceWorker
+from ...task import SqsMessage, Task
 from .receiver import OpenReceives, Receiver
-from .source import Ended
-from .source_worker import Intake, SourceParts, SourceWorker
 from .sqs_calls import SqsCalls
-from .task import SqsMessage, Task
 
 log = structlog.get_logger("sfn_worker.callback")
 
@@ -57,6 +60,7 @@ MAX_PROBING = 16
 
 class CallbackSource:
     kind = "queue"
+    trace_system = "aws_sqs"  # OpenTelemetry's messaging.system for SQS
     tracks_deliveries = True
 
     def __init__(
@@ -71,6 +75,7 @@ class CallbackSource:
         tracing: Tracing = NO_TRACING,
     ) -> None:
         self.answers_at_shutdown = config.on_shutdown is OnShutdown.FAIL
+        self.origin = Origin(queue_url=config.queue_url)
         self._config = config
         self._sfn = sfn
         self._metrics = metrics
@@ -132,54 +137,68 @@ class CallbackSource:
         )
 
     # -- around the task (TaskSource) ------------------------------------------------------
-    async def admit(self, task: Task) -> Ended | None:
+    def span_attributes(self, task: Task) -> dict[str, str]:
+        assert task.message is not None
+        return {
+            "messaging.message.id": task.message.message_id,
+            "sfn_worker.queue.url": self._config.queue_url,
+        }
+
+    async def admit(self, task: Task) -> Closed | None:
         """A redelivered message: the service says whether its task is still open."""
         assert task.message is not None
         if task.message.receive_count <= 1:
             return None
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + PROBE_SECONDS
-        retry = Retry(self._backoff)
-        while True:
-            try:
-                async with self._probing:
-                    await self._sfn.send_task_heartbeat(taskToken=task.token)
-                return None
-            except API_ERRORS as exc:
-                code = error_code(exc)
-                if code == "InvalidToken":
-                    return Ended.MALFORMED
-                if classify(exc) is ErrorKind.TASK_GONE:
-                    log.info(
-                        "message delivered again for a closed task; deleting it unanswered",
-                        answer=code,
-                        token=token_hash(task.token),
-                    )
-                    return Ended.GONE
-                delay = retry.next_delay()
-                if classify(exc) is not ErrorKind.TRANSIENT or loop.time() + delay > give_up_at:
-                    log.warning(
-                        "could not check a redelivered task; running it", error=describe(exc)
-                    )
-                    return None
-                await retry.wait(delay)
+        give_up_at = asyncio.get_running_loop().time() + PROBE_SECONDS
+
+        async def probe() -> Closed | None:
+            async with self._probing:
+                await self._sfn.send_task_heartbeat(taskToken=task.token)
+            return None
+
+        def judge(exc: BaseException) -> Again | Stop[Closed | None]:
+            code = error_code(exc)
+            if code == MALFORMED_TOKEN:
+                return Stop(Closed.by(code))
+            kind = classify(exc)
+            if kind is ErrorKind.TASK_GONE:
+                log.info(
+                    "message delivered again for a closed task; deleting it unanswered",
+                    answer=code,
+                    token=token_hash(task.token),
+                )
+                return Stop(Closed.by(code))
+            if kind is not ErrorKind.TRANSIENT:
+                return _run_unchecked(exc)
+            return Again.AFTER_BACKOFF
+
+        def before_wait(
+            exc: BaseException, delay: float, retry: Retry
+        ) -> Stop[Closed | None] | None:
+            if asyncio.get_running_loop().time() + delay > give_up_at:
+                return _run_unchecked(exc)
+            return None
+
+        return await retrying(probe, backoff=self._backoff, judge=judge, before_wait=before_wait)
 
     def keep(self, task: Task) -> asyncio.Task[None]:
         assert task.message is not None
         return self._calls.keep_invisible(task.message, self._config.visibility_seconds)
 
-    async def settle(self, task: Task, ended: Ended) -> None:
+    async def settle(self, task: Task, ended: TaskEnd) -> None:
         message = task.message
         assert message is not None
         self._running.pop(message.message_id, None)
-        if ended in (Ended.ANSWERED, Ended.GONE):
-            await self._forget(message)
-        elif ended is Ended.RELEASED:
-            visible_in = math.ceil(self.receives.over_in())
-            await self._calls.release(message, visible_in, RELEASE_SECONDS)
-        elif ended is Ended.MALFORMED:
-            self._poison("malformed_token", "Step Functions calls the message's token invalid")
-        # UNANSWERED: left as it is; its next delivery is checked before it runs again.
+        match ended:
+            case Closed(malformed=True):
+                self._poison("malformed_token", "Step Functions calls the message's token invalid")
+            case Answered() | Closed():
+                await self._forget(message)
+            case Released():
+                visible_in = math.ceil(self.receives.over_in())
+                await self._calls.release(message, visible_in, RELEASE_SECONDS)
+            case Unanswered():
+                pass  # left as it is; its next delivery is checked before it runs again
 
     async def _forget(self, message: SqsMessage) -> None:
         self._settled[message.message_id] = None
@@ -191,41 +210,57 @@ class CallbackSource:
         await self._calls.flush()
 
 
+def _run_unchecked(exc: BaseException) -> Stop[Closed | None]:
+    log.warning("could not check a redelivered task; running it", error=describe(exc))
+    return Stop(None)
+
+
 class CallbackQueueWorker(SourceWorker):
     def __init__(self, config: CallbackQueueConfig, parts: SourceParts, metrics: SourceMetrics):
-        assert parts.sqs is not None, "a callback queue needs the process's SQS clients"
+        assert parts.clients.sqs is not None, "a callback queue needs the process's SQS clients"
         self._callback = CallbackSource(
             config,
-            sqs=parts.sqs,
-            sfn=parts.calls,
+            sqs=parts.clients.sqs,
+            sfn=parts.clients.calls,
             metrics=metrics,
-            accessory=parts.accessories.get("sqs_housekeeping"),
-            backoff=parts.send_backoff,
-            tracing=parts.tracing,
+            accessory=parts.shared.accessories.get("sqs_housekeeping"),
+            backoff=parts.shared.send_backoff,
+            tracing=parts.shared.tracing,
         )
         self._queue_config = config
-        super().__init__(config, parts, metrics, self._callback, queue_url=config.queue_url)
+        super().__init__(config, parts, metrics, self._callback)
 
-    def _make_intakes(self) -> list[Intake]:
-        parts = self._parts
-        assert parts.sqs_polls is not None
+    @classmethod
+    def serving(cls, config: SourceConfig, parts: SourceParts, metrics: SourceMetrics) -> Self:
+        assert isinstance(config, CallbackQueueConfig)
+        return cls(config, parts, metrics)
+
+    @classmethod
+    async def probe(
+        cls, config: SourceConfig, calls: SFNClient, sqs: SQSClient | None
+    ) -> list[str]:
+        assert sqs is not None, "a callback queue needs the process's SQS clients"
+        attributes = await sqs.get_queue_attributes(
+            QueueUrl=str(config.address), AttributeNames=["RedrivePolicy"]
+        )
+        if "RedrivePolicy" in attributes.get("Attributes", {}):
+            return []
+        return [
+            "WARNING: the queue has no redrive policy: poison messages come "
+            "back for ever instead of moving to a dead-letter queue"
+        ]
+
+    def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
+        assert self._parts.clients.sqs_polls is not None
         return [
             Receiver(
                 number,
-                client=parts.sqs_polls,
+                parts,
+                client=self._parts.clients.sqs_polls,
                 queue_url=self._queue_config.queue_url,
                 visibility_seconds=self._queue_config.visibility_seconds,
                 accept=self._callback.accept,
                 receives=self._callback.receives,
-                slots=self._slots,
-                ready=self._invoker.wait_ready,
-                untraced=parts.tracing.untraced,
-                queue=self._queue,
-                stopping=parts.stopping,
-                stop_requested=parts.stop_requested,
-                on_fatal=parts.on_fatal,
-                metrics=self.metrics,
-                backoff=parts.poll_backoff,
             )
             for number in range(self.config.pollers)
         ]

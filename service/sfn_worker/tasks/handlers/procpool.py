@@ -34,11 +34,12 @@ from typing import Any
 
 import structlog
 
-from ..aio import retrieve_exception
-from ..context import TaskContext
-from ..errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, TaskFailed, describe_exit
-from ..logs import current_log_config
-from ..retry import Backoff
+from ...aio import retrieve_exception
+from ...context import TaskContext
+from ...errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, describe_exit
+from ...exceptions import TaskFailed
+from ...logs import current_log_config
+from ...retry import Backoff
 from .procchild import child_main, local_error
 from .safe_spawn import start_children_with_safe_path
 

@@ -30,11 +30,13 @@ from typing import Any
 
 import structlog
 
-from ..app import import_object
-from ..context import STATE_UNAVAILABLE, TaskContext
-from ..errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, TaskFailed, describe, truncate
-from ..logs import LogConfig, configure_logging
-from ..tracing import tracing_requested
+from ...app import import_object
+from ...context import STATE_UNAVAILABLE, TaskContext
+from ...errors import INVALID_OUTPUT_ERROR, RemoteHandlerError, truncate
+from ...exceptions import TaskFailed
+from ...logs import LogConfig, configure_logging
+from ...redact import describe
+from ...tracing import tracing_requested
 
 log = structlog.get_logger("sfn_worker.handler_process")
 
@@ -245,7 +247,7 @@ def _tracing() -> _ChildTracing | None:
     if not tracing_requested(os.environ):
         return None
     try:
-        from .. import otel
+        from ... import otel
 
         return _ChildTracing(otel, otel.configure_sdk())
     except ImportError:

@@ -1,0 +1,1 @@
+"""Handler modes: async on the loop, sync in threads, or in handler processes."""

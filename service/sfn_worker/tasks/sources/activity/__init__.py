@@ -1,0 +1,1 @@
+"""Step Functions activities: pollers long-poll GetActivityTask; the token is the whole delivery."""

@@ -1,0 +1,1 @@
+"""``sfn-worker once``: the one task a container was started for (ECS runTask)."""

@@ -1,0 +1,1 @@
+"""Callback queues: SQS messages carry tokens of ``.waitForTaskToken`` states."""
