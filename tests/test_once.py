@@ -3,9 +3,7 @@ against the fake service."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,30 +11,14 @@ from contextlib import asynccontextmanager
 from sfn_worker import SHUTDOWN_ERROR
 from sfn_worker.testing import FakeStepFunctions
 
-from .test_process import BIN, REPO, WorkerProcess
+from .test_process import BIN, WorkerProcess, spawned_worker
 
 
 @asynccontextmanager
 async def once_process(**settings: str) -> AsyncIterator[WorkerProcess]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
-    env.update(SFN_WORKER_NAME="once-test", SFN_LOG_FORMAT="json")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update(settings)
-    process = await asyncio.create_subprocess_exec(
-        str(BIN / "sfn-worker"),
-        "once",
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    worker = WorkerProcess(process)
-    try:
+    command = [str(BIN / "sfn-worker"), "once"]
+    async with spawned_worker(command, {"SFN_WORKER_NAME": "once-test", **settings}) as worker:
         yield worker
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await worker._reader
 
 
 async def test_answers_success_and_exits_0(fake: FakeStepFunctions) -> None:

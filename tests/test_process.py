@@ -77,13 +77,23 @@ class WorkerProcess:
 async def worker_process(
     command: list[str], fake: FakeStepFunctions, **settings: str
 ) -> AsyncIterator[WorkerProcess]:
+    defaults = {
+        "SFN_ACTIVITY_ARN": fake.activity_arn,
+        "SFN_HANDLER": "sfn_worker.examples:seed_handler",  # required; a test's own wins
+        "SFN_WORKER_NAME": "process-test",
+    }
+    async with spawned_worker(command, {**defaults, **settings}) as worker:
+        yield worker
+
+
+@asynccontextmanager
+async def spawned_worker(
+    command: list[str], settings: dict[str, str]
+) -> AsyncIterator[WorkerProcess]:
+    """The command with no SFN_* of this environment but ``settings`` (JSON logs unless
+    they say otherwise), the repository importable; killed if a test leaves it running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
-    env.update(
-        SFN_ACTIVITY_ARN=fake.activity_arn,
-        SFN_HANDLER="sfn_worker.examples:seed_handler",  # required; a test's own wins
-        SFN_WORKER_NAME="process-test",
-        SFN_LOG_FORMAT="json",
-    )
+    env["SFN_LOG_FORMAT"] = "json"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(settings)
     process = await asyncio.create_subprocess_exec(
