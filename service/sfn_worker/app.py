@@ -37,7 +37,7 @@ from typing import Any, TypeVar, Unpack, cast
 from . import source_options
 from .context import TaskContext
 from .exceptions import SfnWorkerError
-from .source_options import ActivityKeywords, ActivityOptions, QueueKeywords, QueueOptions
+from .source_options import ActivityKeywords, QueueKeywords
 
 Handler = Callable[[Any, TaskContext], Any]
 CallNext = Callable[[Any, TaskContext], Awaitable[Any]]
@@ -45,13 +45,6 @@ Middleware = Callable[[Any, TaskContext, CallNext], Awaitable[Any]]
 Lifespan = Callable[["App"], AbstractAsyncContextManager[Any]]
 H = TypeVar("H", bound=Handler)
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-# Each registration kind's settings (source_options.py): its keywords in code.
-OPTIONS: dict[str, type[source_options.SourceOptions]] = {
-    "activity": ActivityOptions,
-    "queue": QueueOptions,
-}
 
 
 class LoadError(SfnWorkerError):
@@ -111,7 +104,7 @@ class App:
     ) -> Callable[[H], H]:
         """The decorator that registers a handler with the options given (None: not given).
         A keyword that is no setting of the kind is refused here, as Python refuses one."""
-        known = [name for name, _ in source_options.options(OPTIONS[kind])]
+        known = [name for name, _ in source_options.options(source_options.KINDS[kind])]
         for name in given:
             if name not in known:
                 method = "activity" if kind == "activity" else "callback_queue"

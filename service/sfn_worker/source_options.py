@@ -50,9 +50,10 @@ class SourceOptions(BaseModel):
     """What every kind of source takes, in the order ``check`` and ``settings`` show it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    # The per-source variable naming what the source serves (SFN_<KEY>_<ADDRESS_SUFFIX>);
-    # "" when it serves nothing by address.
+    # The per-source variable naming what the source serves (SFN_<KEY>_<ADDRESS_SUFFIX>),
+    # and what it does; "" when it serves nothing by address.
     address_suffix: ClassVar[str] = ""
+    address_description: ClassVar[str] = ""
 
     handler_mode: Annotated[
         HandlerModeChoice,
@@ -80,12 +81,16 @@ class ActivityOptions(SourceOptions):
     """An activity's settings: the shared ones (its ARN is its address)."""
 
     address_suffix: ClassVar[str] = "ACTIVITY_ARN"
+    address_description: ClassVar[str] = (
+        "the activity's ARN, instead of the one in code or its name's"
+    )
 
 
 class QueueOptions(SourceOptions):
     """A callback queue's settings; their process-wide defaults are SFN_SQS_<SETTING>."""
 
     address_suffix: ClassVar[str] = "QUEUE_URL"
+    address_description: ClassVar[str] = "the queue's URL, instead of the one in code"
 
     visibility_seconds: Annotated[
         VisibilitySeconds,
@@ -101,6 +106,10 @@ class QueueOptions(SourceOptions):
     input_field: Annotated[
         NonBlank, Option("sqs_input_field", "the message body's field holding the task input")
     ]
+
+
+# Each kind an app registers (App.activity, App.callback_queue), by Registration.kind.
+KINDS: dict[str, type[SourceOptions]] = {"activity": ActivityOptions, "queue": QueueOptions}
 
 
 def options(model: type[SourceOptions]) -> Iterator[tuple[str, Option]]:
