@@ -1,10 +1,12 @@
 """Each kind of task source's per-source settings, declared once: one pydantic model per kind.
 
-A field here is all a per-source setting needs. From the models come its environment
-variable (``SFN_<KEY>_<FIELD>``), the names ``check_variables`` knows, the resolution order
-(environment > code > process-wide > built-in, config.py) and its provenance, the lines of
-``check`` and ``settings``, and the keywords of ``App.activity`` / ``App.callback_queue``
-(tests/test_source_options.py holds the keyword types and the docs table to the models).
+A per-source setting is a field here (and the process-wide setting that is its default,
+in settings.py). From the models come its environment variable (``SFN_<KEY>_<FIELD>``),
+the names ``check_variables`` knows, the resolution order (environment > code >
+process-wide > built-in, config.py) and its provenance, the lines of ``check`` and
+``settings``, and the keywords ``App.activity`` / ``App.callback_queue`` accept. What a
+type checker or a reader needs written out (the keywords' types below, the docs table) is
+held to the models by tests/test_source_options.py, which prints what to write.
 
 Each field is ``Annotated[<bounded type from settings.py>, Option(<process-wide setting>,
 <description>)]``: the bounds are the process-wide setting's, and its value (or built-in
@@ -40,7 +42,7 @@ from .settings import (
 @dataclass(frozen=True)
 class Option:
     """A per-source setting: the process-wide setting (a ``Settings`` field) that is its
-    default, and one line saying what it does (the docs table and ``--help`` read it)."""
+    default, and one line saying what it does (docs/settings.md's table shows it)."""
 
     setting: str
     description: str
