@@ -29,14 +29,15 @@ import inspect
 import os
 import sys
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, Unpack, cast
 
+from . import source_options
 from .context import TaskContext
 from .exceptions import SfnWorkerError
-from .settings import HandlerMode, HeartbeatMode
+from .source_options import ActivityKeywords, QueueKeywords
 
 Handler = Callable[[Any, TaskContext], Any]
 CallNext = Callable[[Any, TaskContext], Awaitable[Any]]
@@ -86,68 +87,31 @@ class App:
             app.queues.append(Registration("queue", queue_url, handler))
         return app
 
-    def activity(
-        self,
-        arn_or_name: str,
-        *,
-        concurrency: int | None = None,
-        pollers: int | None = None,
-        queue_size: int | None = None,
-        heartbeat_seconds: float | None = None,
-        heartbeat_mode: HeartbeatMode | str | None = None,
-        handler_mode: HandlerMode | str | None = None,
-        max_tasks_per_child: int | None = None,
-    ) -> Callable[[H], H]:
-        """Register a handler for an activity, by ARN or by name (resolved at start)."""
-        given = {
-            "concurrency": concurrency,
-            "pollers": pollers,
-            "queue_size": queue_size,
-            "heartbeat_seconds": heartbeat_seconds,
-            "heartbeat_mode": heartbeat_mode,
-            "handler_mode": handler_mode,
-            "max_tasks_per_child": max_tasks_per_child,
-        }
-        return self._registering(self.activities, "activity", arn_or_name, given)
+    def activity(self, arn_or_name: str, **options: Unpack[ActivityKeywords]) -> Callable[[H], H]:
+        """Register a handler for an activity, by ARN or by name (resolved at start). The
+        keywords are its settings (source_options.ActivityOptions; None: not given)."""
+        return self._registering(self.activities, "activity", arn_or_name, options)
 
-    def callback_queue(
-        self,
-        queue_url: str,
-        *,
-        concurrency: int | None = None,
-        pollers: int | None = None,
-        queue_size: int | None = None,
-        heartbeat_seconds: float | None = None,
-        heartbeat_mode: HeartbeatMode | str | None = None,
-        handler_mode: HandlerMode | str | None = None,
-        max_tasks_per_child: int | None = None,
-        visibility_seconds: int | None = None,
-        on_shutdown: str | None = None,
-        token_field: str | None = None,
-        input_field: str | None = None,
-    ) -> Callable[[H], H]:
+    def callback_queue(self, queue_url: str, **options: Unpack[QueueKeywords]) -> Callable[[H], H]:
         """Register a handler for the task tokens an SQS queue carries (states using
-        ``arn:aws:states:::sqs:sendMessage.waitForTaskToken``)."""
-        given = {
-            "concurrency": concurrency,
-            "pollers": pollers,
-            "queue_size": queue_size,
-            "heartbeat_seconds": heartbeat_seconds,
-            "heartbeat_mode": heartbeat_mode,
-            "handler_mode": handler_mode,
-            "max_tasks_per_child": max_tasks_per_child,
-            "visibility_seconds": visibility_seconds,
-            "on_shutdown": on_shutdown,
-            "token_field": token_field,
-            "input_field": input_field,
-        }
-        return self._registering(self.queues, "queue", queue_url, given)
+        ``arn:aws:states:::sqs:sendMessage.waitForTaskToken``). The keywords are its
+        settings (source_options.QueueOptions; None: not given)."""
+        return self._registering(self.queues, "queue", queue_url, options)
 
     @staticmethod
     def _registering(
-        into: list[Registration], kind: str, ref: str, given: dict[str, Any]
+        into: list[Registration], kind: str, ref: str, given: Mapping[str, Any]
     ) -> Callable[[H], H]:
-        """The decorator that registers a handler with the options given (None: not given)."""
+        """The decorator that registers a handler with the options given (None: not given).
+        A keyword that is no setting of the kind is refused here, as Python refuses one."""
+        known = [name for name, _ in source_options.options(source_options.KINDS[kind])]
+        for name in given:
+            if name not in known:
+                method = "activity" if kind == "activity" else "callback_queue"
+                raise TypeError(
+                    f"App.{method}() got an unexpected keyword argument {name!r} "
+                    f"(its settings: {', '.join(known)})"
+                )
         options = {name: value for name, value in given.items() if value is not None}
 
         def register(handler: H) -> H:

@@ -16,55 +16,41 @@ answer each other's with the wrong handler: a configuration error.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 
 from .app import App, Handler, Registration, is_async_handler, is_non_blocking_handler
 from .settings import (
     ACTIVITY_NAME_PATTERN,
     ACTIVITY_NAME_RULE,
     DEFAULT_ORIGIN,
-    Concurrency,
     HandlerMode,
-    HandlerModeChoice,
-    HeartbeatMode,
-    HeartbeatModeChoice,
-    HeartbeatSeconds,
-    MaxTasksPerChild,
-    OnShutdown,
-    OnShutdownChoice,
-    Pollers,
-    QueueSize,
     Settings,
     SettingsError,
-    VisibilitySeconds,
     check_activity_arn,
     check_queue_url,
     setting_names,
     without_userinfo,
 )
-
-FIELDS = (
-    "concurrency",
-    "pollers",
-    "queue_size",
-    "heartbeat_seconds",
-    "heartbeat_mode",
-    "handler_mode",
-    "max_tasks_per_child",
+from .source_options import (
+    ActivityOptions,
+    QueueOptions,
+    SourceOptions,
+    options,
+    own_options,
+    show,
+    suffixes,
 )
-# Callback queues only; their process-wide defaults are SFN_SQS_<SETTING>.
-QUEUE_FIELDS = ("visibility_seconds", "on_shutdown", "token_field", "input_field")
-ARN_SUFFIX = "ACTIVITY_ARN"
-URL_SUFFIX = "QUEUE_URL"
-ACTIVITY_SUFFIXES = frozenset({*(f.upper() for f in FIELDS), ARN_SUFFIX})
-QUEUE_SUFFIXES = frozenset({*(f.upper() for f in (*FIELDS, *QUEUE_FIELDS)), URL_SUFFIX})
+
+ACTIVITY_SUFFIXES = suffixes(ActivityOptions)
+QUEUE_SUFFIXES = suffixes(QueueOptions)
+ARN_SUFFIX = ActivityOptions.address_suffix
+URL_SUFFIX = QueueOptions.address_suffix
 # What `sfn-worker dev` exports for other shells (the session file, each source's state
 # machine): not settings, yet documented to sit beside a `sfn-worker run` in the same shell.
 DEV_EXPORTS = re.compile(r"SFN_DEV_(SESSION|(.+_)?MACHINE_ARN)")
@@ -74,28 +60,14 @@ DEFAULT = DEFAULT_ORIGIN
 CODE = "app code"
 
 
-class _Options(BaseModel):
-    """Validates one source's values with the same bounds as the process-wide defaults."""
+class SourceConfig(SourceOptions):
+    """A source as resolved: what every source shares (its name, handler and the settings
+    of source_options.SourceOptions), and where each setting came from (``sources``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    concurrency: Concurrency
-    pollers: Pollers
-    queue_size: QueueSize
-    heartbeat_seconds: HeartbeatSeconds
-    heartbeat_mode: HeartbeatModeChoice
-    handler_mode: HandlerModeChoice
-    max_tasks_per_child: MaxTasksPerChild
-    visibility_seconds: VisibilitySeconds | None = None
-    on_shutdown: OnShutdownChoice | None = None
-    token_field: str | None = None
-    input_field: str | None = None
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """What every task source shares: its name, handler, slots, pollers, heartbeats."""
-
     kind: ClassVar[str] = "source"
+    # The kind's settings (source_options.py): what resolve reads and validates.
+    options_model: ClassVar[type[SourceOptions]] = SourceOptions
     # The field naming what the source serves (its activity's ARN, its queue's URL), the
     # key of its provenance in ``sources``; "" when it serves nothing by address.
     address_field: ClassVar[str] = ""
@@ -103,13 +75,6 @@ class SourceConfig:
     name: str
     key: str
     handler: Handler
-    concurrency: int
-    pollers: int
-    queue_size: int
-    heartbeat_seconds: float
-    heartbeat_mode: HeartbeatMode
-    handler_mode: HandlerMode
-    max_tasks_per_child: int
     sources: Mapping[str, str]
 
     @property
@@ -132,46 +97,38 @@ class SourceConfig:
         return {}
 
     def own_settings(self) -> list[tuple[str, str]]:
-        """This kind's own settings, as (name, value) for ``check`` and ``settings``."""
-        return []
+        """Its address and this kind's own settings, as (name, value) for ``check`` and
+        ``settings`` (the shared ones follow them)."""
+        address = [(self.address_field, show(self.address))] if self.address_field else []
+        return address + [
+            (field, show(getattr(self, field))) for field in own_options(self.options_model)
+        ]
 
 
-@dataclass(frozen=True)
-class ActivityConfig(SourceConfig):
+class ActivityConfig(SourceConfig, ActivityOptions):
     kind: ClassVar[str] = "activity"
+    options_model: ClassVar[type[SourceOptions]] = ActivityOptions
     address_field: ClassVar[str] = "arn"
     arn: str | None  # None: the name is turned into an ARN at start
 
     def with_arn(self, arn: str) -> ActivityConfig:
-        return dataclasses.replace(self, arn=arn)
+        return self.model_copy(update={"arn": arn})
 
     def started_fields(self) -> dict[str, str]:
         return {"arn": str(self.arn)}
 
-    def own_settings(self) -> list[tuple[str, str]]:
-        return [("arn", self.arn or "-")]
 
-
-@dataclass(frozen=True)
-class CallbackQueueConfig(SourceConfig):
+class CallbackQueueConfig(SourceConfig, QueueOptions):
     """An SQS queue whose messages carry task tokens (``.waitForTaskToken`` states)."""
 
     kind: ClassVar[str] = "queue"
+    options_model: ClassVar[type[SourceOptions]] = QueueOptions
     address_field: ClassVar[str] = "queue_url"
     uses_sqs: ClassVar[bool] = True
     queue_url: str
-    visibility_seconds: int
-    on_shutdown: OnShutdown
-    token_field: str
-    input_field: str
 
     def started_fields(self) -> dict[str, str]:
         return {"queue_url": self.queue_url, "on_shutdown": self.on_shutdown.value}
-
-    def own_settings(self) -> list[tuple[str, str]]:
-        return [("queue_url", self.queue_url)] + [
-            (field, str(getattr(self, field))) for field in QUEUE_FIELDS
-        ]
 
 
 def activity_key(name: str) -> str:
@@ -209,7 +166,7 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
             _check_key(label, key, ACTIVITY_SUFFIXES, keys)
         keys[key] = (label, ACTIVITY_SUFFIXES)
         env = _environment(key, ACTIVITY_SUFFIXES, environ)
-        base = _resolve_common(registration, name, key, settings, env, single)
+        base = _resolve_common(registration, ActivityOptions, name, key, settings, env, single)
         arn = env.get(f"SFN_{key}_{ARN_SUFFIX}") or (
             registration.ref if registration.ref.startswith("arn:") else None
         )
@@ -232,7 +189,7 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
             _check_key(label, key, QUEUE_SUFFIXES, keys)
         keys[key] = (label, QUEUE_SUFFIXES)
         env = _environment(key, QUEUE_SUFFIXES, environ)
-        base = _resolve_common(registration, name, key, settings, env, single)
+        base = _resolve_common(registration, QueueOptions, name, key, settings, env, single)
         url = env.get(f"SFN_{key}_{URL_SUFFIX}") or registration.ref
         _check_url(url, f"SFN_{key}_{URL_SUFFIX}={url!r}")
         if single:
@@ -283,43 +240,44 @@ class _Resolved:
 
 def _resolve_common(
     registration: Registration,
+    model: type[SourceOptions],
     name: str,
     key: str,
     settings: Settings,
     env: Mapping[str, str],
     single: bool,
 ) -> _Resolved:
-    is_queue = registration.kind == "queue"
+    """Each of ``model``'s settings, the first of: SFN_<KEY>_<SETTING>, the value in code,
+    its process-wide setting as set, its process-wide setting's default."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for field in (*FIELDS, *(QUEUE_FIELDS if is_queue else ())):
+    for field, option in options(model):
         variable = f"SFN_{key}_{field.upper()}"
-        default_field = f"sqs_{field}" if field in QUEUE_FIELDS else field
         if variable in env:
             values[field], sources[field] = env[variable], f"environment ({variable})"
         elif field in registration.options:
             values[field], sources[field] = registration.options[field], CODE
-        elif settings.explicit(default_field):
-            values[field] = getattr(settings, default_field)
-            sources[field] = settings.origin(default_field)
+        elif settings.explicit(option.setting):
+            values[field] = getattr(settings, option.setting)
+            sources[field] = settings.origin(option.setting)
         else:
-            values[field], sources[field] = getattr(settings, default_field), DEFAULT
+            values[field], sources[field] = getattr(settings, option.setting), DEFAULT
     label = f"{registration.kind} {name!r}"
     try:
-        options = _Options.model_validate(values)
+        validated = model.model_validate(values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, label, values, sources)) from None
-    pollers = options.pollers
-    if pollers > options.concurrency:
+    pollers = validated.pollers
+    if pollers > validated.concurrency:
         if sources["pollers"] != DEFAULT and sources["concurrency"] != DEFAULT:
             raise SettingsError(
                 f"{label}: pollers {pollers} ({_where(sources['pollers'])})"
-                f" must not exceed concurrency {options.concurrency} "
+                f" must not exceed concurrency {validated.concurrency} "
                 f"({_where(sources['concurrency'])}): a poller only polls with a free slot"
             )
-        pollers = options.concurrency
-        sources["pollers"] += f", capped at the concurrency ({options.concurrency})"
-    mode = options.handler_mode
+        pollers = validated.concurrency
+        sources["pollers"] += f", capped at the concurrency ({validated.concurrency})"
+    mode = validated.handler_mode
     if is_async_handler(registration.handler):
         mode, sources["handler_mode"] = HandlerMode.ASYNC, "the handler is async def"
     elif sources["handler_mode"] == DEFAULT and is_non_blocking_handler(registration.handler):
@@ -330,20 +288,13 @@ def _resolve_common(
         sources["handler"] = settings.origin("handler")
     else:
         sources["handler"] = "given in code"
-    fields = {
+    fields = dict(validated) | {
         "name": name,
         "key": key,
         "handler": registration.handler,
-        "concurrency": options.concurrency,
         "pollers": pollers,
-        "queue_size": options.queue_size,
-        "heartbeat_seconds": options.heartbeat_seconds,
-        "heartbeat_mode": options.heartbeat_mode,
         "handler_mode": mode,
-        "max_tasks_per_child": options.max_tasks_per_child,
     }
-    if is_queue:
-        fields |= {field: getattr(options, field) for field in QUEUE_FIELDS}
     return _Resolved(fields, sources)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from .config import SourceConfig, resolve
 from .exit_codes import EXIT_FAILURE, EXIT_OK
 from .runtime.runtime import Runtime
 from .settings import HandlerMode, Settings, SettingsError
+from .source_options import SourceOptions, options
 from .tasks.ended import Answered
 from .tasks.sources.once.worker import OnceConfig, OnceWorker
 
@@ -81,7 +81,7 @@ def _once(args: argparse.Namespace, early_signals: Sequence[int]) -> int:
         )
     app, base = _source(settings, args.app, args.source, environ)
     config = OnceConfig(
-        **{f.name: getattr(base, f.name) for f in dataclasses.fields(SourceConfig)}
+        **{field: getattr(base, field) for field in SourceConfig.model_fields}
         | {"name": base.name, "concurrency": 1, "pollers": 1, "queue_size": 1},
         token=token,
         input_text=input_text if input_text not in (None, "") else None,
@@ -109,17 +109,13 @@ def _source(
         mode = settings.handler_mode
         if is_async_handler(handler) or is_non_blocking_handler(handler):
             mode = HandlerMode.ASYNC
+        # Each shared setting's process-wide value; one task at a time.
+        defaults = {field: getattr(settings, o.setting) for field, o in options(SourceOptions)}
         return App(), SourceConfig(
+            **defaults | {"concurrency": 1, "pollers": 1, "queue_size": 1, "handler_mode": mode},
             name=SOURCE_NAME,
             key=SOURCE_NAME.upper(),
             handler=handler,
-            concurrency=1,
-            pollers=1,
-            queue_size=1,
-            heartbeat_seconds=settings.heartbeat_seconds,
-            heartbeat_mode=settings.heartbeat_mode,
-            handler_mode=mode,
-            max_tasks_per_child=settings.max_tasks_per_child,
             sources={},
         )
     app = build_app(settings, app_path)

@@ -208,6 +208,7 @@ MaxTasksPerChild = Annotated[int, Field(ge=0, le=1_000_000)]
 VisibilitySeconds = Annotated[int, Field(ge=2, le=43_200)]
 # SFN_HTTP_PORT, as the worker and `sfn-worker healthcheck` both read it; 0 = off.
 HttpPort = Annotated[int, Field(ge=0, le=65_535)]
+NonBlank = Annotated[str, Field(min_length=1)]
 DEFAULT_POLLERS = 4
 
 
@@ -234,8 +235,8 @@ class Settings(BaseSettings):
     sqs_queue_url: str | None = None
     sqs_visibility_seconds: VisibilitySeconds = 60
     sqs_on_shutdown: OnShutdownChoice = OnShutdown.RELEASE
-    sqs_token_field: Annotated[str, Field(min_length=1)] = "TaskToken"
-    sqs_input_field: Annotated[str, Field(min_length=1)] = "Input"
+    sqs_token_field: NonBlank = "TaskToken"
+    sqs_input_field: NonBlank = "Input"
     pollers: Pollers = DEFAULT_POLLERS
     concurrency: Concurrency = 16
     queue_size: QueueSize = 0

@@ -11,6 +11,7 @@ from ..exceptions import FatalWorkerError
 from ..exit_codes import EXIT_FAILURE, EXIT_OK
 from ..redact import describe
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, HandlerMode, Settings
+from ..source_options import SourceOptions, options, show
 from ..tasks.kinds import worker_class
 from .client import SfnClients, open_clients
 from .names import resolve_names
@@ -56,24 +57,14 @@ async def _check_sources(
 
 
 def describe_config(config: SourceConfig) -> list[str]:
-    """One line per setting: its value and where it came from."""
+    """One line per setting (source_options.py): its value and where it came from."""
     sources = config.sources
-    queue = config.queue_size or f"0 = pollers ({config.pollers})"
     lines = [f"handler            {import_path(config.handler)} ({sources['handler']})"]
     lines += [f"{name:<18} {value} ({sources[name]})" for name, value in config.own_settings()]
-    lines += [
-        f"handler_mode       {config.handler_mode.value} ({sources['handler_mode']})",
-        f"concurrency        {config.concurrency} ({sources['concurrency']})",
-        f"pollers            {config.pollers} ({sources['pollers']})",
-        f"queue_size         {queue} ({sources['queue_size']})",
-        f"heartbeat_seconds  {config.heartbeat_seconds:g} ({sources['heartbeat_seconds']})",
-        f"heartbeat_mode     {config.heartbeat_mode.value} ({sources['heartbeat_mode']})",
-    ]
-    if config.handler_mode is HandlerMode.PROCESS:
-        lines.append(
-            f"max_tasks_per_child {config.max_tasks_per_child or 'unlimited'} "
-            f"({sources['max_tasks_per_child']})"
-        )
+    for name, _ in options(SourceOptions):
+        value = _shown(config, name)
+        if value is not None:
+            lines.append(f"{name:<18} {value} ({sources[name]})")
     if config.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
         lines.append(
             f"WARNING: up to {config.heartbeat_rate_per_second:.0f} heartbeats/s when full; "
@@ -81,3 +72,15 @@ def describe_config(config: SourceConfig) -> list[str]:
             "(raise SFN_HEARTBEAT_SECONDS or lower SFN_CONCURRENCY)"
         )
     return lines
+
+
+def _shown(config: SourceConfig, name: str) -> str | None:
+    """A shared setting's value as printed; None: it does not apply to this source."""
+    value = getattr(config, name)
+    if name == "queue_size" and not value:
+        return f"0 = pollers ({config.pollers})"
+    if name == "max_tasks_per_child":
+        if config.handler_mode is not HandlerMode.PROCESS:
+            return None  # only handler processes are replaced
+        return show(value or "unlimited")
+    return show(value)

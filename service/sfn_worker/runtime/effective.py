@@ -4,25 +4,11 @@ without calling AWS."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
 
 from ..config import SourceConfig
 from ..settings import Settings, env_name
+from ..source_options import show
 from .check import describe_config
-
-UNSET = "-"
-
-
-def show(value: object) -> str:
-    if value is None:
-        return UNSET
-    if isinstance(value, Enum):
-        return str(value.value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def settings_lines(settings: Settings, app: tuple[str, str] | None) -> list[str]:

@@ -10,8 +10,9 @@ say whether the token was answered.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Self
+from typing import ClassVar, Self
+
+from pydantic import Field
 
 from ....config import SourceConfig
 from ....metrics import SourceMetrics
@@ -23,11 +24,10 @@ from ...source_worker import Intake, SourceParts, SourceWorker
 from ...task import Task
 
 
-@dataclass(frozen=True)
 class OnceConfig(SourceConfig):
-    kind = "once"
-    token: str = field(default="", repr=False)
-    input_text: str | None = field(default=None, repr=False)  # JSON; None: {}
+    kind: ClassVar[str] = "once"
+    token: str = Field(default="", repr=False)
+    input_text: str | None = Field(default=None, repr=False)  # JSON; None: {}
 
 
 class OnceSource:
