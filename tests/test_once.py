@@ -34,7 +34,10 @@ async def test_answers_success_and_exits_0(fake: FakeStepFunctions) -> None:
     assert task.terminal_calls == 1
     ended = [e for e in worker.events if e.get("event") == "task ended"]
     assert [e["outcome"] for e in ended] == ["succeeded"]
+    assert [(e["source"], e["kind"]) for e in ended] == [("once", "once")]
     assert all(task.token not in line for line in worker.raw)
+    # It holds no long poll: the note about polls outlasting the grace is not for it.
+    assert not any("long polls open" in str(e.get("event")) for e in worker.events)
 
 
 async def test_a_handler_failure_is_answered_and_exits_0(fake: FakeStepFunctions) -> None:

@@ -25,7 +25,7 @@ import asyncio
 import json
 import math
 from collections import OrderedDict
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import structlog
 
@@ -45,7 +45,7 @@ from ...source import Origin
 from ...source_worker import Intake, SourceParts, SourceWorker
 from ...task import Task
 from .message import SqsMessage, message_of
-from .receiver import OpenReceives, Receiver
+from .receiver import RECEIVE_END_MARGIN_SECONDS, WAIT_SECONDS, OpenReceives, Receiver
 from .sqs_calls import SqsCalls
 
 log = structlog.get_logger("sfn_worker.callback")
@@ -213,6 +213,8 @@ def _run_unchecked(exc: BaseException) -> Stop[Closed | None]:
 
 
 class CallbackQueueWorker(SourceWorker):
+    open_poll_seconds: ClassVar[float] = WAIT_SECONDS + RECEIVE_END_MARGIN_SECONDS
+
     def __init__(self, config: CallbackQueueConfig, parts: SourceParts, metrics: SourceMetrics):
         assert parts.clients.sqs is not None, "a callback queue needs the process's SQS clients"
         self._callback = CallbackSource(
