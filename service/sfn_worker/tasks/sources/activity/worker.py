@@ -8,9 +8,9 @@ from ....aws import SFNClient, SQSClient
 from ....config import ActivityConfig, SourceConfig
 from ....metrics import SourceMetrics
 from ...intake import IntakeParts
-from ...source import ActivitySource
 from ...source_worker import Intake, Place, SourceParts, SourceWorker
 from .poller import Poller
+from .source import ActivitySource
 
 
 class ActivityWorker(SourceWorker):
