@@ -279,3 +279,26 @@ async def test_a_queue_name_can_be_overridden_from_the_environment(
     assert (
         config.sources["visibility_seconds"] == "environment (SFN_RENDER_JOBS_VISIBILITY_SECONDS)"
     )
+
+
+@pytest.mark.parametrize(("grace", "noted"), [(30, False), (20, True)])
+async def test_the_long_poll_note_follows_the_queue_receives(
+    fake: FakeStepFunctions, grace: int, noted: bool
+) -> None:
+    """A receive returns within 21 s: a 30 s grace covers it (an activity's 60 s polls would
+    need 65 s), so the note at start is the kind's, not one threshold for every source."""
+    import structlog
+
+    app = App()
+
+    @app.callback_queue("https://sqs.us-east-1.amazonaws.com/123456789012/notify-jobs")
+    def notify(task_input: Any, ctx: TaskContext) -> Any:
+        return {}
+
+    with structlog.testing.capture_logs() as logs:
+        async with run_app(app, fake, shutdown_grace_seconds=grace):
+            pass
+    notes = [e for e in logs if "long polls open" in e["event"]]
+    assert bool(notes) is noted
+    if noted:
+        assert "SFN_SHUTDOWN_GRACE_SECONDS >= 21" in notes[0]["hint"]

@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 from sfn_worker.dev.discover import Source, Target
-from sfn_worker.dev.resources import Created
+from sfn_worker.dev.kinds import DEV_KINDS
+from sfn_worker.dev.resources import HEARTBEAT_SECONDS, Created, task_state
 from sfn_worker.dev.session import Session, export_lines
 from sfn_worker.dev.supervisor import worker_environment
+from sfn_worker.tasks.kinds import WORKERS
+from sfn_worker.tasks.sources.once.worker import OnceConfig
 
 
 def sfn_worker(
@@ -189,3 +192,17 @@ def test_dev_start_takes_its_input_from_stdin(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "the input on stdin is not JSON" in done.stderr
+
+
+def test_each_kind_gets_its_own_task_state_and_every_app_kind_has_a_dev_entry() -> None:
+    activity = task_state(APP.sources[0], CREATED[0].address)
+    assert activity["Resource"] == CREATED[0].address
+    assert "Parameters" not in activity
+    queue = task_state(APP.sources[1], CREATED[1].address)
+    assert queue["Resource"] == "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
+    assert queue["Parameters"]["QueueUrl"] == CREATED[1].address
+    for state in (activity, queue):  # what every dev state shares
+        assert (state["Type"], state["End"]) == ("Task", True)
+        assert state["HeartbeatSeconds"] == HEARTBEAT_SECONDS
+    # A kind an app registers (every config class but once's) is one entry of dev/kinds.py.
+    assert set(DEV_KINDS) == set(WORKERS) - {OnceConfig}

@@ -3,7 +3,9 @@ against the fake service."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +13,7 @@ from contextlib import asynccontextmanager
 from sfn_worker import SHUTDOWN_ERROR
 from sfn_worker.testing import FakeStepFunctions
 
+from .test_operations import free_port
 from .test_process import BIN, WorkerProcess, spawned_worker
 
 
@@ -34,7 +37,10 @@ async def test_answers_success_and_exits_0(fake: FakeStepFunctions) -> None:
     assert task.terminal_calls == 1
     ended = [e for e in worker.events if e.get("event") == "task ended"]
     assert [e["outcome"] for e in ended] == ["succeeded"]
+    assert [(e["source"], e["kind"]) for e in ended] == [("once", "once")]
     assert all(task.token not in line for line in worker.raw)
+    # It holds no long poll: the note about polls outlasting the grace is not for it.
+    assert not any("long polls open" in str(e.get("event")) for e in worker.events)
 
 
 async def test_a_handler_failure_is_answered_and_exits_0(fake: FakeStepFunctions) -> None:
@@ -122,3 +128,32 @@ async def test_the_task_is_heartbeated_while_its_handler_runs(fake: FakeStepFunc
     assert task.state == "succeeded"
     beats = [c for c in fake.calls_of("SendTaskHeartbeat") if c.token == task.token]
     assert beats  # due every 0.9-1 s of a 3 s handler
+
+
+async def test_the_health_check_passes_while_the_handler_runs(fake: FakeStepFunctions) -> None:
+    """ECS replaces a container whose health check fails: a once container reported
+    unhealthy as soon as its handler started would be killed mid-task."""
+    task = fake.open_callback_task({})
+    port = free_port()
+    async with once_process(
+        SFN_TASK_TOKEN=task.token,
+        SFN_TASK_INPUT=json.dumps({"seconds": 300}),
+        SFN_HANDLER="sfn_worker.examples:sleep_handler",
+        SFN_HTTP_PORT=str(port),
+        SFN_HTTP_HOST="127.0.0.1",
+        SFN_SHUTDOWN_GRACE_SECONDS="2",
+    ) as worker:
+        await worker.wait_for_log("task started")
+        check = await asyncio.create_subprocess_exec(
+            str(BIN / "sfn-worker"),
+            "healthcheck",
+            env={**os.environ, "SFN_HTTP_PORT": str(port)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await check.communicate()
+        assert check.returncode == 0, out
+        source = json.loads(out)["sources"]["once"]
+        assert (source["kind"], source["healthy"], source["running"]) == ("once", True, 1)
+        worker.process.send_signal(signal.SIGTERM)
+        assert await worker.exit_code() == 0
+    assert (task.state, task.error) == ("failed", SHUTDOWN_ERROR)

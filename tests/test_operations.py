@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sfn_worker import TaskContext
+from sfn_worker import App, TaskContext
 from sfn_worker.app import Handler
 from sfn_worker.bulkhead import Accessories
 from sfn_worker.cli import main
@@ -22,7 +22,11 @@ from sfn_worker.metrics import Metrics
 from sfn_worker.runtime import ecs_protection, http
 from sfn_worker.runtime.ecs_protection import task_protection
 from sfn_worker.runtime.http import healthcheck, serve_http
-from sfn_worker.testing import FakeStepFunctions
+from sfn_worker.runtime.runtime import Runtime
+from sfn_worker.settings import HandlerMode, Settings
+from sfn_worker.tasks.sources.once.worker import OnceConfig
+from sfn_worker.testing import FakeStepFunctions, run_app
+from sfn_worker.testing.harness import fake_clients
 from sfn_worker.worker import Worker
 
 from .conftest import WorkerHarness, make_settings
@@ -314,3 +318,82 @@ async def test_healthz_is_unhealthy_when_the_loop_was_blocked(
     async with worker_with_http(fake, seed_handler) as (_, url):
         status, body = await get(f"{url}/healthz")
         assert (status, json.loads(body)["status"]) == (503, "unhealthy")
+
+
+async def test_healthz_lists_every_source_under_sources_with_its_kind(
+    fake: FakeStepFunctions,
+) -> None:
+    app = App()
+
+    @app.activity("render")
+    def render(task_input: Any, ctx: TaskContext) -> Any:
+        return {}
+
+    @app.callback_queue("https://sqs.us-east-1.amazonaws.com/123456789012/notify-jobs")
+    def notify(task_input: Any, ctx: TaskContext) -> Any:
+        return {}
+
+    async with run_app(app, fake) as runtime:
+        await fake.wait_for(lambda: fake.open_polls >= 1)
+        status, shown = http.health(runtime)
+    body: Any = shown
+    assert status == 200
+    sources = body["sources"]
+    assert {name: s["kind"] for name, s in sources.items()} == {
+        "render": "activity",
+        "notify-jobs": "queue",
+    }
+    assert all(s["healthy"] for s in sources.values())
+    # Kept for operators' probes (test_app asserts it); queues are under `sources` only.
+    assert set(body["activities"]) == {"render"}
+    assert "queues" not in body
+
+
+async def test_a_once_source_is_healthy_while_it_holds_and_once_it_answered_its_task(
+    fake: FakeStepFunctions,
+) -> None:
+    """Its intake ends by design once the task is handed over: that is not a dead poller."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        started.set()
+        await release.wait()
+        return {"ok": True}
+
+    task = fake.open_callback_task({})
+    settings = Settings(worker_name="once-health", shutdown_grace_seconds=5)
+    config = OnceConfig(
+        name="once",
+        key="ONCE",
+        handler=handler,
+        concurrency=1,
+        pollers=1,
+        queue_size=1,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        heartbeat_mode=settings.heartbeat_mode,
+        handler_mode=HandlerMode.ASYNC,
+        max_tasks_per_child=settings.max_tasks_per_child,
+        sources={},
+        token=task.token,
+    )
+    runtime = Runtime(
+        App(), settings, client_factory=fake_clients(fake), environ={}, configs=[config]
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(runtime.run(stop))
+    try:
+        await started.wait()
+        status, shown = http.health(runtime)
+        body: Any = shown
+        assert status == 200, body
+        once = body["sources"]["once"]
+        assert (once["kind"], once["healthy"], once["pollers_alive"]) == ("once", True, 0)
+        assert "queues" not in body
+        assert "activities" not in body
+        release.set()
+        await fake.wait_for(lambda: task.state == "succeeded")
+        assert http.health(runtime)[0] == 200
+    finally:
+        release.set()
+        stop.set()
+        await running

@@ -144,6 +144,9 @@ async def test_image_command_runs_on_the_host(fake: FakeStepFunctions) -> None:
     assert (bad.state, bad.error) == ("failed", "NO_SUCCESS_INPUT")
     ended = [e for e in worker.events if e.get("event") == "task ended"]
     assert {e["outcome"] for e in ended} == {"succeeded", "failed"}
+    # Every source's lines say its name and kind the same way.
+    assert {(e["source"], e["kind"]) for e in ended} == {("fake-activity", "activity")}
+    assert not any("activity" in e for e in ended)
 
 
 unshare = shutil.which("unshare")

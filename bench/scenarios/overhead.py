@@ -151,7 +151,9 @@ def _structlog_defaults(stream: Any) -> None:
 
 def _per_line(configure: Callable[[], None], lines: int = 20_000) -> float:
     configure()
-    structlog.contextvars.bind_contextvars(activity="seed-activity", token="0123456789ab")
+    structlog.contextvars.bind_contextvars(
+        source="seed-activity", kind="activity", token="0123456789ab"
+    )
     log = structlog.get_logger("bench")
     timings = timeit.repeat(
         lambda: log.info("task ended", outcome="succeeded", seconds=0.001), number=lines, repeat=5

@@ -25,7 +25,7 @@ MAX_NAME = 80
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "activity" | "queue"
+    kind: str  # its config class's kind: dev/kinds.py says what the session does for it
     name: str  # the activity's or queue's name, created in LocalStack under it
     key: str  # SFN_<KEY>_* of the app's per-source settings ("" in the single form)
 
@@ -55,7 +55,8 @@ def single_activity_name(path: str) -> str:
 
 def _describe(path: str) -> dict[str, Any]:
     from ..app import App, LoadError, import_object
-    from ..config import activity_key, activity_name, queue_name
+    from ..config import activity_key
+    from .kinds import SINGLE_KIND, app_sources
 
     if ":" not in path:
         raise LoadError(f"{path!r}: expected module:handler or module:app")
@@ -64,10 +65,9 @@ def _describe(path: str) -> dict[str, Any]:
     watch_dir = str(Path(module.__file__ or ".").resolve().parent)
     if isinstance(target, App):
         sources = [
-            {"kind": "activity", "name": activity_name(r.ref)} for r in target.activities
-        ] + [{"kind": "queue", "name": queue_name(r.ref)} for r in target.queues]
-        for source in sources:
-            source["key"] = activity_key(source["name"])
+            {"kind": kind, "name": name, "key": activity_key(name)}
+            for kind, name in app_sources(target)
+        ]
         if not sources:
             raise LoadError(f"{path!r}: the app registers no activity and no callback queue")
         return {"form": "app", "sources": sources, "watch_dir": watch_dir}
@@ -76,7 +76,7 @@ def _describe(path: str) -> dict[str, Any]:
     name = single_activity_name(path)
     return {
         "form": "handler",
-        "sources": [{"kind": "activity", "name": name, "key": ""}],
+        "sources": [{"kind": SINGLE_KIND, "name": name, "key": ""}],
         "watch_dir": watch_dir,
     }
 
@@ -188,6 +188,7 @@ def _refusal(path: str, described: dict[str, Any]) -> str | None:
     from ..cli import build_app
     from ..config import resolve
     from ..settings import SettingsError, load_settings
+    from .kinds import EXAMPLE_ARN, dev_kind
     from .resources import Created
     from .supervisor import worker_environment
 
@@ -197,14 +198,9 @@ def _refusal(path: str, described: dict[str, Any]) -> str | None:
         sources=tuple(Source(**source) for source in described["sources"]),
         watch_dir=Path(described["watch_dir"]),
     )
-    arn, url = "arn:aws:states:us-east-1:000000000000", "http://127.0.0.1:1/queue/us-east-1"
     created = [
         Created(
-            source,
-            f"{arn}:activity:{source.name}"
-            if source.kind == "activity"
-            else f"{url}/000000000000/{source.name}",
-            f"{arn}:stateMachine:dev",
+            source, dev_kind(source.kind).example(source.name), f"{EXAMPLE_ARN}:stateMachine:dev"
         )
         for source in target.sources
     ]

@@ -1,5 +1,5 @@
-"""What a dev session creates in LocalStack for each source: the activity (or SQS queue) and
-a one-state machine that hands it a task."""
+"""What a dev session creates in LocalStack for each source: what its kind needs (dev/kinds.py:
+an activity, an SQS queue) and a one-state machine that hands it a task."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 
 from .discover import Source
+from .kinds import dev_kind
 
 REGION = "us-east-1"
 ROLE_ARN = "arn:aws:iam::000000000000:role/sfn-worker-dev"  # LocalStack does not check it
@@ -45,15 +46,7 @@ def client(service: str, endpoint_url: str) -> Any:
 
 
 def task_state(source: Source, address: str) -> dict[str, Any]:
-    state: dict[str, Any] = {"Type": "Task"}
-    if source.kind == "activity":
-        state["Resource"] = address
-    else:
-        state["Resource"] = "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
-        state["Parameters"] = {
-            "QueueUrl": address,
-            "MessageBody": {"TaskToken.$": "$$.Task.Token", "Input.$": "$"},
-        }
+    state: dict[str, Any] = {"Type": "Task", **dev_kind(source.kind).resource(address)}
     state.update(
         TimeoutSeconds=TASK_TIMEOUT_SECONDS,
         HeartbeatSeconds=HEARTBEAT_SECONDS,
@@ -82,10 +75,7 @@ class Resources:
         return [self.created[(source.kind, source.name)] for source in sources]
 
     def _create(self, source: Source) -> Created:
-        if source.kind == "activity":
-            address = str(self._sfn.create_activity(name=source.name)["activityArn"])
-        else:
-            address = str(self._sqs.create_queue(QueueName=source.name)["QueueUrl"])
+        address = dev_kind(source.kind).create(self._sfn, self._sqs, source.name)
         machine = self._sfn.create_state_machine(
             name=f"dev-{source.kind}-{source.name}"[:80],
             definition=definition(source, address),

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .kinds import SINGLE_VARIABLE, dev_kind
 from .resources import REGION, Created
 
 DIRECTORY = ".sfn-worker-dev"
@@ -201,10 +202,9 @@ def export_lines(session: Session, path: Path) -> list[str]:
     values["SFN_HANDLER" if single else "SFN_APP"] = session.target
     for source in session.sources:
         if not source.key:  # the single form
-            values["SFN_ACTIVITY_ARN"] = source.address
+            values[SINGLE_VARIABLE] = source.address
             values["SFN_DEV_MACHINE_ARN"] = source.machine_arn
         else:
-            suffix = "ACTIVITY_ARN" if source.kind == "activity" else "QUEUE_URL"
-            values[f"SFN_{source.key}_{suffix}"] = source.address
+            values[f"SFN_{source.key}_{dev_kind(source.kind).suffix}"] = source.address
             values[f"SFN_DEV_{source.key}_MACHINE_ARN"] = source.machine_arn
     return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .discover import DiscoveryError, Target, child_environment, discover_unless
+from .kinds import SINGLE_VARIABLE, dev_kind
 from .resources import REGION, Created, Resources
 from .session import Session, export_lines, write
 
@@ -62,12 +63,11 @@ def worker_environment(
         env.setdefault(name, value)
     if target.form == "handler":
         env["SFN_HANDLER"] = target.path
-        env["SFN_ACTIVITY_ARN"] = created[0].address
+        env[SINGLE_VARIABLE] = created[0].address
     else:
         env["SFN_APP"] = target.path
         for item in created:
-            suffix = "ACTIVITY_ARN" if item.source.kind == "activity" else "QUEUE_URL"
-            env[f"SFN_{item.source.key}_{suffix}"] = item.address
+            env[f"SFN_{item.source.key}_{dev_kind(item.source.kind).suffix}"] = item.address
     return env
 
 

@@ -30,36 +30,33 @@ HTTP_PORT: TypeAdapter[int] = TypeAdapter(HttpPort)
 LOOP_LAG_UNHEALTHY_SECONDS = 5.0
 
 
-def too_many_stuck(stuck: int, concurrency: int) -> bool:
-    """Handlers that ignored cancellation hold more than half the slots: the worker can
-    no longer do what it is sized for, and only a new container gives the slots back."""
-    return stuck * 2 > concurrency
-
-
 def health(runtime: Runtime) -> tuple[int, dict[str, object]]:
-    """/healthz: 200 while polling with every poller alive, the loop responsive and no more
-    than half the slots held by handlers that ignored cancellation; 503 otherwise."""
+    """/healthz: 200 while polling with every source healthy (as its kind judges: an
+    activity or a queue with every poller alive and no more than half its slots held by
+    handlers that ignored cancellation; a ``once`` source while it holds or has answered its
+    task) and the loop responsive; 503 otherwise. Every source is listed under ``sources``
+    by name, its kind a field."""
     state = runtime.state()
     loop_lag = runtime.metrics.last_loop_lag
-    groups: dict[str, dict[str, object]] = {"activities": {}, "queues": {}}
     healthy = state.polling and loop_lag < LOOP_LAG_UNHEALTHY_SECONDS
+    sources: dict[str, object] = {}
+    groups: dict[str, dict[str, object]] = {}
     for source in state.sources:
-        healthy = (
-            healthy
-            and source.pollers_alive == source.pollers
-            and not too_many_stuck(source.handlers_stuck, source.concurrency)
-        )
-        group = groups["activities" if source.kind == "activity" else "queues"]
-        group[source.name] = {
+        healthy = healthy and source.healthy
+        shown = {
             k: v
             for k, v in dataclasses.asdict(source).items()
-            if v is not None and k not in ("kind", "name")
+            if v is not None and k not in ("name", "group")
         }
+        sources[source.name] = shown
+        if source.group is not None:
+            groups.setdefault(source.group, {})[source.name] = shown
     body: dict[str, object] = {
         "status": "ok" if healthy else ("stopping" if state.stopping else "unhealthy"),
         "loop_lag_seconds": round(loop_lag, 3),
         "running": sum(s.running for s in state.sources),
-        **{name: group for name, group in groups.items() if group},
+        "sources": sources,
+        **groups,
     }
     if state.accessories:
         # Shown, never a reason to be unhealthy: tasks run without them.

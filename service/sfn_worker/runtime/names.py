@@ -1,8 +1,9 @@
-"""Activities registered by name get their ARN at start.
+"""Sources named without their full address (activities registered by name) get it at start.
 
 ``arn:<partition>:states:<region>:<account>:activity:<name>``: the region of the AWS
 configuration, its partition, and the account of the credentials, from STS
 GetCallerIdentity (which needs no IAM permission). SFN_<KEY>_ACTIVITY_ARN overrides it.
+Which sources need it, and how, is their kind's (``SourceWorker.needs_place``/``placed``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import aioboto3
 import structlog
 
 from ..aws_errors import ErrorKind, classify
-from ..config import ActivityConfig, SourceConfig, check_distinct
+from ..config import SourceConfig, check_distinct
 from ..exceptions import FatalWorkerError
 from ..redact import describe
 from ..retry import SEND_BACKOFF, Again, Retry, Stop, retrying
+from ..tasks.kinds import worker_class
+from ..tasks.source_worker import Place
 from .client import (
     CALL_TIMEOUT_MAX_SECONDS,
     SPARE_CONNECTIONS,
@@ -37,21 +40,24 @@ async def resolve_names(
     endpoint_url: str | None,
     direct: bool = False,
 ) -> list[SourceConfig]:
-    """The sources, every activity with an ARN (``direct``: STS through no proxy)."""
-    if all(not isinstance(s, ActivityConfig) or s.arn is not None for s in sources):
+    """The sources, each with its address (``direct``: STS through no proxy)."""
+    if not any(worker_class(s).needs_place(s) for s in sources):
         return list(sources)
     account = await _account(session, endpoint_url, direct)
     region = session.region_name
-    partition = session.get_partition_for_region(region)
+    place = Place(session.get_partition_for_region(region), region, account)
     resolved: list[SourceConfig] = []
     for source in sources:
-        if isinstance(source, ActivityConfig) and source.arn is None:
-            source = source.with_arn(
-                f"arn:{partition}:states:{region}:{account}:activity:{source.name}"
+        if worker_class(source).needs_place(source):
+            source = worker_class(source).placed(source, place)
+            log.info(
+                "name resolved",
+                source=source.name,
+                kind=source.kind,
+                **{source.address_field: source.address},
             )
-            log.info("activity name resolved", activity=source.name, arn=source.arn)
         resolved.append(source)
-    check_distinct(resolved)  # a name may resolve to an ARN another activity names
+    check_distinct(resolved)  # a name may resolve to an address another source names
     return resolved
 
 

@@ -50,7 +50,7 @@ from .emf import EmfPublisher
 from .lifespan import Lifespan
 from .loop_monitor import watch_loop_lag
 from .names import resolve_names
-from .shutdown import POLL_RETURN_SECONDS, Shutdown
+from .shutdown import Shutdown
 
 log = structlog.get_logger("sfn_worker.runtime")
 T = TypeVar("T")
@@ -153,6 +153,8 @@ class Runtime:
             "running": sum(s.running for s in state.sources),
             "sources": {
                 s.name: {
+                    "kind": s.kind,
+                    "healthy": s.healthy,
                     "running": s.running,
                     "queued": s.queued,
                     "concurrency": s.concurrency,
@@ -371,7 +373,8 @@ def log_started(sources: Sequence[SourceWorker], settings: Settings) -> None:
         config = source.config
         log.info(
             "worker started",
-            **{config.kind: config.name},
+            source=config.name,
+            kind=config.kind,
             **config.started_fields(),
             pollers=config.pollers,
             concurrency=config.concurrency,
@@ -382,16 +385,19 @@ def log_started(sources: Sequence[SourceWorker], settings: Settings) -> None:
         if config.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
             log.warning(
                 "heartbeat rate may exceed the account's SendTaskHeartbeat quota",
-                activity=config.name,
+                source=config.name,
+                kind=config.kind,
                 heartbeats_per_second=round(config.heartbeat_rate_per_second),
                 hint=f"raise SFN_HEARTBEAT_SECONDS or lower SFN_CONCURRENCY ({config.key})",
             )
-    if settings.shutdown_grace_seconds < POLL_RETURN_SECONDS:
+    # Only kinds that hold long polls open (activities, queues) ask for a longer grace.
+    poll_return = max((source.open_poll_seconds for source in sources), default=0.0)
+    if settings.shutdown_grace_seconds < poll_return:
         log.info(
             "note: long polls open at shutdown may outlast the grace period",
             grace_seconds=settings.shutdown_grace_seconds,
-            hint="SFN_SHUTDOWN_GRACE_SECONDS >= 65 (and ECS stopTimeout above it) lets "
-            "every open poll return before exit",
+            hint=f"SFN_SHUTDOWN_GRACE_SECONDS >= {poll_return:g} (and ECS stopTimeout above "
+            "it) lets every open poll return before exit",
         )
 
 

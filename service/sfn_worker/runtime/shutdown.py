@@ -29,8 +29,6 @@ from ..tasks.source_worker import SourceWorker
 
 log = structlog.get_logger("sfn_worker.shutdown")
 
-# A long poll lasts up to 60 s; a grace this long lets every open poll return.
-POLL_RETURN_SECONDS = 65.0
 # After a second signal: time left for SendTaskFailure on everything still running.
 FORCED_EXIT_SECONDS = 1.5
 # After cancelling handlers at the end of the grace: how long to let them unwind before

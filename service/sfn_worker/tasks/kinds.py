@@ -1,6 +1,8 @@
 """Every kind of task source, described once: its config class and the worker that serves
-it. The process builds, probes and reports sources through this table; adding a kind is a
-config class, a SourceWorker subclass and one line here."""
+it. The process builds, probes, names and reports sources through this table, and asks the
+worker class what differs (health, polls the grace must cover, ``needs_place``/``placed``);
+adding a kind is a config class, a SourceWorker subclass and one line here (and one in
+dev/kinds.py for ``sfn-worker dev`` to serve it)."""
 
 from __future__ import annotations
 

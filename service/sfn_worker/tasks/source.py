@@ -1,4 +1,5 @@
-"""What differs between the sources of tasks, as the task runner sees it.
+"""What differs between the sources of tasks, as the task runner sees it: each kind's
+TaskSource lives with its kind (tasks/sources/<kind>/).
 
 An activity's task is answered, whatever happens (Worker.Shutdown when the worker stops).
 A callback queue's task came in an SQS message: a redelivered message is checked before it
@@ -26,7 +27,7 @@ class Origin:
 
 
 class TaskSource(Protocol):
-    kind: str  # the metrics and log label of the source's kind ("activity", "queue")
+    kind: str  # the metrics and log label of the source's kind ("activity", "queue"...)
     trace_system: str  # a task span's messaging.system
     origin: Origin  # what the handler's TaskContext says about where its task came from
     # Whether a task the worker cannot finish is answered with Worker.Shutdown (True) or
@@ -55,32 +56,3 @@ class TaskSource(Protocol):
     async def aclose(self) -> None:
         """The worker stops: finish what settling is under way."""
         ...
-
-
-class ActivitySource:
-    """Activities need nothing around their tasks: the token is the whole delivery."""
-
-    kind = "activity"
-    # OpenTelemetry registers no messaging.system for Step Functions activities.
-    trace_system = "aws.stepfunctions"
-    answers_at_shutdown = True
-    tracks_deliveries = False
-
-    def __init__(self, arn: str) -> None:
-        self._arn = arn
-        self.origin = Origin(activity_arn=arn)
-
-    def span_attributes(self, task: Task) -> dict[str, str]:
-        return {"aws.step_functions.activity.arn": self._arn}
-
-    async def admit(self, task: Task) -> Closed | None:
-        return None
-
-    def keep(self, task: Task) -> asyncio.Task[None] | None:
-        return None
-
-    async def settle(self, task: Task, ended: TaskEnd) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None

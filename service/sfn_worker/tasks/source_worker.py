@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import structlog
 
@@ -39,6 +39,12 @@ log = structlog.get_logger("sfn_worker.source")
 OnCrash = Callable[[BaseException, str], None]
 
 
+def too_many_stuck(stuck: int, concurrency: int) -> bool:
+    """Handlers that ignored cancellation hold more than half the slots: the worker can
+    no longer do what it is sized for, and only a new container gives the slots back."""
+    return stuck * 2 > concurrency
+
+
 class Intake(Protocol):
     """A poller (GetActivityTask) or a receiver (SQS ReceiveMessage)."""
 
@@ -50,11 +56,22 @@ class Intake(Protocol):
 
 
 @dataclass(frozen=True)
+class Place:
+    """Where the worker runs, for sources named without their full address (an activity
+    by name): the AWS configuration's partition and region, the credentials' account."""
+
+    partition: str
+    region: str
+    account: str
+
+
+@dataclass(frozen=True)
 class SourceState:
-    """A snapshot for health checks."""
+    """A snapshot for health checks; ``healthy`` is the source's kind's judgement."""
 
     kind: str
     name: str
+    healthy: bool
     pollers: int
     pollers_alive: int
     concurrency: int
@@ -62,6 +79,7 @@ class SourceState:
     queued: int
     handlers_stuck: int
     processes: PoolHealth | None
+    group: str | None = None  # SourceWorker.health_group
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,13 @@ class SourceParts:
 
 
 class SourceWorker:
+    # How long a request of this kind left open at shutdown may take to return (it is never
+    # cancelled: the service may hand it a task); a shorter grace is worth a note at start.
+    open_poll_seconds: ClassVar[float] = 0.0
+    # The /healthz key this kind was also listed under before ``sources`` (kept because
+    # operators' probes read it); None: listed under ``sources`` only.
+    health_group: ClassVar[str | None] = None
+
     def __init__(
         self,
         config: SourceConfig,
@@ -189,6 +214,16 @@ class SourceWorker:
         propagate); notes worth printing under it."""
         return []
 
+    @classmethod
+    def needs_place(cls, config: SourceConfig) -> bool:
+        """Whether ``config`` is only complete once ``placed`` (asking STS costs a call)."""
+        return False
+
+    @classmethod
+    def placed(cls, config: SourceConfig, place: Place) -> SourceConfig:
+        """``config`` with the address it names only by name, now known (runtime/names.py)."""
+        return config
+
     def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
         """How this source's tasks come in: its intake loops (pollers, receivers...)."""
         raise NotImplementedError
@@ -218,7 +253,7 @@ class SourceWorker:
     # -- running -----------------------------------------------------------------------------
     async def run(self) -> None:
         self._intakes = self._make_intakes(self._intake_parts())
-        with structlog.contextvars.bound_contextvars(**{self.source.kind: self.name}):
+        with structlog.contextvars.bound_contextvars(source=self.name, kind=self.source.kind):
             async with asyncio.TaskGroup() as group:
                 self._intake_tasks = [
                     group.create_task(self._guard(intake.run(), "intake"))
@@ -266,12 +301,25 @@ class SourceWorker:
         handler.add_done_callback(returned)
 
     # -- what the process asks ---------------------------------------------------------------
+    def healthy(self) -> bool:
+        """Every intake loop alive and at most half the slots held by stuck handlers; a
+        kind whose intake ends by design (``once``) says otherwise."""
+        return self._intakes_alive() == self.config.pollers and not self._too_many_stuck()
+
+    def _too_many_stuck(self) -> bool:
+        return too_many_stuck(self._handlers_stuck, self.config.concurrency)
+
+    def _intakes_alive(self) -> int:
+        return sum(1 for task in self._intake_tasks if not task.done())
+
     def state(self) -> SourceState:
         return SourceState(
             kind=self.source.kind,
             name=self.name,
+            healthy=self.healthy(),
+            group=self.health_group,
             pollers=self.config.pollers,
-            pollers_alive=sum(1 for task in self._intake_tasks if not task.done()),
+            pollers_alive=self._intakes_alive(),
             concurrency=self.config.concurrency,
             running=self._runner.running_count(),
             queued=self._queue.qsize(),

@@ -6,23 +6,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(eq=False)
-class SqsMessage:
-    """The SQS message that carried a callback task. A second delivery of the same message
-    while its task runs brings a new receipt handle, which replaces this one."""
-
-    message_id: str
-    receipt_handle: str = field(repr=False)
-    receive_count: int = 1
-
-
 @dataclass(frozen=True, slots=True)
 class Task:
     """``input`` is decoded; ``input_problem`` says why it could not be (the task then fails
-    with Worker.InvalidInput). ``late``: it arrived after shutdown began."""
+    with Worker.InvalidInput). ``late``: it arrived after shutdown began. ``delivery``: what
+    the source that made the task keeps of how it came (a callback queue's SQS message);
+    only that source reads it, so the shared task path knows no kind."""
 
     token: str = field(repr=False)
     input: Any = field(repr=False)
     input_problem: str | None = None
     late: bool = False
-    message: SqsMessage | None = None
+    delivery: object = field(default=None, repr=False)

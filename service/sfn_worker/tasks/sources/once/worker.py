@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ....config import SourceConfig
 from ....metrics import SourceMetrics
-from ...ended import Closed, TaskEnd
+from ...ended import Answered, Closed, TaskEnd
 from ...intake import IntakeParts
 from ...outcome import decode_input
 from ...source import Origin
@@ -106,6 +106,13 @@ class OnceWorker(SourceWorker):
     def serving(cls, config: SourceConfig, parts: SourceParts, metrics: SourceMetrics) -> Self:
         assert isinstance(config, OnceConfig)
         return cls(config, parts, metrics)
+
+    def healthy(self) -> bool:
+        """While it holds its task (before the hand-over, queued or running) or once it
+        answered it: its intake ends by design as soon as the task is handed over."""
+        ended = self.once.ended
+        holds_or_answered = ended is None or isinstance(ended, Answered)
+        return holds_or_answered and not self._too_many_stuck()
 
     def _make_intakes(self, parts: IntakeParts) -> list[Intake]:
         return [OnceIntake(self._once_config, parts)]

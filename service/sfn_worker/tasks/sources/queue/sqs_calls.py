@@ -27,7 +27,7 @@ from ....bulkhead import Accessory
 from ....redact import describe
 from ....retry import SEND_BACKOFF, Again, Backoff, Retry, Stop, retrying
 from ....tracing import NO_TRACING, Tracing
-from ...task import SqsMessage
+from .message import SqsMessage
 
 log = structlog.get_logger("sfn_worker.sqs")
 

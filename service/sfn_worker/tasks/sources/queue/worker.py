@@ -25,7 +25,7 @@ import asyncio
 import json
 import math
 from collections import OrderedDict
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import structlog
 
@@ -43,8 +43,9 @@ from ...ended import MALFORMED_TOKEN, Answered, Closed, Released, TaskEnd, Unans
 from ...intake import IntakeParts
 from ...source import Origin
 from ...source_worker import Intake, SourceParts, SourceWorker
-from ...task import SqsMessage, Task
-from .receiver import OpenReceives, Receiver
+from ...task import Task
+from .message import SqsMessage, message_of
+from .receiver import RECEIVE_END_MARGIN_SECONDS, WAIT_SECONDS, OpenReceives, Receiver
 from .sqs_calls import SqsCalls
 
 log = structlog.get_logger("sfn_worker.callback")
@@ -97,8 +98,8 @@ class CallbackSource:
         count = int(attributes.get("ApproximateReceiveCount", "1"))
         with structlog.contextvars.bound_contextvars(message_id=message_id, receive_count=count):
             running = self._running.get(message_id)
-            if running is not None and running.message is not None:
-                running.message.receipt_handle = receipt  # the newest handle is the valid one
+            if running is not None:
+                message_of(running).receipt_handle = receipt  # the newest handle is valid
                 log.info("message delivered again while its task runs here; keeping one")
                 return None
             if message_id in self._settled:
@@ -126,7 +127,7 @@ class CallbackSource:
             self._poison("no_token", f"the message has no token at {config.token_field!r}")
             return None
         message = SqsMessage(message_id, receipt, count)
-        return Task(token, document.get(config.input_field), None, late, message)
+        return Task(token, document.get(config.input_field), None, late, delivery=message)
 
     def _poison(self, reason: str, description: str) -> None:
         self._metrics.poison_message(reason)
@@ -138,16 +139,14 @@ class CallbackSource:
 
     # -- around the task (TaskSource) ------------------------------------------------------
     def span_attributes(self, task: Task) -> dict[str, str]:
-        assert task.message is not None
         return {
-            "messaging.message.id": task.message.message_id,
+            "messaging.message.id": message_of(task).message_id,
             "sfn_worker.queue.url": self._config.queue_url,
         }
 
     async def admit(self, task: Task) -> Closed | None:
         """A redelivered message: the service says whether its task is still open."""
-        assert task.message is not None
-        if task.message.receive_count <= 1:
+        if message_of(task).receive_count <= 1:
             return None
         give_up_at = asyncio.get_running_loop().time() + PROBE_SECONDS
 
@@ -182,12 +181,10 @@ class CallbackSource:
         return await retrying(probe, backoff=self._backoff, judge=judge, before_wait=before_wait)
 
     def keep(self, task: Task) -> asyncio.Task[None]:
-        assert task.message is not None
-        return self._calls.keep_invisible(task.message, self._config.visibility_seconds)
+        return self._calls.keep_invisible(message_of(task), self._config.visibility_seconds)
 
     async def settle(self, task: Task, ended: TaskEnd) -> None:
-        message = task.message
-        assert message is not None
+        message = message_of(task)
         self._running.pop(message.message_id, None)
         match ended:
             case Closed(malformed=True):
@@ -216,6 +213,8 @@ def _run_unchecked(exc: BaseException) -> Stop[Closed | None]:
 
 
 class CallbackQueueWorker(SourceWorker):
+    open_poll_seconds: ClassVar[float] = WAIT_SECONDS + RECEIVE_END_MARGIN_SECONDS
+
     def __init__(self, config: CallbackQueueConfig, parts: SourceParts, metrics: SourceMetrics):
         assert parts.clients.sqs is not None, "a callback queue needs the process's SQS clients"
         self._callback = CallbackSource(
