@@ -169,3 +169,13 @@ async def test_the_target_grows_back_to_the_cap_slowly() -> None:
     assert answered == sum(range(8, 16))
     polls.too_many("ActivityWorkerLimitExceeded", await polls.enter())
     assert polls.target() == 8
+
+
+async def test_a_refused_poll_keeps_its_place_through_its_backoff() -> None:
+    polls = OpenPolls(4)
+    tickets = [await polls.enter() for _ in range(4)]
+    polls.too_many("ActivityWorkerLimitExceeded", tickets[0])  # held, not left
+    assert (polls.target(), polls.open()) == (2, 4)
+    # Over the target: the first two give their places up, the last two go again.
+    assert [polls.keep(), polls.keep(), polls.keep(), polls.keep()] == [None, None, 1, 1]
+    assert polls.open() == 2

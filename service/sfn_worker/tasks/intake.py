@@ -70,6 +70,9 @@ class IntakeLoop:
         self._untraced = parts.untraced
         self._holds_task = False
         self._ticket = 0  # of the last request, from OpenPolls.enter
+        # A request refused as one too many keeps its place under the source's target
+        # through its backoff, so another loop does not take it and be refused at once.
+        self._held = False
 
     def holds_task(self) -> bool:
         return self._holds_task
@@ -84,23 +87,31 @@ class IntakeLoop:
 
     async def run(self) -> None:
         with structlog.contextvars.bound_contextvars(**{self.NAME: self.number}):
-            while True:
-                got = await retrying(
-                    self._take_and_fetch,
-                    backoff=self._backoff,
-                    judge=self._judge,
-                    throttle_api=self.API,
-                    on_retry=self._say_retry,
-                )
-                if got is None:  # stopping, or a fatal error
-                    return
-                taken, tasks = got
-                # The slots of the tasks now belong to them (their coroutines release them);
-                # the rest go back (an empty poll, poison messages, duplicates).
-                self._slots.give(taken - len(tasks))
-                for task in tasks:
-                    await self._queue.put(task)
-                self._holds_task = False
+            try:
+                await self._loop()
+            finally:
+                if self._held:
+                    self._held = False
+                    self._open_polls.leave(answered=False)
+
+    async def _loop(self) -> None:
+        while True:
+            got = await retrying(
+                self._take_and_fetch,
+                backoff=self._backoff,
+                judge=self._judge,
+                throttle_api=self.API,
+                on_retry=self._say_retry,
+            )
+            if got is None:  # stopping, or a fatal error
+                return
+            taken, tasks = got
+            # The slots of the tasks now belong to them (their coroutines release them);
+            # the rest go back (an empty poll, poison messages, duplicates).
+            self._slots.give(taken - len(tasks))
+            for task in tasks:
+                await self._queue.put(task)
+            self._holds_task = False
 
     async def _take_and_fetch(self) -> tuple[int, list[Task]] | None:
         """Free slots and one request for that many tasks; None once no more may be made."""
@@ -112,7 +123,9 @@ class IntakeLoop:
         # target. Both waits happen before the request, where cancelling is harmless.
         try:
             await self._ready()
-            self._ticket = await self._open_polls.enter()
+            ticket = self._open_polls.keep() if self._held else None
+            self._held = False
+            self._ticket = await self._open_polls.enter() if ticket is None else ticket
         except BaseException:
             self._slots.give(taken)
             raise
@@ -123,9 +136,12 @@ class IntakeLoop:
         self._holds_task = True
         try:
             tasks = await self._fetch(taken)
-        except API_ERRORS:
+        except API_ERRORS as exc:
             self._holds_task = False
-            self._open_polls.leave(answered=False)
+            if error_code(exc) in self.TOO_MANY:
+                self._held = True
+            else:
+                self._open_polls.leave(answered=False)
             self._slots.give(taken)
             raise
         except BaseException:

@@ -55,6 +55,14 @@ class OpenPolls:
         self._open += 1
         return self._epoch
 
+    def keep(self) -> int | None:
+        """A refused request that kept its place through its backoff goes again: its new
+        ticket, or None (its place given up) if the target fell below the open ones."""
+        if self._open > self._target:
+            self.leave(answered=False)
+            return None
+        return self._epoch
+
     def leave(self, *, answered: bool) -> None:
         """A request ended; ``answered``: the service served it (a task or an empty poll)."""
         self._open -= 1
