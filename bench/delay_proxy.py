@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import typing
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -74,10 +75,10 @@ class _Side(asyncio.Protocol):
         self.peer: _Side | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's are not asyncio.Transport subclasses).
+        self.transport = typing.cast(asyncio.Transport, transport)
         self._sides.add(self)
-        self.incoming.attach(transport)
+        self.incoming.attach(self.transport)
 
     def data_received(self, data: bytes) -> None:
         self.outgoing.push(data)
