@@ -131,7 +131,7 @@ async def run(options: Options, report: Report) -> None:
         f"Idle calls measured with {IDLE_POLL_SECONDS:g} s polls over {window:g} s and scaled"
         f" to the service's {SERVICE_POLL_SECONDS:g} s polls; CPU as measured with the short"
         f" polls, so an upper bound ({SERVICE_POLL_SECONDS / IDLE_POLL_SECONDS:g}× the poll"
-        " churn of an idle worker at AWS). A fleet of {FLEET} idle workers, from these figures:"
+        f" churn of an idle worker at AWS). A fleet of {FLEET} idle workers, from these figures:"
     )
     report.table(
         ["contender", f"open polls, {FLEET} workers", f"of the {PER_ARN_LIMIT:,} per ARN",
