@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -13,6 +14,26 @@ from pathlib import Path
 import psutil
 
 VERSIONED = ["aioboto3", "aiobotocore", "botocore", "uvloop", "structlog", "orjson", "aiohttp"]
+
+
+def commit() -> str:
+    """The commit measured, and whether the tree had changes on top of it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"`{head}`" + (" with uncommitted changes" if dirty else "")
 
 
 def versions() -> str:
@@ -67,11 +88,16 @@ class Report:
     def image(self, path: Path, alt: str) -> None:
         self.paragraph(f"![{alt}]({path.name})")
 
-    def header(self, *, quick: bool, repeats: int, padding: int, minutes: str) -> None:
+    def header(
+        self, *, quick: bool, repeats: int, padding: int, minutes: str, round_trip: float = 0.0
+    ) -> None:
         self.say(
             "# Benchmarks",
             "",
             f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; mode: {'quick' if quick else 'full'}",
+            f"- commit measured: {commit()}",
+            f"- added round trip to the fake: {round_trip * 1000:g} ms (delay proxy) unless a"
+            " section says otherwise",
             f"- machine: {machine()}",
             f"- Python {platform.python_version()}; {versions()}",
             f'- task input: `{{"in": "SUCCESS"}}` plus {padding:,} bytes of padding',

@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from delay_proxy import delay_proxy
 from sfn_worker.testing import FakeStepFunctions
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +38,7 @@ class Options:
     quick: bool = False
     repeats: int = 3
     input_padding: int = 0  # bytes added to each task input (and so to its echoed output)
+    round_trip: float = 0.0  # s added to every round trip to the fake (delay_proxy.py)
 
     @property
     def warmup(self) -> float:
@@ -110,24 +112,36 @@ class Running:
     stats: psutil.Process  # for CPU and memory; waiting is done through ``process``
 
 
+# The run's --round-trip-ms, for scenarios that do not choose their own (run.py sets it).
+ROUND_TRIP = {"seconds": 0.0}
+
+
 @asynccontextmanager
 async def running(
-    contender: Contender, fake: FakeStepFunctions, *, stderr: int | None = None
+    contender: Contender,
+    fake: FakeStepFunctions,
+    *,
+    stderr: int | None = None,
+    round_trip: float | None = None,
 ) -> AsyncIterator[Running]:
+    """The contender against ``fake``, through a proxy adding ``round_trip`` s to every
+    round trip (None: the run's --round-trip-ms; 0: straight to the fake)."""
     command = [part.replace("{arn}", fake.activity_arn) for part in contender.command]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env=contender_env(fake.endpoint_url, fake.activity_arn, contender.env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL if stderr is None else stderr,
-    )
-    try:
-        yield Running(process, psutil.Process(process.pid))
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+    delay = ROUND_TRIP["seconds"] if round_trip is None else round_trip
+    async with delay_proxy(fake.endpoint_url, delay / 2) as url:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            env=contender_env(url, fake.activity_arn, contender.env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL if stderr is None else stderr,
+        )
+        try:
+            yield Running(process, psutil.Process(process.pid))
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
 
 
 def cpu_seconds(process: psutil.Process) -> float:

@@ -19,8 +19,9 @@ from types import ModuleType
 import uvloop
 
 from report import Report
-from rig import REPO, Options, progress
+from rig import REPO, ROUND_TRIP, Options, progress
 from scenarios import (
+    burst,
     cpu_bound,
     curve,
     fleet,
@@ -45,6 +46,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "pickup": pickup,
     "processes": processes,
     "shutdown-at-scale": shutdown_scale,
+    "burst": burst,
 }
 
 
@@ -55,6 +57,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument(
         "--input-bytes", type=int, default=0, help="pad each task input (and output) by N bytes"
+    )
+    parser.add_argument(
+        "--round-trip-ms",
+        type=float,
+        default=0.0,
+        help="add this to every round trip between a contender and the fake (a delay proxy;"
+        " scenarios that measure their own round trips choose theirs)",
     )
     parser.add_argument(
         "--only", default="", help=f"comma-separated scenarios, of: {', '.join(SCENARIOS)}"
@@ -73,13 +82,18 @@ async def main(argv: list[str]) -> int:
         print(f"bench: no scenario {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     options = Options(
-        quick=args.quick, repeats=1 if args.quick else args.repeats, input_padding=args.input_bytes
+        quick=args.quick,
+        repeats=1 if args.quick else args.repeats,
+        input_padding=args.input_bytes,
+        round_trip=args.round_trip_ms / 1000,
     )
+    ROUND_TRIP["seconds"] = options.round_trip
     report = Report(args.output)
     report.header(
         quick=options.quick,
         repeats=options.repeats,
         padding=options.input_padding,
+        round_trip=options.round_trip,
         minutes="25 minutes" if not options.quick else "3 minutes",
     )
     started = time.monotonic()

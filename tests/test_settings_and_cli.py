@@ -48,7 +48,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     activity = activity_from_env()
     assert settings.handler == SEED
     assert Settings.model_fields["handler"].default is None  # required: none is guessed
-    assert (activity.pollers, activity.concurrency, activity.effective_queue_size) == (4, 16, 4)
+    # One poll per free slot: the default cap (32) is capped at the concurrency.
+    assert (activity.pollers, activity.concurrency, activity.effective_queue_size) == (16, 16, 16)
     assert activity.heartbeat_seconds == 10
     assert settings.shutdown_grace_seconds == 25
     # The built-in seed handler is @non_blocking: on the loop unless told otherwise.
@@ -84,7 +85,7 @@ def test_a_default_poller_count_is_capped_at_the_concurrency(
 ) -> None:
     monkeypatch.setenv("SFN_ACTIVITY_ARN", ARN)
     monkeypatch.setenv("SFN_HANDLER", SEED)
-    monkeypatch.setenv("SFN_CONCURRENCY", "2")  # refused before: the default SFN_POLLERS is 4
+    monkeypatch.setenv("SFN_CONCURRENCY", "2")  # refused before: the default SFN_POLLERS is 32
     activity = activity_from_env()
     assert (activity.pollers, activity.concurrency) == (2, 2)
     assert activity.sources["pollers"] == "default, capped at the concurrency (2)"

@@ -20,7 +20,7 @@ async def run(options: Options, report: Report) -> None:
         baseline("seed", "seed loop (sync boto3)", 1, SLEEP),
         baseline("threaded", f"threaded boto3, {concurrency} threads", concurrency, SLEEP),
         baseline("bare", f"bare aioboto3, {concurrency} coroutines", concurrency, SLEEP),
-        sleeping_worker("sfn-worker, defaults (4 pollers, 16 slots)", SLEEP),
+        sleeping_worker("sfn-worker, defaults (16 slots, a poll per free slot)", SLEEP),
         sleeping_worker(
             tuned, SLEEP, SFN_POLLERS=str(concurrency // 10), SFN_CONCURRENCY=str(concurrency)
         ),

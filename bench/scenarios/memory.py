@@ -183,7 +183,8 @@ async def run(options: Options, report: Report) -> None:
         ],
     )
     report.paragraph(
-        "Default settings but the concurrency (4 pollers, INFO logs); the handler sleeps"
+        "Default settings but the concurrency (SFN_POLLERS's default 32, INFO logs); the"
+        " handler sleeps"
         " (asyncio.sleep) and never returns. Targets: RSS < 128 MiB for 10,000 in flight: "
         + verdict(
             stats.rss_mib < TARGET_MIB or count < 10_000,

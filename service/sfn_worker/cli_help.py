@@ -35,7 +35,7 @@ what to work (one of):
 TUNING = """\
 variables that matter most:
   SFN_CONCURRENCY (--concurrency)   tasks worked at once (16)
-  SFN_POLLERS                       concurrent long polls (4, at most the concurrency)
+  SFN_POLLERS                       most open long polls, one per free slot (32)
   SFN_HEARTBEAT_SECONDS             heartbeat interval per running task (10, 0 = off)
   SFN_SHUTDOWN_GRACE_SECONDS        drain time after SIGTERM (25)
   SFN_HANDLER_MODE                  sync handlers in a thread, a process, or async

@@ -209,7 +209,10 @@ VisibilitySeconds = Annotated[int, Field(ge=2, le=43_200)]
 # SFN_HTTP_PORT, as the worker and `sfn-worker healthcheck` both read it; 0 = off.
 HttpPort = Annotated[int, Field(ge=0, le=65_535)]
 NonBlank = Annotated[str, Field(min_length=1)]
-DEFAULT_POLLERS = 4
+# The most open long polls per source: one per free slot up to it (so the default 16 slots
+# poll 16 at once, and a burst they can take is picked up in one round trip). 31 workers
+# at this cap stay under the service's 1,000 open polls per activity ARN.
+DEFAULT_POLLERS = 32
 
 
 class Settings(BaseSettings):

@@ -62,7 +62,9 @@ class SourceOptions(BaseModel):
         Option("handler_mode", "where a sync handler runs: thread, process or async"),
     ]
     concurrency: Annotated[Concurrency, Option("concurrency", "tasks worked at once")]
-    pollers: Annotated[Pollers, Option("pollers", "concurrent polls (at most the concurrency)")]
+    pollers: Annotated[
+        Pollers, Option("pollers", "most open polls, one per free slot (at most the concurrency)")
+    ]
     queue_size: Annotated[
         QueueSize, Option("queue_size", "tasks taken but not started, 0 = the pollers")
     ]

@@ -28,6 +28,7 @@ from .answering import AnswerGate
 from .handlers.invoker import HandlerInvoker
 from .handlers.procpool import PoolHealth
 from .intake import IntakeParts
+from .open_polls import OpenPolls
 from .runner import TaskRunner, TaskSettings
 from .sender import ResultSender
 from .slots import Slots
@@ -169,6 +170,8 @@ class SourceWorker:
             on_process_death=metrics.handler_process_deaths.inc,
         )
         self._slots = Slots(config.concurrency)
+        # One request per free slot, at most the pollers (each poller holds one at a time).
+        self._open_polls = OpenPolls(config.pollers)
         self._queue: asyncio.Queue[Task | None] = asyncio.Queue(config.effective_queue_size)
         self._runner = TaskRunner(
             TaskSettings(
@@ -232,6 +235,7 @@ class SourceWorker:
         parts = self._parts
         return IntakeParts(
             slots=self._slots,
+            open_polls=self._open_polls,
             ready=self._invoker.wait_ready,
             queue=self._queue,
             stopping=parts.process.stopping,

@@ -44,6 +44,7 @@ MAX_OUTPUT = 262_144
 MAX_ERROR = 256
 MAX_CAUSE = 32_768
 MAX_WORKER_NAME = 80
+MAX_POLLS_PER_ACTIVITY = 1000  # the service's limit on open GetActivityTask per ARN
 TERMINAL_CALLS = frozenset({"SendTaskSuccess", "SendTaskFailure"})
 TASK_GONE_ANSWERS = frozenset({"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"})
 
@@ -124,6 +125,7 @@ class ActivityStats:
 
     open_polls: int = 0
     max_open_polls: int = 0
+    polls_refused: int = 0  # answered ActivityWorkerLimitExceeded: too many open polls
     issued_open: int = 0  # tokens handed out and not yet closed
     max_slots_in_use: int = 0  # open polls + issued tokens not yet closed
 
@@ -176,6 +178,9 @@ class FakeStepFunctions:
         # times out (checked when it is next called on, and by expire_overdue()).
         self.heartbeat_timeout_seconds: float | None = None
         self.heartbeat_timeouts = 0
+        # Open polls one activity ARN allows, from every worker: past it a poll is refused
+        # at once with ActivityWorkerLimitExceeded, as the service does; None: no limit.
+        self.max_polls_per_activity: int | None = MAX_POLLS_PER_ACTIVITY
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -415,6 +420,15 @@ class FakeStepFunctions:
         name = params.get("workerName", "")
         if name and not 1 <= len(name) <= MAX_WORKER_NAME:
             return self._reject(params, "ValidationException", "workerName must be 1-80 characters")
+        if self.max_polls_per_activity is not None and (
+            stats.open_polls >= self.max_polls_per_activity
+        ):
+            stats.polls_refused += 1
+            return 400, _body(
+                "ActivityWorkerLimitExceeded",
+                "The maximum number of workers concurrently polling for activity tasks has"
+                " been reached.",
+            )
         self.open_polls += 1
         stats.open_polls += 1
         self.max_open_polls = max(self.max_open_polls, self.open_polls)

@@ -14,6 +14,7 @@ class Poller(IntakeLoop):
     API = "GetActivityTask"
     NAME = "poller"
     FAILED = "poll failed; backing off"
+    TOO_MANY = frozenset({"ActivityWorkerLimitExceeded"})  # 1,000 open polls on the ARN
 
     def __init__(
         self, number: int, parts: IntakeParts, *, client: SFNClient, activity_arn: str,
