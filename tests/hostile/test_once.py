@@ -18,6 +18,43 @@ from ..test_process import BIN, needs_pid_namespace, spawned_worker, unshare
 ONCE = [str(BIN / "sfn-worker"), "once"]
 
 
+async def test_sigterm_while_the_handler_imports_answers_worker_shutdown(
+    fake: FakeStepFunctions,
+) -> None:
+    """ECS stops the task while the container starts (a slow import): the token was given
+    to this process, so it is answered Worker.Shutdown, not left to the state's timeout.
+    It used to be left: "stopped before polling began", exit 1."""
+    task = fake.open_callback_task({})
+    async with once_process(
+        SFN_TASK_TOKEN=task.token,
+        SFN_HANDLER="tests.slow_import:handler",
+        SFN_SHUTDOWN_GRACE_SECONDS="5",
+    ) as worker:
+        await worker.wait_for_log("slow import started")
+        worker.signal_worker(signal.SIGTERM)
+        assert await worker.exit_code() == 0
+    assert (task.state, task.error) == ("failed", SHUTDOWN_ERROR)
+    assert task.terminal_calls == 1
+    assert "not started" in (task.cause or "")
+    assert not [e for e in worker.events if e.get("event") == "handler started"]
+
+
+async def test_sigterm_while_the_apps_lifespan_starts_answers_worker_shutdown(
+    fake: FakeStepFunctions,
+) -> None:
+    """A lifespan that never yields, then SIGTERM: the lifespan is cancelled and the token
+    answered Worker.Shutdown (it used to be left unanswered, exit 1)."""
+    task = fake.open_callback_task({})
+    command = [*ONCE, "tests.apps:never_yields", "--source", "render"]
+    settings = {"SFN_TASK_TOKEN": task.token, "SFN_SHUTDOWN_GRACE_SECONDS": "5"}
+    async with spawned_worker(command, settings) as worker:
+        await worker.wait_for_log("lifespan entering")
+        worker.signal_worker(signal.SIGTERM)
+        assert await worker.exit_code() == 0
+    assert (task.state, task.error) == ("failed", SHUTDOWN_ERROR)
+    assert task.terminal_calls == 1
+
+
 @pytest.mark.parametrize(
     "token",
     [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import structlog
 
@@ -122,6 +122,10 @@ class SourceParts:
 
 
 class SourceWorker:
+    # Given its task when the process starts (``once``): a stop during start-up must not
+    # end it unserved, or that task waits for its timeout (runtime.py serves it late).
+    holds_task_from_start: ClassVar[bool] = False
+
     def __init__(
         self,
         config: SourceConfig,
