@@ -124,7 +124,9 @@ def _source(
             raise SettingsError("--source NAME says which of the app's handlers to run")
         handler = load_handler(settings.handler, settings.name_of("handler"))
         mode = settings.handler_mode
-        if is_async_handler(handler) or is_non_blocking_handler(handler):
+        # As for run (config.py): @non_blocking only changes the default mode.
+        non_blocking = is_non_blocking_handler(handler) and not settings.explicit("handler_mode")
+        if is_async_handler(handler) or non_blocking:
             mode = HandlerMode.ASYNC
         return App(), SourceConfig(
             name=SOURCE_NAME,

@@ -133,3 +133,21 @@ async def test_input_with_bytes_that_are_not_utf8_is_answered(fake: FakeStepFunc
         assert await worker.exit_code() == 0
     assert (task.state, task.error) == ("failed", "Worker.InvalidOutput")
     assert task.terminal_calls == 1
+
+
+async def test_an_explicit_handler_mode_is_kept_for_a_non_blocking_handler(
+    fake: FakeStepFunctions,
+) -> None:
+    """SFN_HANDLER_MODE=process with a ``@non_blocking`` handler: ``run`` keeps the mode
+    asked for, and so must ``once`` (it ran the handler on the event loop instead)."""
+    task = fake.open_callback_task({})
+    async with once_process(
+        SFN_TASK_TOKEN=task.token,
+        SFN_TASK_INPUT=json.dumps({"in": "SUCCESS"}),
+        SFN_HANDLER="sfn_worker.examples:seed_handler",  # @non_blocking
+        SFN_HANDLER_MODE="process",
+    ) as worker:
+        started = await worker.wait_for_log("worker started")
+        assert await worker.exit_code() == 0
+    assert started["handler_mode"] == "process"
+    assert task.state == "succeeded"
