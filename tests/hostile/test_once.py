@@ -105,6 +105,27 @@ async def test_as_pid_1_a_handler_that_swallows_cancellation_is_answered_within_
     assert task.terminal_calls == 1
 
 
+async def test_a_token_gone_at_a_heartbeat_exits_1_past_a_stubborn_handler(
+    fake: FakeStepFunctions,
+) -> None:
+    """The state timed out (the heartbeat says so) and the handler swallows cancellation:
+    nothing more is sent for the token, and the process exits 1 instead of waiting for
+    the handler."""
+    task = fake.open_callback_task({})
+    fake.inject("SendTaskHeartbeat", Fault.error("TaskTimedOut"))
+    async with once_process(
+        SFN_TASK_TOKEN=task.token,
+        SFN_HANDLER="tests.handler_mistakes:swallow_cancellation",
+        SFN_HEARTBEAT_SECONDS="1",
+        SFN_SHUTDOWN_GRACE_SECONDS="3",
+    ) as worker:
+        assert await worker.exit_code() == 1
+    assert [c.operation for c in fake.calls] == ["SendTaskHeartbeat"]
+    assert task.calls_after_told_closed == 0
+    ended = [e for e in worker.events if e.get("event") == "task ended"]
+    assert [e["outcome"] for e in ended] == ["gone"]
+
+
 async def test_an_answer_recorded_whose_reply_is_lost_exits_0(fake: FakeStepFunctions) -> None:
     """The success is recorded, the connection drops before the reply: the retry meets
     TaskTimedOut, which is this answer, not a failure: exit 0, one terminal call."""
