@@ -28,6 +28,7 @@ from .tasks.sources.once.worker import OnceConfig, OnceWorker
 TOKEN_VARIABLE = "SFN_TASK_TOKEN"
 INPUT_VARIABLE = "SFN_TASK_INPUT"
 SOURCE_NAME = "once"
+MAX_TOKEN_CHARS = 2048  # the API's TaskToken shape (botocore's stepfunctions model)
 
 SUMMARY = "work one task given by SFN_TASK_TOKEN/SFN_TASK_INPUT, then exit (ECS runTask)"
 DESCRIPTION = """\
@@ -73,12 +74,7 @@ def _once(args: argparse.Namespace, early_signals: Sequence[int]) -> int:
     input_text = environ.pop(INPUT_VARIABLE, None)
     settings = load_settings({field: getattr(args, field, None) for field in FLAGS})
     configure_logging(settings.log_level, settings.log_format, settings.worker_name)
-    if not token.strip():
-        raise SettingsError(
-            f"{TOKEN_VARIABLE} is not set: the state passes the task token to the container "
-            'with containerOverrides Environment [{"Name": "SFN_TASK_TOKEN", '
-            '"Value.$": "$$.Task.Token"}]'
-        )
+    check_token(token)
     app, base = _source(settings, args.app, args.source, environ)
     config = OnceConfig(
         **{field: getattr(base, field) for field in SourceConfig.model_fields}
@@ -89,6 +85,27 @@ def _once(args: argparse.Namespace, early_signals: Sequence[int]) -> int:
     runtime = Runtime(app, settings, environ=environ, configs=[config])
     code = run_async(serve_once(runtime, early_signals))
     return _exit_now_if_threads_linger(code)
+
+
+def check_token(token: str) -> None:
+    """A value no state could have passed is a configuration error, before any call. The
+    message never quotes it: it may be a real token, or the input, a payload."""
+    if not token.strip():
+        raise SettingsError(
+            f"{TOKEN_VARIABLE} is not set: the state passes the task token to the container "
+            'with containerOverrides Environment [{"Name": "SFN_TASK_TOKEN", '
+            '"Value.$": "$$.Task.Token"}]'
+        )
+    # Tokens are printable ASCII, without spaces, never JSON (the input passed here by
+    # mistake); bytes that are not UTF-8 arrive as lone surrogates, and used to crash the
+    # answer with the whole token in the last log line.
+    printable = token.isascii() and token.isprintable() and " " not in token
+    if len(token) > MAX_TOKEN_CHARS or not printable or token.startswith(("{", "[", '"')):
+        raise SettingsError(
+            f"{TOKEN_VARIABLE} is not a task token ({len(token)} characters; a token is at "
+            f"most {MAX_TOKEN_CHARS} printable ASCII characters, no spaces, not JSON): check "
+            'that the state passes "$$.Task.Token" to it, and the input to SFN_TASK_INPUT'
+        )
 
 
 def _source(
@@ -107,7 +124,9 @@ def _source(
             raise SettingsError("--source NAME says which of the app's handlers to run")
         handler = load_handler(settings.handler, settings.name_of("handler"))
         mode = settings.handler_mode
-        if is_async_handler(handler) or is_non_blocking_handler(handler):
+        # As for run (config.py): @non_blocking only changes the default mode.
+        non_blocking = is_non_blocking_handler(handler) and not settings.explicit("handler_mode")
+        if is_async_handler(handler) or non_blocking:
             mode = HandlerMode.ASYNC
         # Each shared setting's process-wide value; one task at a time.
         defaults = {field: getattr(settings, o.setting) for field, o in options(SourceOptions)}

@@ -25,7 +25,8 @@ from ..aio import cancel_and_wait
 from ..app import App, import_path
 from ..bulkhead import Accessories, Accessory, AccessorySnapshot
 from ..config import SourceConfig, resolve
-from ..exceptions import FatalWorkerError, WorkerCrashed
+from ..context import NO_STATE
+from ..exceptions import FatalWorkerError, LifespanFailed, WorkerCrashed
 from ..logs import report_to as report_logs_to
 from ..metrics import Metrics
 from ..otel_config import check_otel_environment
@@ -200,7 +201,8 @@ class Runtime:
         self, stop: asyncio.Event | None = None, force_stop: asyncio.Event | None = None
     ) -> None:
         """Work tasks until asked to stop (``request_stop``, or ``stop`` set), then shut down
-        in order. A stop before polling began ends the start-up instead: nothing is polled.
+        in order. A stop before polling began ends the start-up instead: nothing is polled
+        (a source given its task at start still answers it, late).
 
         Raises FatalWorkerError (after the same orderly shutdown) when the worker cannot go
         on, LifespanFailed when the lifespan fails (or is stopped) on entry, before any
@@ -227,12 +229,15 @@ class Runtime:
             raise self._fatal
 
     async def _run(self) -> None:
-        if self._stop.is_set():
+        # A source given its task at start (``once``) is served even after a stop: its task
+        # arrives late and is answered Worker.Shutdown, not left to its timeout.
+        holding = any(worker_class(c).holds_task_from_start for c in self.configs)
+        if self._stop.is_set() and not holding:
             log.info("stopped before polling began")
             return
         async with contextlib.AsyncExitStack() as stack:
             opening = stack.enter_async_context(self._client_factory(self.configs))
-            clients = await self._unless_stopped(opening)
+            clients = await self._unless_stopped(opening, holding)
             if clients is None:
                 log.info("stopped while waiting for AWS credentials; nothing was polled")
                 return
@@ -244,23 +249,36 @@ class Runtime:
             naming = resolve_names(
                 self.configs, clients.session, clients.endpoint_url, clients.direct
             )
-            configs = await self._unless_stopped(naming)
+            configs = await self._unless_stopped(naming, holding)
             if configs is None:
                 log.info("stopped while resolving activity names; nothing was polled")
                 return
             lifespan = Lifespan(self.app)
             try:
-                state = await lifespan.enter(self._stop.wait)
-                if not self._stop.is_set():
+                state = await self._enter(lifespan, holding)
+                if not self._stop.is_set() or holding:
                     await self._serve(configs, clients, state)
             finally:
                 await self._close_sources()
                 await lifespan.exit(self._time_left() - self._tracing_reserve())
 
-    async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
-        """``work``'s result, or None when a stop comes first (``work`` is cancelled)."""
+    async def _enter(self, lifespan: Lifespan, holding: bool) -> Any:
+        """What the lifespan yields. A source holding its task serves it without the
+        lifespan once stopped: the late task runs no handler."""
+        if holding and self._stop.is_set():
+            return NO_STATE
+        try:
+            return await lifespan.enter(self._stop.wait)
+        except LifespanFailed:
+            if holding and self._stop.is_set():
+                return NO_STATE  # stopped while it started (cancelled): answer the task
+            raise
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, T], holding: bool) -> T | None:
+        """``work``'s result, or None when a stop comes first (``work`` is cancelled). With
+        a task held from the start, only a second signal or the end of the grace stop it."""
         running = asyncio.ensure_future(work)
-        stopped = asyncio.ensure_future(self._stop.wait())
+        stopped = asyncio.ensure_future(self._given_up() if holding else self._stop.wait())
         try:
             await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -269,6 +287,15 @@ class Runtime:
             return running.result()
         await cancel_and_wait(running)
         return None
+
+    async def _given_up(self) -> None:
+        """Start-up is abandoned after a stop only by a second signal or the grace's end."""
+        await self._stop.wait()
+        forced = asyncio.ensure_future(self._force_stop.wait())
+        try:
+            await asyncio.wait({forced}, timeout=self._time_left())
+        finally:
+            forced.cancel()
 
     async def _serve(
         self, configs: Sequence[SourceConfig], clients: SfnClients, state: Any

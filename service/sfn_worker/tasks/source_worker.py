@@ -147,6 +147,9 @@ class SourceWorker:
     # The /healthz key this kind was also listed under before ``sources`` (kept because
     # operators' probes read it); None: listed under ``sources`` only.
     health_group: ClassVar[str | None] = None
+    # Given its task when the process starts (``once``): a stop during start-up must not
+    # end it unserved, or that task waits for its timeout (runtime.py serves it late).
+    holds_task_from_start: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -97,6 +97,8 @@ class OnceIntake:
 
 
 class OnceWorker(SourceWorker):
+    holds_task_from_start = True
+
     def __init__(self, config: OnceConfig, parts: SourceParts, metrics: SourceMetrics):
         self.once = OnceSource()
         super().__init__(config, parts, metrics, self.once)
