@@ -80,6 +80,17 @@ async def test_no_token_is_a_configuration_error(fake: FakeStepFunctions) -> Non
     assert any("SFN_TASK_TOKEN" in line for line in worker.raw)
 
 
+async def test_the_concurrency_flag_is_refused(fake: FakeStepFunctions) -> None:
+    """One task per container: a flag that would change nothing is said, before any call."""
+    task = fake.open_callback_task({})
+    command = [str(BIN / "sfn-worker"), "once", "--concurrency", "4"]
+    settings = {"SFN_TASK_TOKEN": task.token, "SFN_HANDLER": "sfn_worker.examples:seed_handler"}
+    async with spawned_worker(command, settings) as worker:
+        assert await worker.exit_code() == 2
+    assert any("--concurrency" in line for line in worker.raw)
+    assert task.state == "open"
+
+
 async def test_sigterm_answers_worker_shutdown_within_the_grace(fake: FakeStepFunctions) -> None:
     task = fake.open_callback_task({})
     async with once_process(

@@ -69,6 +69,9 @@ def _once(args: argparse.Namespace, early_signals: Sequence[int]) -> int:
     from .settings import FLAGS, load_settings
 
     importable_from_cwd()
+    if args.concurrency is not None:
+        # One task per container: a flag that would change nothing is a mistake to say.
+        raise SettingsError("--concurrency: sfn-worker once works exactly one task")
     environ = dict(os.environ)
     token = environ.pop(TOKEN_VARIABLE, "")
     input_text = environ.pop(INPUT_VARIABLE, None)
