@@ -107,6 +107,14 @@ def test_a_default_poller_count_is_capped_at_the_concurrency(
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HANDLER_MODE": "fork"}, "SFN_HANDLER_MODE='fork'"),
         ({"SFN_ACTIVITY_ARN": ARN, "LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' is invalid"),
         ({"SFN_ACTIVITY_ARN": ARN, "SFN_HEARTBEAT_SECONDS": "-1"}, "SFN_HEARTBEAT_SECONDS"),
+        (
+            {"SFN_ACTIVITY_ARN": ARN, "SFN_HEARTBEAT_SECONDS": "nan"},
+            "SFN_HEARTBEAT_SECONDS='nan' is invalid: Input should be a finite number",
+        ),
+        (
+            {"SFN_ACTIVITY_ARN": ARN, "SFN_SHUTDOWN_GRACE_SECONDS": "inf"},
+            "SFN_SHUTDOWN_GRACE_SECONDS='inf' is invalid: Input should be a finite number",
+        ),
     ],
 )
 def test_invalid_settings_name_the_variable(

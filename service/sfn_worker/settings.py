@@ -201,7 +201,7 @@ def _default_worker_name() -> str:
 Pollers = Annotated[int, Field(ge=1, le=MAX_POLLERS_PER_ACTIVITY)]
 Concurrency = Annotated[int, Field(ge=1, le=100_000)]
 QueueSize = Annotated[int, Field(ge=0, le=100_000)]
-HeartbeatSeconds = Annotated[float, Field(ge=0, le=86_400)]
+HeartbeatSeconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
 MaxTasksPerChild = Annotated[int, Field(ge=0, le=1_000_000)]
 # SQS allows 0-43,200 s. It is pushed out every third of it, so seconds are enough; a minute
 # or more keeps the ChangeMessageVisibility calls rare.
@@ -247,10 +247,10 @@ class Settings(BaseSettings):
     heartbeat_mode: HeartbeatModeChoice = HeartbeatMode.TIMER
     # Process mode: a handler process is replaced after this many tasks (0 = never).
     max_tasks_per_child: MaxTasksPerChild = 0
-    shutdown_grace_seconds: Annotated[float, Field(ge=1, le=3_600)] = 25.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=1, le=3_600, allow_inf_nan=False)] = 25.0
     # How long a credentials provider that fails at start (the ECS agent's endpoint not ready
     # yet) is retried before the worker gives up (runtime/credentials.py).
-    credentials_wait_seconds: Annotated[float, Field(ge=0, le=3_600)] = 60.0
+    credentials_wait_seconds: Annotated[float, Field(ge=0, le=3_600, allow_inf_nan=False)] = 60.0
     worker_name: Annotated[str, Field(min_length=1, max_length=WORKER_NAME_MAX)] = Field(
         default_factory=_default_worker_name
     )
@@ -265,7 +265,7 @@ class Settings(BaseSettings):
     # The task input's field holding W3C trace context (tracing with the otel extra).
     trace_context_key: Annotated[str, Field(min_length=1)] = "traceparent"
     metrics: MetricsChoice = MetricsOutput.PROMETHEUS
-    metrics_interval_seconds: Annotated[float, Field(ge=1, le=3_600)] = 60.0
+    metrics_interval_seconds: Annotated[float, Field(ge=1, le=3_600, allow_inf_nan=False)] = 60.0
     metrics_namespace: Annotated[str, Field(min_length=1, max_length=255)] = "SfnActivityWorker"
     metrics_service_name: Annotated[str, Field(min_length=1, max_length=255)] = (
         "sfn-activity-worker"
