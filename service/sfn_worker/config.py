@@ -232,6 +232,10 @@ def check_distinct(configs: Sequence[SourceConfig]) -> None:
         seen[where] = label
 
 
+# Where a per-source value was set, from farthest to closest to the source.
+_LEVELS = {"default": 0, "process-wide": 1, "code": 2, "per source": 3}
+
+
 @dataclass
 class _Resolved:
     fields: dict[str, Any]
@@ -251,17 +255,22 @@ def _resolve_common(
     its process-wide setting as set, its process-wide setting's default."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    levels: dict[str, int] = {}  # how close to the source each value was set (_LEVELS)
     for field, option in options(model):
         variable = f"SFN_{key}_{field.upper()}"
         if variable in env:
             values[field], sources[field] = env[variable], f"environment ({variable})"
+            levels[field] = _LEVELS["per source"]
         elif field in registration.options:
             values[field], sources[field] = registration.options[field], CODE
+            levels[field] = _LEVELS["code"]
         elif settings.explicit(option.setting):
             values[field] = getattr(settings, option.setting)
             sources[field] = settings.origin(option.setting)
+            levels[field] = _LEVELS["process-wide"]
         else:
             values[field], sources[field] = getattr(settings, option.setting), DEFAULT
+            levels[field] = _LEVELS["default"]
     label = f"{registration.kind} {name!r}"
     try:
         validated = model.model_validate(values)
@@ -269,7 +278,12 @@ def _resolve_common(
         raise SettingsError(_describe(exc, label, values, sources)) from None
     pollers = validated.pollers
     if pollers > validated.concurrency:
-        if sources["pollers"] != DEFAULT and sources["concurrency"] != DEFAULT:
+        # A conflict only when pollers was set as close to the source as the concurrency
+        # (or closer); a value set farther out is a default for many sources: capped here.
+        if (
+            levels["concurrency"] > _LEVELS["default"]
+            and levels["pollers"] >= levels["concurrency"]
+        ):
             raise SettingsError(
                 f"{label}: pollers {pollers} ({_where(sources['pollers'])})"
                 f" must not exceed concurrency {validated.concurrency} "

@@ -412,3 +412,25 @@ def test_names_aws_would_refuse_are_refused_at_start(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert message in lines[0]
+
+
+def test_a_process_wide_poller_count_is_capped_at_a_sources_own_concurrency() -> None:
+    """SFN_POLLERS=4 (the changelog's way back to the old behaviour) is every source's
+    default: a source whose own concurrency is lower (tests.apps:media's render has 2, in
+    code) polls at most 2, and the worker starts. It refused to start."""
+    result = sfn_worker("settings", "tests.apps:media", SFN_POLLERS="4")
+    assert result.returncode == 0, result.stderr
+    render = result.stdout.split("activity 'render':")[1].split("activity 'notify':")[0]
+    assert "pollers            2 (environment (SFN_POLLERS), capped at the concurrency (2))" in (
+        render
+    )
+    # Set at the same level as the concurrency, or closer to the source, it still conflicts.
+    for env in (
+        {"SFN_POLLERS": "4", "SFN_CONCURRENCY": "2"},
+        {"SFN_RENDER_POLLERS": "4"},
+        {"SFN_RENDER_POLLERS": "4", "SFN_RENDER_CONCURRENCY": "2"},
+    ):
+        refused = sfn_worker("settings", "tests.apps:media", **env)
+        assert refused.returncode == 2, (env, refused.stdout)
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert "must not exceed" in refused.stderr
