@@ -434,3 +434,27 @@ def test_a_process_wide_poller_count_is_capped_at_a_sources_own_concurrency() ->
         assert refused.returncode == 2, (env, refused.stdout)
         assert len(refused.stderr.strip().splitlines()) == 1
         assert "must not exceed" in refused.stderr
+
+
+def test_the_single_forms_activity_and_queue_of_one_name_keep_their_own_variables() -> None:
+    """The single form serving the activity `jobs` and the queue `jobs` (one key, JOBS):
+    each source's own variables are read, the activity's were refused as the queue's
+    ("queue 'jobs' has no setting 'ACTIVITY_ARN'")."""
+    base = {
+        "SFN_ACTIVITY_ARN": ARN + "jobs",
+        "SFN_SQS_QUEUE_URL": URL + "jobs",
+        "SFN_HANDLER": SEED,
+    }
+    result = sfn_worker(
+        "settings",
+        **base,
+        SFN_JOBS_ACTIVITY_ARN=ARN + "jobs",
+        SFN_JOBS_VISIBILITY_SECONDS="30",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(environment (SFN_JOBS_ACTIVITY_ARN))" in result.stdout
+    assert "visibility_seconds 30 (environment (SFN_JOBS_VISIBILITY_SECONDS))" in result.stdout
+    misspelt = sfn_worker("settings", **base, SFN_JOBS_ACTIVITY_RN=ARN + "jobs")
+    assert misspelt.returncode == 2
+    assert "activity 'jobs' and queue 'jobs' have no setting" in misspelt.stderr
+    assert "did you mean SFN_JOBS_ACTIVITY_ARN?" in misspelt.stderr
