@@ -458,3 +458,16 @@ def test_the_single_forms_activity_and_queue_of_one_name_keep_their_own_variable
     assert misspelt.returncode == 2
     assert "activity 'jobs' and queue 'jobs' have no setting" in misspelt.stderr
     assert "did you mean SFN_JOBS_ACTIVITY_ARN?" in misspelt.stderr
+
+
+@pytest.mark.parametrize("field", ["SFN_SQS_TOKEN_FIELD", "SFN_JOBS_INPUT_FIELD"])
+def test_a_value_with_a_line_break_is_one_quoted_line_in_settings(field: str) -> None:
+    """A field name with a line break or an escape sequence (valid: any JSON key) is shown
+    quoted by `sfn-worker settings`, one line per setting; it broke the table in two."""
+    env = {"SFN_SQS_QUEUE_URL": URL + "jobs", "SFN_HANDLER": SEED}
+    plain = sfn_worker("settings", **env)
+    odd = sfn_worker("settings", **env, **{field: "Task\nToken\x1b[2J"})
+    assert odd.returncode == 0, odd.stderr
+    assert len(odd.stdout.splitlines()) == len(plain.stdout.splitlines())
+    assert "'Task\\nToken\\x1b[2J'" in odd.stdout
+    assert "\x1b" not in odd.stdout
