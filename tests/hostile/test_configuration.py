@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -471,3 +472,31 @@ def test_a_value_with_a_line_break_is_one_quoted_line_in_settings(field: str) ->
     assert len(odd.stdout.splitlines()) == len(plain.stdout.splitlines())
     assert "'Task\\nToken\\x1b[2J'" in odd.stdout
     assert "\x1b" not in odd.stdout
+
+
+def test_true_or_false_for_a_number_in_code_is_refused(tmp_path: Path) -> None:
+    """`@app.activity("render", concurrency=True)` type-checks (a bool is an int) and ran
+    with one slot; `heartbeat_seconds=False` turned heartbeats off. Refused at import, one
+    line naming the keyword and the user's line (it named the worker's own), exit 2."""
+    (tmp_path / "flags_app.py").write_text(
+        "from sfn_worker import App\n"
+        "app = App()\n"
+        "@app.activity('render', concurrency=True)\n"
+        "def render(task_input, ctx):\n"
+        "    return task_input\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sfn_worker", "settings", "flags_app:app"],
+        env={**env, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "'concurrency'" in result.stderr
+    assert "True" in result.stderr
+    assert "flags_app.py, line 3)" in result.stderr  # the user's line, not the worker's
