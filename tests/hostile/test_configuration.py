@@ -500,3 +500,24 @@ def test_true_or_false_for_a_number_in_code_is_refused(tmp_path: Path) -> None:
     assert "'concurrency'" in result.stderr
     assert "True" in result.stderr
     assert "flags_app.py, line 3)" in result.stderr  # the user's line, not the worker's
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"SFN_SQS_TOKEN_FIELD": "TaskToken "}, "token_field        TaskToken ("),
+        ({"SFN_JOBS_INPUT_FIELD": " Input"}, "input_field        Input ("),
+    ],
+)
+def test_white_space_around_a_field_name_is_not_part_of_it(env: dict[str, str], field: str) -> None:
+    """`SFN_SQS_TOKEN_FIELD=TaskToken ` (a trailing space, as `docker run --env-file` keeps
+    it) made every message a poison one, left for the dead-letter queue: white space around
+    a field name is dropped, as around every other value; a blank one is refused."""
+    base = {"SFN_SQS_QUEUE_URL": URL + "jobs", "SFN_HANDLER": SEED}
+    result = sfn_worker("settings", **base, **env)
+    assert result.returncode == 0, result.stderr
+    assert field in result.stdout
+    blank = sfn_worker("settings", **base, SFN_SQS_TOKEN_FIELD="  ")
+    assert blank.returncode == 2
+    assert blank.stderr.startswith("sfn-worker: configuration error: SFN_SQS_TOKEN_FIELD=")
+    assert len(blank.stderr.strip().splitlines()) == 1
