@@ -349,3 +349,31 @@ def test_localstack_ending_on_its_own_ends_the_session_and_says_so(
     assert dev.process.wait(timeout=STEP_SECONDS) == 1
     assert "nothing of this session runs any more" in dev.lines.rest()
     assert_all_gone(session)
+
+
+FIFO_APP = """
+from sfn_worker import App
+
+app = App()
+
+
+@app.callback_queue("https://sqs.us-east-1.amazonaws.com/123456789012/render-jobs.fifo")
+async def render(task_input, ctx):
+    return {"rendered": task_input}
+"""
+
+
+def test_a_fifo_callback_queue_gets_a_fifo_queue_and_a_machine(
+    tmp_path: Path, start_dev: Callable[..., Dev]
+) -> None:
+    """A FIFO queue (`.fifo`, which the worker serves) is created as one, and its machine
+    sends with a message group: CreateQueue was refused and the session ended in a
+    traceback."""
+    (tmp_path / "jobs.py").write_text(FIFO_APP)
+    dev = start_dev(tmp_path, "jobs:app")
+    dev.lines.wait_for(
+        r"^export SFN_RENDER_JOBS_FIFO_QUEUE_URL=(http://\S+/render-jobs\.fifo)$", STARTUP_SECONDS
+    )
+    dev.lines.wait_for(r"worker started: pid \d+, generation 1", STEP_SECONDS)
+    rendered = dev_start(tmp_path, {"frame": 1}, "--activity", "render-jobs.fifo")
+    assert json.loads(rendered["output"]) == {"rendered": {"frame": 1}}

@@ -104,14 +104,20 @@ class App:
     ) -> Callable[[H], H]:
         """The decorator that registers a handler with the options given (None: not given).
         A keyword that is no setting of the kind is refused here, as Python refuses one."""
-        known = [name for name, _ in source_options.options(source_options.KINDS[kind])]
-        for name in given:
+        model = source_options.KINDS[kind]
+        known = [name for name, _ in source_options.options(model)]
+        method = "activity" if kind == "activity" else "callback_queue"
+        for name, value in given.items():
             if name not in known:
-                method = "activity" if kind == "activity" else "callback_queue"
                 raise TypeError(
                     f"App.{method}() got an unexpected keyword argument {name!r} "
                     f"(its settings: {', '.join(known)})"
                 )
+            # A bool is an int to Python and type checkers: concurrency=True ran one slot.
+            wanted = model.model_fields[name].annotation
+            if isinstance(value, bool) and wanted is not bool:
+                kind_name = getattr(wanted, "__name__", str(wanted))
+                raise TypeError(f"App.{method}() keyword {name!r} takes {kind_name}, not {value}")
         options = {name: value for name, value in given.items() if value is not None}
 
         def register(handler: H) -> H:
@@ -183,6 +189,9 @@ def import_object(path: str, what: str) -> Any:
     return target
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def _where(exc: Exception) -> str:
     """``Type: message (file, line N)``: the last frame is the user's (or the syntax
     error's own place)."""
@@ -191,7 +200,12 @@ def _where(exc: Exception) -> str:
         text = f"{type(exc).__name__}: {exc.msg}"
         filename, line = exc.filename, exc.lineno
     else:
-        frames = traceback.extract_tb(exc.__traceback__)
+        # The user's last frame: a TypeError App.activity raises names the line calling it.
+        frames = [
+            frame
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if not frame.filename.startswith(_PACKAGE)
+        ] or traceback.extract_tb(exc.__traceback__)
         filename, line = (frames[-1].filename, frames[-1].lineno) if frames else (None, None)
     return f"{text} ({filename}, line {line})" if filename else text
 

@@ -164,7 +164,7 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         label = f"activity {name!r}"
         if not single:
             _check_key(label, key, ACTIVITY_SUFFIXES, keys)
-        keys[key] = (label, ACTIVITY_SUFFIXES)
+        _add_key(keys, key, label, ACTIVITY_SUFFIXES)
         env = _environment(key, ACTIVITY_SUFFIXES, environ)
         base = _resolve_common(registration, ActivityOptions, name, key, settings, env, single)
         arn = env.get(f"SFN_{key}_{ARN_SUFFIX}") or (
@@ -187,7 +187,7 @@ def resolve(app: App, settings: Settings, environ: Mapping[str, str]) -> list[So
         label = f"queue {name!r}"
         if not single:
             _check_key(label, key, QUEUE_SUFFIXES, keys)
-        keys[key] = (label, QUEUE_SUFFIXES)
+        _add_key(keys, key, label, QUEUE_SUFFIXES)
         env = _environment(key, QUEUE_SUFFIXES, environ)
         base = _resolve_common(registration, QueueOptions, name, key, settings, env, single)
         url = env.get(f"SFN_{key}_{URL_SUFFIX}") or registration.ref
@@ -232,6 +232,10 @@ def check_distinct(configs: Sequence[SourceConfig]) -> None:
         seen[where] = label
 
 
+# Where a per-source value was set, from farthest to closest to the source.
+_LEVELS = {"default": 0, "process-wide": 1, "code": 2, "per source": 3}
+
+
 @dataclass
 class _Resolved:
     fields: dict[str, Any]
@@ -251,17 +255,22 @@ def _resolve_common(
     its process-wide setting as set, its process-wide setting's default."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    levels: dict[str, int] = {}  # how close to the source each value was set (_LEVELS)
     for field, option in options(model):
         variable = f"SFN_{key}_{field.upper()}"
         if variable in env:
             values[field], sources[field] = env[variable], f"environment ({variable})"
+            levels[field] = _LEVELS["per source"]
         elif field in registration.options:
             values[field], sources[field] = registration.options[field], CODE
+            levels[field] = _LEVELS["code"]
         elif settings.explicit(option.setting):
             values[field] = getattr(settings, option.setting)
             sources[field] = settings.origin(option.setting)
+            levels[field] = _LEVELS["process-wide"]
         else:
             values[field], sources[field] = getattr(settings, option.setting), DEFAULT
+            levels[field] = _LEVELS["default"]
     label = f"{registration.kind} {name!r}"
     try:
         validated = model.model_validate(values)
@@ -269,7 +278,12 @@ def _resolve_common(
         raise SettingsError(_describe(exc, label, values, sources)) from None
     pollers = validated.pollers
     if pollers > validated.concurrency:
-        if sources["pollers"] != DEFAULT and sources["concurrency"] != DEFAULT:
+        # A conflict only when pollers was set as close to the source as the concurrency
+        # (or closer); a value set farther out is a default for many sources: capped here.
+        if (
+            levels["concurrency"] > _LEVELS["default"]
+            and levels["pollers"] >= levels["concurrency"]
+        ):
             raise SettingsError(
                 f"{label}: pollers {pollers} ({_where(sources['pollers'])})"
                 f" must not exceed concurrency {validated.concurrency} "
@@ -359,8 +373,9 @@ def check_variables(
         if owners:
             owner = max(owners, key=len)
             label, suffixes = keys[owner]
+            has = "have" if " and " in label else "has"  # two sources of one key (_add_key)
             raise SettingsError(
-                f"{shown}: {label} has no setting {rest.removeprefix(f'{owner}_')!r} "
+                f"{shown}: {label} {has} no setting {rest.removeprefix(f'{owner}_')!r} "
                 f"(known: {', '.join(sorted(suffixes))}){hint}"
             )
         if keys and any(rest.endswith(f"_{suffix}") for suffix in every_suffix):
@@ -382,11 +397,22 @@ def source_keys(
     keys: dict[str, tuple[str, frozenset[str]]] = {}
     for ref in activities:
         name = activity_name(ref)
-        keys[activity_key(name)] = (f"activity {name!r}", ACTIVITY_SUFFIXES)
+        _add_key(keys, activity_key(name), f"activity {name!r}", ACTIVITY_SUFFIXES)
     for url in queues:
         name = queue_name(url)
-        keys[activity_key(name)] = (f"queue {name!r}", QUEUE_SUFFIXES)
+        _add_key(keys, activity_key(name), f"queue {name!r}", QUEUE_SUFFIXES)
     return keys
+
+
+def _add_key(
+    keys: dict[str, tuple[str, frozenset[str]]], key: str, label: str, suffixes: frozenset[str]
+) -> None:
+    """The single form's activity and queue may share a key (both named ``jobs``): the key
+    then reads the settings of both (an app refuses that first, in _check_key)."""
+    if key in keys:
+        other, known = keys[key]
+        label, suffixes = f"{other} and {label}", known | suffixes
+    keys[key] = (label, suffixes)
 
 
 def _check_arn(arn: str, what: str) -> None:

@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     Field,
     PrivateAttr,
+    StringConstraints,
     ValidationError,
     field_validator,
 )
@@ -208,7 +209,9 @@ MaxTasksPerChild = Annotated[int, Field(ge=0, le=1_000_000)]
 VisibilitySeconds = Annotated[int, Field(ge=2, le=43_200)]
 # SFN_HTTP_PORT, as the worker and `sfn-worker healthcheck` both read it; 0 = off.
 HttpPort = Annotated[int, Field(ge=0, le=65_535)]
-NonBlank = Annotated[str, Field(min_length=1)]
+# A message body's field name: white space around it (an env file keeps a trailing space)
+# is dropped, as around every other value; it would make every message a poison one.
+NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 # The most open long polls per source: one per free slot up to it (so the default 16 slots
 # poll 16 at once, and a burst they can take is picked up in one round trip). 31 workers
 # at this cap stay under the service's 1,000 open polls per activity ARN.

@@ -145,7 +145,9 @@ def show(value: object) -> str:
         return str(value).lower()
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    text = str(value)
+    # A line break or an escape sequence (a field name may hold any) stays on its line.
+    return text if text.isprintable() else repr(text)
 
 
 # The keywords of App.activity / App.callback_queue, for type checkers (Unpack). A typing

@@ -148,3 +148,37 @@ async def test_a_lapsed_visibility_is_said_once(fake: FakeStepFunctions) -> None
     said = [e for e in logs if "visibility lapsed" in e["event"]]
     assert len(said) == 1
     assert task.state == "succeeded"
+
+
+async def test_a_second_message_with_a_running_token_never_runs_it_twice(
+    fake: FakeStepFunctions,
+) -> None:
+    """Two messages carrying one token (a SendMessage retried after a lost answer makes a
+    second message, with its own id): while the token runs here the second is left for its
+    next delivery, which finds the task closed and deletes it. The handler ran twice at
+    once, and the second answer met a closed task."""
+    import json
+
+    queue = fake.sqs.add_queue("render-jobs")
+    release = asyncio.Event()
+    calls: list[Any] = []
+
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        calls.append(task_input)
+        await release.wait()
+        return {"done": True}
+
+    task, first = fake.sqs.add_callback_task({"n": 1}, queue=queue)
+    async with running_worker(
+        fake, handler, activity_arn=None, sqs_queue_url=queue.url, concurrency=4, pollers=2
+    ):
+        await fake.wait_for(lambda: len(calls) == 1)
+        copy = fake.sqs.send(queue, json.dumps({"TaskToken": task.token, "Input": {"n": 2}}))
+        await fake.wait_for(lambda: copy.receive_count == 1)
+        release.set()
+        await fake.wait_for(lambda: first.deleted)
+        fake.sqs.redeliver(copy)  # its visibility ran out
+        await fake.wait_for(lambda: copy.deleted)
+    assert calls == [{"n": 1}]
+    assert task.state == "succeeded"
+    assert fake.counts.get("SendTaskSuccess") == 1

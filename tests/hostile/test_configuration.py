@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -412,3 +413,111 @@ def test_names_aws_would_refuse_are_refused_at_start(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert message in lines[0]
+
+
+def test_a_process_wide_poller_count_is_capped_at_a_sources_own_concurrency() -> None:
+    """SFN_POLLERS=4 (the changelog's way back to the old behaviour) is every source's
+    default: a source whose own concurrency is lower (tests.apps:media's render has 2, in
+    code) polls at most 2, and the worker starts. It refused to start."""
+    result = sfn_worker("settings", "tests.apps:media", SFN_POLLERS="4")
+    assert result.returncode == 0, result.stderr
+    render = result.stdout.split("activity 'render':")[1].split("activity 'notify':")[0]
+    assert "pollers            2 (environment (SFN_POLLERS), capped at the concurrency (2))" in (
+        render
+    )
+    # Set at the same level as the concurrency, or closer to the source, it still conflicts.
+    for env in (
+        {"SFN_POLLERS": "4", "SFN_CONCURRENCY": "2"},
+        {"SFN_RENDER_POLLERS": "4"},
+        {"SFN_RENDER_POLLERS": "4", "SFN_RENDER_CONCURRENCY": "2"},
+    ):
+        refused = sfn_worker("settings", "tests.apps:media", **env)
+        assert refused.returncode == 2, (env, refused.stdout)
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert "must not exceed" in refused.stderr
+
+
+def test_the_single_forms_activity_and_queue_of_one_name_keep_their_own_variables() -> None:
+    """The single form serving the activity `jobs` and the queue `jobs` (one key, JOBS):
+    each source's own variables are read, the activity's were refused as the queue's
+    ("queue 'jobs' has no setting 'ACTIVITY_ARN'")."""
+    base = {
+        "SFN_ACTIVITY_ARN": ARN + "jobs",
+        "SFN_SQS_QUEUE_URL": URL + "jobs",
+        "SFN_HANDLER": SEED,
+    }
+    result = sfn_worker(
+        "settings",
+        **base,
+        SFN_JOBS_ACTIVITY_ARN=ARN + "jobs",
+        SFN_JOBS_VISIBILITY_SECONDS="30",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(environment (SFN_JOBS_ACTIVITY_ARN))" in result.stdout
+    assert "visibility_seconds 30 (environment (SFN_JOBS_VISIBILITY_SECONDS))" in result.stdout
+    misspelt = sfn_worker("settings", **base, SFN_JOBS_ACTIVITY_RN=ARN + "jobs")
+    assert misspelt.returncode == 2
+    assert "activity 'jobs' and queue 'jobs' have no setting" in misspelt.stderr
+    assert "did you mean SFN_JOBS_ACTIVITY_ARN?" in misspelt.stderr
+
+
+@pytest.mark.parametrize("field", ["SFN_SQS_TOKEN_FIELD", "SFN_JOBS_INPUT_FIELD"])
+def test_a_value_with_a_line_break_is_one_quoted_line_in_settings(field: str) -> None:
+    """A field name with a line break or an escape sequence (valid: any JSON key) is shown
+    quoted by `sfn-worker settings`, one line per setting; it broke the table in two."""
+    env = {"SFN_SQS_QUEUE_URL": URL + "jobs", "SFN_HANDLER": SEED}
+    plain = sfn_worker("settings", **env)
+    odd = sfn_worker("settings", **env, **{field: "Task\nToken\x1b[2J"})
+    assert odd.returncode == 0, odd.stderr
+    assert len(odd.stdout.splitlines()) == len(plain.stdout.splitlines())
+    assert "'Task\\nToken\\x1b[2J'" in odd.stdout
+    assert "\x1b" not in odd.stdout
+
+
+def test_true_or_false_for_a_number_in_code_is_refused(tmp_path: Path) -> None:
+    """`@app.activity("render", concurrency=True)` type-checks (a bool is an int) and ran
+    with one slot; `heartbeat_seconds=False` turned heartbeats off. Refused at import, one
+    line naming the keyword and the user's line (it named the worker's own), exit 2."""
+    (tmp_path / "flags_app.py").write_text(
+        "from sfn_worker import App\n"
+        "app = App()\n"
+        "@app.activity('render', concurrency=True)\n"
+        "def render(task_input, ctx):\n"
+        "    return task_input\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFN_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sfn_worker", "settings", "flags_app:app"],
+        env={**env, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "'concurrency'" in result.stderr
+    assert "True" in result.stderr
+    assert "flags_app.py, line 3)" in result.stderr  # the user's line, not the worker's
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"SFN_SQS_TOKEN_FIELD": "TaskToken "}, "token_field        TaskToken ("),
+        ({"SFN_JOBS_INPUT_FIELD": " Input"}, "input_field        Input ("),
+    ],
+)
+def test_white_space_around_a_field_name_is_not_part_of_it(env: dict[str, str], field: str) -> None:
+    """`SFN_SQS_TOKEN_FIELD=TaskToken ` (a trailing space, as `docker run --env-file` keeps
+    it) made every message a poison one, left for the dead-letter queue: white space around
+    a field name is dropped, as around every other value; a blank one is refused."""
+    base = {"SFN_SQS_QUEUE_URL": URL + "jobs", "SFN_HANDLER": SEED}
+    result = sfn_worker("settings", **base, **env)
+    assert result.returncode == 0, result.stderr
+    assert field in result.stdout
+    blank = sfn_worker("settings", **base, SFN_SQS_TOKEN_FIELD="  ")
+    assert blank.returncode == 2
+    assert blank.stderr.startswith("sfn-worker: configuration error: SFN_SQS_TOKEN_FIELD=")
+    assert len(blank.stderr.strip().splitlines()) == 1

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
+from typing import Any
 
 import pytest
 
@@ -115,3 +117,43 @@ async def test_junk_requests_get_a_clean_answer(
         writer.close()
         assert int(line.split()[1]) == status
         assert await get_status(port) == 200  # and the server goes on
+
+
+async def get_json(port: int, path: str = "/healthz", timeout: float = 3.0) -> Any:
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            answer = await reader.read()
+        finally:
+            writer.close()
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+async def test_an_activity_and_a_queue_of_one_name_are_both_in_healthz(
+    fake: FakeStepFunctions,
+) -> None:
+    """The single form serving the activity `fake-activity` and the queue `fake-activity`
+    (one handler, one name: a natural choice): /healthz lists both under `sources`. The
+    queue's entry replaced the activity's, which vanished from `sources`."""
+    queue = fake.sqs.add_queue("fake-activity")
+    port = free_port()
+    command = [str(BIN / "sfn-worker"), "run"]
+    async with worker_process(
+        command,
+        fake,
+        SFN_HTTP_PORT=str(port),
+        SFN_HTTP_HOST="127.0.0.1",
+        SFN_SQS_QUEUE_URL=queue.url,
+    ) as worker:
+        await worker.wait_for_log("worker started")
+        body = await get_json(port)
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    kinds = sorted(entry["kind"] for entry in body["sources"].values())
+    assert kinds == ["activity", "queue"], body["sources"]
+    assert all(name.startswith("fake-activity") for name in body["sources"])

@@ -25,6 +25,7 @@ from ..config import (
 EXAMPLE_ARN = "arn:aws:states:us-east-1:000000000000"
 EXAMPLE_QUEUES = "http://127.0.0.1:1/queue/us-east-1/000000000000"
 WAIT_FOR_SQS_CALLBACK = "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
+FIFO = ".fifo"
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,22 @@ class DevKind:
 
 
 def _sqs_callback(url: str) -> dict[str, Any]:
-    return {
-        "Resource": WAIT_FOR_SQS_CALLBACK,
-        "Parameters": {
-            "QueueUrl": url,
-            "MessageBody": {"TaskToken.$": "$$.Task.Token", "Input.$": "$"},
-        },
+    parameters: dict[str, Any] = {
+        "QueueUrl": url,
+        "MessageBody": {"TaskToken.$": "$$.Task.Token", "Input.$": "$"},
     }
+    if url.endswith(FIFO):
+        # A FIFO queue takes no message without a group: one per execution.
+        parameters["MessageGroupId.$"] = "$$.Execution.Name"
+    return {"Resource": WAIT_FOR_SQS_CALLBACK, "Parameters": parameters}
+
+
+def _create_queue(sqs: Any, name: str) -> str:
+    # A `.fifo` name is refused unless the queue is created as one; the body (it holds the
+    # task token) is unique, so it deduplicates.
+    fifo = {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+    attributes = fifo if name.endswith(FIFO) else {}
+    return str(sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"])
 
 
 DEV_KINDS: dict[type[SourceConfig], DevKind] = {
@@ -57,7 +67,7 @@ DEV_KINDS: dict[type[SourceConfig], DevKind] = {
     CallbackQueueConfig: DevKind(
         suffix=URL_SUFFIX,
         names=lambda app: [queue_name(r.ref) for r in app.queues],
-        create=lambda sfn, sqs, name: str(sqs.create_queue(QueueName=name)["QueueUrl"]),
+        create=lambda sfn, sqs, name: _create_queue(sqs, name),
         example=lambda name: f"{EXAMPLE_QUEUES}/{name}",
         resource=_sqs_callback,
     ),

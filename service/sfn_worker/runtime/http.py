@@ -41,14 +41,14 @@ def health(runtime: Runtime) -> tuple[int, dict[str, object]]:
     healthy = state.polling and loop_lag < LOOP_LAG_UNHEALTHY_SECONDS
     sources: dict[str, object] = {}
     groups: dict[str, dict[str, object]] = {}
-    for source in state.sources:
+    for name, source in state.by_name():
         healthy = healthy and source.healthy
         shown = {
             k: v
             for k, v in dataclasses.asdict(source).items()
             if v is not None and k not in ("name", "group")
         }
-        sources[source.name] = shown
+        sources[name] = shown
         if source.group is not None:
             groups.setdefault(source.group, {})[source.name] = shown
     body: dict[str, object] = {

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import os
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -76,6 +77,12 @@ class RuntimeState:
     stopping: bool
     sources: tuple[SourceState, ...]
     accessories: Mapping[str, AccessorySnapshot]
+
+    def by_name(self) -> list[tuple[str, SourceState]]:
+        """Each source under its name, or ``<name> (<kind>)`` when sources of two kinds
+        share it (the single form's activity and queue may): one key would hide one."""
+        names = Counter(s.name for s in self.sources)
+        return [(s.name if names[s.name] == 1 else f"{s.name} ({s.kind})", s) for s in self.sources]
 
 
 class Runtime:
@@ -153,7 +160,7 @@ class Runtime:
             "stopping": state.stopping,
             "running": sum(s.running for s in state.sources),
             "sources": {
-                s.name: {
+                name: {
                     "kind": s.kind,
                     "healthy": s.healthy,
                     "running": s.running,
@@ -161,7 +168,7 @@ class Runtime:
                     "concurrency": s.concurrency,
                     "handlers_stuck": s.handlers_stuck,
                 }
-                for s in state.sources
+                for name, s in state.by_name()
             },
             "accessories": {name: a.state for name, a in state.accessories.items()},
         }

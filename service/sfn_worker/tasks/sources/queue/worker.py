@@ -88,6 +88,7 @@ class CallbackSource:
         self._running: dict[str, Task] = {}  # by message id
         self._probing = asyncio.Semaphore(MAX_PROBING)
         self._settled: OrderedDict[str, None] = OrderedDict()
+        self._tokens: set[str] = set()  # the tokens of _running
 
     # -- intake ----------------------------------------------------------------------------
     def accept(self, message: dict[str, Any], late: bool) -> Task | None:
@@ -107,8 +108,17 @@ class CallbackSource:
                 self._calls.delete_soon(SqsMessage(message_id, receipt, count))
                 return None
             task = self._parse(message_id, receipt, count, str(message.get("Body", "")), late)
+            if task is not None and task.token in self._tokens:
+                # Another message with this token (a SendMessage retried makes a second
+                # one): not run twice; its next delivery finds the task closed and goes.
+                log.info(
+                    "another message carries a token running here; leaving it for later",
+                    token=token_hash(task.token),
+                )
+                return None
         if task is not None:
             self._running[message_id] = task
+            self._tokens.add(task.token)
         return task
 
     def _parse(
@@ -185,7 +195,8 @@ class CallbackSource:
 
     async def settle(self, task: Task, ended: TaskEnd) -> None:
         message = message_of(task)
-        self._running.pop(message.message_id, None)
+        if self._running.pop(message.message_id, None) is not None:
+            self._tokens.discard(task.token)
         match ended:
             case Closed(malformed=True):
                 self._poison("malformed_token", "Step Functions calls the message's token invalid")
