@@ -97,6 +97,7 @@ class App:
         heartbeat_mode: HeartbeatMode | str | None = None,
         handler_mode: HandlerMode | str | None = None,
         max_tasks_per_child: int | None = None,
+        processes: int | None = None,
     ) -> Callable[[H], H]:
         """Register a handler for an activity, by ARN or by name (resolved at start)."""
         given = {
@@ -107,6 +108,7 @@ class App:
             "heartbeat_mode": heartbeat_mode,
             "handler_mode": handler_mode,
             "max_tasks_per_child": max_tasks_per_child,
+            "processes": processes,
         }
         return self._registering(self.activities, "activity", arn_or_name, given)
 
@@ -121,6 +123,7 @@ class App:
         heartbeat_mode: HeartbeatMode | str | None = None,
         handler_mode: HandlerMode | str | None = None,
         max_tasks_per_child: int | None = None,
+        processes: int | None = None,
         visibility_seconds: int | None = None,
         on_shutdown: str | None = None,
         token_field: str | None = None,
@@ -136,6 +139,7 @@ class App:
             "heartbeat_mode": heartbeat_mode,
             "handler_mode": handler_mode,
             "max_tasks_per_child": max_tasks_per_child,
+            "processes": processes,
             "visibility_seconds": visibility_seconds,
             "on_shutdown": on_shutdown,
             "token_field": token_field,

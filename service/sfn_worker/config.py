@@ -40,6 +40,7 @@ from .settings import (
     OnShutdown,
     OnShutdownChoice,
     Pollers,
+    Processes,
     QueueSize,
     Settings,
     SettingsError,
@@ -58,6 +59,7 @@ FIELDS = (
     "heartbeat_mode",
     "handler_mode",
     "max_tasks_per_child",
+    "processes",
 )
 # Callback queues only; their process-wide defaults are SFN_SQS_<SETTING>.
 QUEUE_FIELDS = ("visibility_seconds", "on_shutdown", "token_field", "input_field")
@@ -85,6 +87,7 @@ class _Options(BaseModel):
     heartbeat_mode: HeartbeatModeChoice
     handler_mode: HandlerModeChoice
     max_tasks_per_child: MaxTasksPerChild
+    processes: Processes
     visibility_seconds: VisibilitySeconds | None = None
     on_shutdown: OnShutdownChoice | None = None
     token_field: str | None = None
@@ -110,6 +113,7 @@ class SourceConfig:
     heartbeat_mode: HeartbeatMode
     handler_mode: HandlerMode
     max_tasks_per_child: int
+    processes: int  # process mode; 0 = one per CPU the container may use
     sources: Mapping[str, str]
 
     @property
@@ -341,6 +345,7 @@ def _resolve_common(
         "heartbeat_mode": options.heartbeat_mode,
         "handler_mode": mode,
         "max_tasks_per_child": options.max_tasks_per_child,
+        "processes": options.processes,
     }
     if is_queue:
         fields |= {field: getattr(options, field) for field in QUEUE_FIELDS}

@@ -120,6 +120,7 @@ def _source(
             heartbeat_mode=settings.heartbeat_mode,
             handler_mode=mode,
             max_tasks_per_child=settings.max_tasks_per_child,
+            processes=settings.processes,
             sources={},
         )
     app = build_app(settings, app_path)

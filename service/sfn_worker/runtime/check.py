@@ -11,6 +11,7 @@ from ..exceptions import FatalWorkerError
 from ..exit_codes import EXIT_FAILURE, EXIT_OK
 from ..redact import describe
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, HandlerMode, Settings
+from ..tasks.handlers.cpus import available_cpus
 from ..tasks.kinds import worker_class
 from .client import SfnClients, open_clients
 from .names import resolve_names
@@ -74,6 +75,8 @@ def describe_config(config: SourceConfig) -> list[str]:
             f"max_tasks_per_child {config.max_tasks_per_child or 'unlimited'} "
             f"({sources['max_tasks_per_child']})"
         )
+        processes = config.processes or f"0 = one per CPU it may use ({available_cpus()})"
+        lines.append(f"processes          {processes} ({sources['processes']})")
     if config.heartbeat_rate_per_second > HEARTBEAT_RATE_WARNING_PER_SECOND:
         lines.append(
             f"WARNING: up to {config.heartbeat_rate_per_second:.0f} heartbeats/s when full; "
