@@ -15,9 +15,7 @@ arrival and its handler but the read. A control thread takes cancels and shutdow
 reach ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs. Logging
 is configured as in the worker (the same format on stderr, warnings included); spans leave
 in batches from the SDK's thread, never between a handler and its reply, and what is left
-is exported within the time the worker gives when it asks the process to exit. Handler
-processes run at a lower priority than the worker (``HANDLER_NICENESS``): CPU-bound
-handlers on every core must not delay its polls, heartbeats and answers.
+is exported within the time the worker gives when it asks the process to exit.
 """
 
 from __future__ import annotations
@@ -49,9 +47,6 @@ MAX_MESSAGE_CHARS = 4096
 # ctx.heartbeat() in a handler process: at most one message this often reaches the worker
 # (20/s: nothing next to any heartbeat interval, cheap even from a tight loop).
 PROGRESS_SEND_SECONDS = 0.05
-# Added to a handler process's nice value: the worker's event loop wins the CPU when it
-# needs it (a few percent), the handlers take the rest.
-HANDLER_NICENESS = 5
 
 
 def die_with_parent() -> None:
@@ -236,8 +231,6 @@ def child_main(
 
 def _serve(conn: Connection, control: Connection, handler_path: str, init_path: str | None) -> None:
     die_with_parent()
-    with contextlib.suppress(OSError):
-        os.nice(HANDLER_NICENESS)
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     child = _Child(conn, control)
