@@ -28,6 +28,7 @@ from scenarios import (
     memory,
     overhead,
     pickup,
+    process_fit,
     processes,
     shutdown,
     shutdown_scale,
@@ -45,6 +46,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "pickup": pickup,
     "processes": processes,
     "shutdown-at-scale": shutdown_scale,
+    "process-fit": process_fit,
 }
 
 
