@@ -40,6 +40,7 @@ from ...exceptions import TaskFailed
 from ...logs import LogConfig, configure_logging
 from ...redact import describe
 from ...tracing import tracing_requested
+from .procpipe import read_message
 
 log = structlog.get_logger("sfn_worker.handler_process")
 
@@ -139,7 +140,7 @@ class _Child:
 
     def _next_call(self) -> tuple[Any, ...] | None:
         try:
-            message: tuple[Any, ...] = self.conn.recv()
+            message: tuple[Any, ...] = read_message(self.conn.fileno())
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: no one is left to read a result
         if message[0] == "exit":

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import pickle
+import socket
 import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -22,6 +24,9 @@ from typing import Any
 READ_CHUNK = 256 * 1024
 # A buffer grown for a large message is dropped once empty, above this size.
 KEEP_BUFFER_BYTES = 4 * 1024 * 1024
+# Each end's send buffer: a call or a result up to Step Functions' 256 KB goes in one write
+# (the default, about 200 KB, split it into writes the other end had to drain first).
+SEND_BUFFER_BYTES = 1024 * 1024
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 
@@ -32,6 +37,35 @@ def frame(message: tuple[Any, ...]) -> tuple[bytes, bytes]:
     if len(payload) > 0x7FFFFFFF:
         return _SHORT.pack(-1) + _LONG.pack(len(payload)), payload
     return _SHORT.pack(len(payload)), payload
+
+
+def widen(conn: Connection) -> None:
+    """Raise the send buffer of a socket's end (capped by the kernel, ``wmem_max``)."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as end, contextlib.suppress(OSError):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+
+
+def read_message(fd: int) -> Any:
+    """One message from a blocking descriptor (the handler process's end), read straight
+    into a buffer of its size and unpickled from it: no copy between (``Connection.recv``
+    gathers chunks in a BytesIO first). EOFError when the other end is gone."""
+    (size,) = _SHORT.unpack(_read_exactly(fd, _SHORT.size))
+    if size == -1:
+        (size,) = _LONG.unpack(_read_exactly(fd, _LONG.size))
+    return pickle.loads(_read_exactly(fd, size))
+
+
+def _read_exactly(fd: int, size: int) -> bytearray:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        count = os.readv(fd, [view[done:]])
+        if count == 0:
+            raise EOFError
+        done += count
+    view.release()
+    return buffer
 
 
 class Pipe:

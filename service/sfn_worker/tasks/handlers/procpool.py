@@ -45,7 +45,7 @@ from ...exceptions import TaskFailed
 from ...logs import current_log_config
 from ...retry import Backoff
 from .procchild import child_main, local_error
-from .procpipe import Pipe
+from .procpipe import Pipe, widen
 from .safe_spawn import start_children_with_safe_path
 
 log = structlog.get_logger("sfn_worker.processes")
@@ -430,6 +430,8 @@ class HandlerProcessPool:
 
     def _start(self) -> _Process:
         parent_end, child_end = self._context.Pipe(duplex=True)
+        widen(parent_end)
+        widen(child_end)
         control_end, control_child_end = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=child_main,
