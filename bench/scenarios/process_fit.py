@@ -5,19 +5,26 @@ under full load; and what one process hop costs (1 KB and 200 KB) against a raw 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import math
 import multiprocessing
+import os
 import pickle
+import statistics
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import psutil
 
 from handlers import burn_for, echo_bytes
 from report import Report, verdict
 from rig import (
+    HERE,
+    PYTHON,
     REPO,
     Contender,
     Options,
@@ -27,11 +34,10 @@ from rig import (
     progress,
     rss_bytes,
     running,
+    throughput,
     worker,
 )
-from sfn_worker.context import TaskContext
 from sfn_worker.tasks.handlers.cpus import available_cpus
-from sfn_worker.tasks.handlers.procpool import HandlerProcessPool
 from sfn_worker.testing import FakeStepFunctions
 
 TITLE = "Process mode that fits the machine"
@@ -39,6 +45,11 @@ HOP_TITLE = "The process hop"
 BURN = 0.010  # CPU seconds per task
 LATENCY = 0.020  # added to every call's answer by the fake: 20 ms round trips
 BEAT_INTERVAL = 1.0
+# The last commit before issue 22 (one process per slot, a reader thread per process):
+# the hop is measured against its code in the same run.
+BEFORE = "339dfab"
+# Long enough for handler processes to spawn and import on a busy machine.
+PROCESS_WARMUP = 6.0
 
 
 def commit() -> str:
@@ -171,27 +182,37 @@ def pickles_us(size: int, count: int) -> float:
     return (time.process_time() - start) / count * 1e6
 
 
-async def hop_us(size: int, count: int) -> float:
-    """CPU (worker and handler process) per call of a handler that returns its input,
-    one call at a time through the worker's process pool."""
-    pool = HandlerProcessPool("handlers:echo", max_processes=1)
-    ctx = TaskContext(task_token="t" * 1000, worker_name="bench", activity_arn="arn")
-    payload: dict[str, Any] = {"in": "SUCCESS", "pad": "x" * size}
-    try:
-        for _ in range(20):
-            await pool.call(payload, ctx)  # started, imported, warm
-        me = psutil.Process()
-        cpu0 = _own_cpu(me) + children_cpu(me)
-        for _ in range(count):
-            await pool.call(payload, ctx)
-        cpu1 = _own_cpu(me) + children_cpu(me)
-    finally:
-        await pool.close()
-    return (cpu1 - cpu0) / count * 1e6
+def before_tree() -> Path | None:
+    """The worker's code at BEFORE, extracted from git; None if it cannot be."""
+    archive = subprocess.run(["git", "archive", BEFORE, "service"], cwd=REPO, capture_output=True)
+    if archive.returncode:
+        return None
+    target = Path(tempfile.mkdtemp(prefix="sfn-before-"))
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "service"
+
+
+async def hop_us(size: int, count: int, service: Path | None = None) -> float:
+    """bench/hop.py in a process of its own, against this tree's code or ``service``."""
+    env = dict(os.environ)
+    paths = [str(service)] if service is not None else []
+    env["PYTHONPATH"] = os.pathsep.join([*paths, str(HERE), env.get("PYTHONPATH", "")])
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        str(HERE / "hop.py"),
+        str(size),
+        str(count),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate()
+    return float(out.decode().strip().splitlines()[-1])
 
 
 async def hop_section(options: Options, report: Report) -> None:
     scale = 0.5 if options.quick else 1.0
+    before = before_tree()
     rows, ratios, extras, raws = [], {}, {}, {}
     for size in (1024, 200 * 1024):
         progress(f"process hop: {size:,} bytes")
@@ -202,42 +223,51 @@ async def hop_section(options: Options, report: Report) -> None:
         samples = []
         for _ in range(options.repeats):
             hop = await hop_us(size, calls)
+            old = await hop_us(size, calls // 4, before) if before is not None else math.nan
             raw = raw_pipe_us(size, trips)  # blocking: nothing else runs meanwhile
             pickles = pickles_us(size, calls // 4)
-            samples.append((hop, raw, pickles))
-        hop, raw, pickles = sorted(samples)[len(samples) // 2]
+            samples.append((hop, old, raw, pickles))
+        hop = statistics.median(s[0] for s in samples)
+        old = statistics.median(s[1] for s in samples)
+        raw = statistics.median(s[2] for s in samples)
+        pickles = statistics.median(s[3] for s in samples)
         ratios[size], extras[size], raws[size] = hop / raw, hop - raw - pickles, raw
         rows.append(
             [
                 f"{size // 1024} KB",
                 f"{hop:.0f}",
+                f"{old:.0f}",
                 f"{raw:.0f}",
                 f"{pickles:.0f}",
                 f"{hop / raw:.1f}×",
+                f"{old / raw:.1f}×",
                 f"{hop - raw - pickles:+.0f}",
             ]
         )
+    in_worker = await worker_hop(options, before)
     report.section(f"11. {HOP_TITLE}: a handler process's call against a raw pipe")
     report.table(
         [
             "input (and result)",
             "hop CPU µs/call",
+            f"before ({BEFORE}) µs/call",
             "raw pipe round trip µs",
             "2 pickles + unpickles µs",
             "hop / raw pipe",
+            "before / raw pipe",
             "hop − raw − pickles µs",
         ],
         rows,
     )
     report.paragraph(
-        f"Commit measured: {commit()}. The hop: `HandlerProcessPool.call` of a sync handler "
-        "that returns its input, one call at a time, CPU of the worker's process and the "
-        "handler process (psutil), after 20 warm-up calls. Raw pipe: `send_bytes` / "
-        "`recv_bytes` of as many bytes to a process that sends them back. Pickles: the input "
-        "dumped and loaded twice (there and back) in one process. Medians of "
-        f"{options.repeats} run(s) in one run; this machine is shared, compare within it. "
-        "Before (issue 22): +476-521 µs per 1 KB call over the handler on the loop, about "
-        "20× a raw pipe round trip, a reader thread on each side and a queue in the child. "
+        f"Commit measured: {commit()}, and {BEFORE} (before: a reader thread per process in "
+        "the worker, a reader thread and a queue in the process) in the same run. The hop: "
+        "`HandlerProcessPool.call` of a sync handler that returns its input "
+        "(`bench/hop.py`), one call at a time, CPU of the worker's process and the handler "
+        "process (psutil), after 20 warm-up calls. Raw pipe: `send_bytes` / `recv_bytes` of "
+        "as many bytes to a process that sends them back. Pickles: the input dumped and "
+        f"loaded twice (there and back) in one process. Medians of {options.repeats} run(s) "
+        "in one run; this machine is shared, compare within it. "
         "Target: the hop within 3× a raw pipe round trip at 1 KB: "
         + verdict(ratios[1024] <= 3.0, f"{ratios[1024]:.1f}×")
         + "; no extra copies at 200 KB (the hop within the raw pipe plus the two pickles, "
@@ -248,6 +278,70 @@ async def hop_section(options: Options, report: Report) -> None:
         )
         + "."
     )
+    report.table(
+        [
+            "input (and output)",
+            "worker CPU µs/task, handler on the loop",
+            "thread mode, over the loop",
+            "process mode, over the loop",
+            f"process mode at {BEFORE}, over the loop",
+        ],
+        in_worker,
+    )
+    report.paragraph(
+        "The same hop inside the worker: `sfn-worker run` with the seed handler (it echoes "
+        "its input) on the loop (`SFN_HANDLER_MODE=async`), in a thread and in handler "
+        "processes, 2 slots, no latency, CPU of the worker and its processes per task "
+        f"(medians of {options.repeats} run(s), in rounds, after {PROCESS_WARMUP:g} s). "
+        "Issue 22 measured +476-521 µs per 1 KB task for process mode. A handler that does "
+        "not finish at once (a thread's, a process's) costs the worker's task path its "
+        "asynchronous half (a heartbeat entry, an asyncio task, an awaited settlement): "
+        "thread mode's column is that part, the process hop is the rest."
+    )
+
+
+async def worker_hop(options: Options, before: Path | None) -> list[list[str]]:
+    """CPU per task of the worker in process mode (this tree's and BEFORE's) over the same
+    handler on the loop, with 1 KB and 200 KB inputs (echoed back), no latency."""
+    common = {"SFN_CONCURRENCY": "2", "SFN_POLLERS": "2"}
+    contenders = {
+        "loop": worker("handler on the loop", SFN_HANDLER_MODE="async", **common),
+        "thread": worker("thread mode", SFN_HANDLER_MODE="thread", **common),
+        "now": worker("process mode", SFN_HANDLER_MODE="process", **common),
+    }
+    if before is not None:
+        contenders["before"] = worker(
+            f"process mode at {BEFORE}",
+            SFN_HANDLER_MODE="process",
+            PYTHONPATH=os.pathsep.join([str(before), str(HERE)]),
+            **common,
+        )
+    rows = []
+    for size in (1024, 200 * 1024):
+        sized = dataclasses.replace(options, input_padding=size)
+        cpu: dict[str, list[float]] = {key: [] for key in contenders}
+        for round_number in range(options.repeats):
+            for key, each in contenders.items():
+                progress(
+                    f"process hop in the worker: {each.name}, {size:,} bytes ({round_number + 1})"
+                )
+                result = await throughput(
+                    each, sized, latency=0.0, warmup=PROCESS_WARMUP, window=options.window
+                )
+                cpu[key].append(result.cpu_us_per_task)
+        median = {key: statistics.median(values) for key, values in cpu.items()}
+        extra_now = median["now"] - median["loop"]
+        extra_before = median["before"] - median["loop"] if "before" in median else math.nan
+        rows.append(
+            [
+                f"{size // 1024} KB",
+                f"{median['loop']:.0f}",
+                f"{median['thread'] - median['loop']:+.0f}",
+                f"{extra_now:+.0f}",
+                f"{extra_before:+.0f}",
+            ]
+        )
+    return rows
 
 
 # -- the section ----------------------------------------------------------------------------
