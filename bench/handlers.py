@@ -23,11 +23,30 @@ async def seed_then_sleep(task_input: Any, ctx: TaskContext) -> Any:
 
 def burn_cpu(task_input: Any, ctx: TaskContext) -> Any:
     """Pure-Python CPU work for BENCH_BURN_SECONDS (holds the GIL between switches)."""
-    deadline = time.process_time() + BURN_SECONDS
+    return {"burned": BURN_SECONDS, "checksum": burn_for(BURN_SECONDS)}
+
+
+def burn_for(seconds: float) -> int:
+    """``seconds`` of this process's CPU in pure Python (multiprocessing.Pool runs it too)."""
+    deadline = time.process_time() + seconds
     total = 0
     while time.process_time() < deadline:
-        total += sum(i * i for i in range(2_000))
-    return {"burned": BURN_SECONDS, "checksum": total % 997}
+        total += sum(i * i for i in range(200))
+    return total % 997
+
+
+def echo(task_input: Any, ctx: TaskContext) -> Any:
+    """Returns its input: a process hop's cost is all there is."""
+    return task_input
+
+
+def echo_bytes(conn: Any) -> None:
+    """A raw pipe's other end (multiprocessing.Pool-free): sends back what it reads."""
+    try:
+        while True:
+            conn.send_bytes(conn.recv_bytes())
+    except EOFError:
+        pass
 
 
 async def stamp(task_input: Any, ctx: TaskContext) -> Any:

@@ -29,6 +29,7 @@ from scenarios import (
     memory,
     overhead,
     pickup,
+    process_fit,
     processes,
     shutdown,
     shutdown_scale,
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "processes": processes,
     "shutdown-at-scale": shutdown_scale,
     "burst": burst,
+    "process-fit": process_fit,
 }
 
 

@@ -373,6 +373,7 @@ async def test_a_once_source_is_healthy_while_it_holds_and_once_it_answered_its_
         heartbeat_mode=settings.heartbeat_mode,
         handler_mode=HandlerMode.ASYNC,
         max_tasks_per_child=settings.max_tasks_per_child,
+        processes=settings.processes,
         sources={},
         token=task.token,
     )

@@ -204,6 +204,8 @@ Concurrency = Annotated[int, Field(ge=1, le=100_000)]
 QueueSize = Annotated[int, Field(ge=0, le=100_000)]
 HeartbeatSeconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
 MaxTasksPerChild = Annotated[int, Field(ge=0, le=1_000_000)]
+# Process mode's handler processes; 0 = the CPUs the container may use (its cgroup quota).
+Processes = Annotated[int, Field(ge=0, le=4_096)]
 # SQS allows 0-43,200 s. It is pushed out every third of it, so seconds are enough; a minute
 # or more keeps the ChangeMessageVisibility calls rare.
 VisibilitySeconds = Annotated[int, Field(ge=2, le=43_200)]
@@ -250,6 +252,9 @@ class Settings(BaseSettings):
     heartbeat_mode: HeartbeatModeChoice = HeartbeatMode.TIMER
     # Process mode: a handler process is replaced after this many tasks (0 = never).
     max_tasks_per_child: MaxTasksPerChild = 0
+    # Process mode: at most this many handler processes (0 = one per CPU the container may
+    # use); slots beyond them hold their tasks, heartbeated, until a process is free.
+    processes: Processes = 0
     shutdown_grace_seconds: Annotated[float, Field(ge=1, le=3_600, allow_inf_nan=False)] = 25.0
     # How long a credentials provider that fails at start (the ECS agent's endpoint not ready
     # yet) is retried before the worker gives up (runtime/credentials.py).

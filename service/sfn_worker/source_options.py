@@ -34,6 +34,7 @@ from .settings import (
     OnShutdown,
     OnShutdownChoice,
     Pollers,
+    Processes,
     QueueSize,
     VisibilitySeconds,
 )
@@ -78,6 +79,10 @@ class SourceOptions(BaseModel):
     max_tasks_per_child: Annotated[
         MaxTasksPerChild,
         Option("max_tasks_per_child", "process mode: tasks before a handler process is replaced"),
+    ]
+    processes: Annotated[
+        Processes,
+        Option("processes", "process mode: handler processes, 0 = one per CPU it may use"),
     ]
 
 
@@ -162,6 +167,7 @@ class ActivityKeywords(TypedDict, total=False):
     heartbeat_seconds: float | None
     heartbeat_mode: HeartbeatMode | str | None
     max_tasks_per_child: int | None
+    processes: int | None
 
 
 class QueueKeywords(ActivityKeywords, total=False):

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from sfn_worker.errors import INVALID_OUTPUT_ERROR
+from sfn_worker.errors import INVALID_OUTPUT_ERROR, SHUTDOWN_ERROR
 from sfn_worker.testing import FakeStepFunctions
 
 from ..test_process import BIN, worker_process
@@ -114,3 +114,31 @@ async def test_recycling_after_every_task_keeps_a_replacement_ready(
     # previous task ran, so no task waits the seconds a start takes.
     waits = [o["started"] - t.closed_at for t, o in zip(tasks, outputs[1:], strict=False)]
     assert max(waits) < 2.0, waits  # a start takes 4 s
+
+
+@pytest.mark.timeout(90)
+async def test_sigterm_with_tasks_waiting_for_the_one_process_answers_every_token(
+    fake: FakeStepFunctions,
+) -> None:
+    interval = 0.3
+    running = fake.add_task({"cooperative": True})  # runs until cancelled
+    waiting = [fake.add_task({"quick": True}) for _ in range(3)]  # held: no process is free
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"],
+        fake,
+        SFN_HANDLER="tests.handler_mistakes:cancellable",
+        SFN_HANDLER_MODE="process",
+        SFN_PROCESSES="1",
+        SFN_CONCURRENCY="4",
+        SFN_POLLERS="1",
+        SFN_HEARTBEAT_SECONDS=str(interval),
+        SFN_SHUTDOWN_GRACE_SECONDS="2",
+    ) as worker:
+        await fake.wait_for(lambda: all(t.issued and t.heartbeats >= 2 for t in waiting), 60)
+        assert all(t.state == "open" for t in [running, *waiting])
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    # Held, heartbeated, never run; at the end of the grace failed like the running one.
+    for task in [running, *waiting]:
+        assert (task.state, task.error, task.terminal_calls) == ("failed", SHUTDOWN_ERROR, 1)

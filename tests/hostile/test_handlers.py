@@ -146,8 +146,9 @@ async def test_a_handler_that_always_dies_is_backed_off_and_shown_in_healthz(
     fake: FakeStepFunctions,
 ) -> None:
     fake.feed(1000, {"any": "input"})
+    # A process per slot: four die at once, then the backoff holds the pollers.
     async with worker_with_http(
-        fake, mistakes.always_die, handler_mode="process", concurrency=4
+        fake, mistakes.always_die, handler_mode="process", concurrency=4, processes=4
     ) as (_, url):
         # Four processes must start (and die) first: seconds of CPU each on a busy machine.
         await fake.wait_for(lambda: len(fake.closed("failed")) >= 4, timeout=60)

@@ -12,6 +12,7 @@ from ..exit_codes import EXIT_FAILURE, EXIT_OK
 from ..redact import describe
 from ..settings import HEARTBEAT_RATE_WARNING_PER_SECOND, HandlerMode, Settings
 from ..source_options import SourceOptions, options, show
+from ..tasks.handlers.cpus import available_cpus
 from ..tasks.kinds import worker_class
 from .client import SfnClients, open_clients
 from .names import resolve_names
@@ -83,4 +84,8 @@ def _shown(config: SourceConfig, name: str) -> str | None:
         if config.handler_mode is not HandlerMode.PROCESS:
             return None  # only handler processes are replaced
         return show(value or "unlimited")
+    if name == "processes":
+        if config.handler_mode is not HandlerMode.PROCESS:
+            return None  # only process mode has handler processes
+        return show(value or f"0 = one per CPU it may use ({available_cpus()})")
     return show(value)

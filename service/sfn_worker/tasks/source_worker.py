@@ -169,6 +169,7 @@ class SourceWorker:
             middlewares=parts.app.middlewares,
             process_init=parts.app.process_init,
             max_tasks_per_child=config.max_tasks_per_child,
+            processes=config.processes,
             trace_carrier=parts.shared.tracing.carrier,
             on_process_death=metrics.handler_process_deaths.inc,
         )

@@ -20,6 +20,7 @@ from ...app import CallNext, Handler, Middleware, import_path, is_async_handler
 from ...context import TaskContext
 from ...errors import HandlerExited
 from ...settings import HandlerMode
+from .cpus import available_cpus
 from .procpool import HandlerProcessPool, PoolHealth
 
 THREAD_SWITCH_INTERVAL_SECONDS = 0.001
@@ -51,6 +52,7 @@ class HandlerInvoker:
         middlewares: Sequence[Middleware] = (),
         process_init: Callable[[], Any] | None = None,
         max_tasks_per_child: int = 0,
+        processes: int = 0,
         trace_carrier: Callable[[], dict[str, str] | None] | None = None,
         on_process_death: Callable[[], None] | None = None,
     ) -> None:
@@ -71,8 +73,11 @@ class HandlerInvoker:
                 max_workers=concurrency, thread_name_prefix="sfn-handler"
             )
         elif self.mode is HandlerMode.PROCESS:
+            # No more processes than slots; by default one per CPU the container may use.
+            # Slots beyond them hold the next tasks, heartbeated, until a process is free.
             self._processes = HandlerProcessPool(
                 import_path(handler),
+                max_processes=min(processes or available_cpus(), concurrency),
                 init_path=import_path(process_init) if process_init is not None else None,
                 max_tasks_per_child=max_tasks_per_child,
                 trace_carrier=trace_carrier,

@@ -1,14 +1,18 @@
 """The inside of one handler process (process mode): runs calls the worker sends, one at a time.
 
-Messages on the pipe, as tuples:
-  worker -> child   ("call", id, input, ctx fields, trace carrier) | ("cancel", id)
-                    | ("shutdown",) | ("exit", seconds to export the last spans, run exit hooks)
-  child -> worker   ("ready",) | ("init_failed", text) | ("result", id, ok, value or error)
-                    | ("started", id): the handler starts now
-                    | ("progress", id): ctx.heartbeat() was called (at most every 0.05 s)
+Two pipes from the worker, each message a tuple:
+  calls (duplex)    worker -> child  ("call", id, input, ctx fields, trace carrier, announce)
+                                     | ("exit", seconds to export the last spans, run exit hooks)
+                    child -> worker  ("ready",) | ("init_failed", text)
+                                     | ("result", id, ok, value or error)
+                                     | ("started", id): the handler starts now (only if
+                                       ``announce``: the worker did not know this process up)
+                                     | ("progress", id): ctx.heartbeat() (at most every 0.05 s)
+  control           worker -> child  ("cancel", id) | ("shutdown",)
 
-The main thread runs handlers; a reader thread takes messages, so a cancel or shutdown
-reaches ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs. Logging
+The main thread reads calls itself and runs their handlers: nothing between a call's
+arrival and its handler but the read. A control thread takes cancels and shutdown, so they
+reach ``ctx.cancel_requested`` / ``ctx.shutdown_requested`` while a handler runs. Logging
 is configured as in the worker (the same format on stderr, warnings included); spans leave
 in batches from the SDK's thread, never between a handler and its reply, and what is left
 is exported within the time the worker gives when it asks the process to exit.
@@ -19,13 +23,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import queue
+import pickle
 import signal
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import structlog
@@ -37,6 +40,7 @@ from ...exceptions import TaskFailed
 from ...logs import LogConfig, configure_logging
 from ...redact import describe
 from ...tracing import tracing_requested
+from .procpipe import read_message
 
 log = structlog.get_logger("sfn_worker.handler_process")
 
@@ -86,11 +90,13 @@ def local_error(sent: tuple[bool, str, str]) -> Exception:
 
 
 class _Child:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, control: Connection) -> None:
         self.conn = conn
+        self.control = control
         self.state: Any = STATE_UNAVAILABLE
-        self.calls: queue.Queue[tuple[int, Any, dict[str, Any], Any] | None] = queue.Queue()
         self.cancels: dict[int, threading.Event] = {}
+        self.cancelled_early: set[int] = set()  # cancels that came before their call
+        self._cancels_lock = threading.Lock()
         self.shutdown = threading.Event()
         self.exit_flush_seconds = 0.0  # how long the worker lets it export when it leaves
         self.exit_hooks = True  # False: the worker is exiting, leave at once after export
@@ -100,30 +106,52 @@ class _Child:
         with self._send_lock:
             self.conn.send(message)
 
-    def read(self) -> None:
-        """Reader thread: hand calls to the main thread, flag cancels and shutdown."""
+    def watch_control(self) -> None:
+        """Control thread: flag cancels and shutdown."""
         try:
             while True:
-                message = self.conn.recv()
-                kind = message[0]
-                if kind == "call":
-                    # Registered here, not when the call starts: a cancel may come first.
-                    self.cancels[message[1]] = threading.Event()
-                    self.calls.put(message[1:])
-                elif kind == "cancel" and (event := self.cancels.get(message[1])) is not None:
-                    event.set()
-                elif kind == "shutdown":
+                message = self.control.recv()
+                if message[0] == "cancel":
+                    self._cancel(message[1])
+                elif message[0] == "shutdown":
                     self.shutdown.set()
-                elif kind == "exit":
-                    self.exit_flush_seconds, self.exit_hooks = message[1], message[2]
-                    self.calls.put(None)
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: no one is left to read a result
 
+    def _cancel(self, call_id: int) -> None:
+        with self._cancels_lock:
+            event = self.cancels.get(call_id)
+            if event is None:
+                self.cancelled_early.add(call_id)
+        if event is not None:
+            event.set()
+
+    def _registered(self, call_id: int) -> threading.Event:
+        """The call's cancel flag; already set if its cancel came first. Calls come in
+        order, so an earlier one's late cancel is forgotten here."""
+        event = threading.Event()
+        with self._cancels_lock:
+            self.cancels[call_id] = event
+            if self.cancelled_early:
+                if call_id in self.cancelled_early:
+                    event.set()
+                self.cancelled_early = {i for i in self.cancelled_early if i > call_id}
+        return event
+
+    def _next_call(self) -> tuple[Any, ...] | None:
+        try:
+            message: tuple[Any, ...] = read_message(self.conn.fileno())
+        except (EOFError, OSError):
+            os._exit(0)  # the worker is gone: no one is left to read a result
+        if message[0] == "exit":
+            self.exit_flush_seconds, self.exit_hooks = message[1], message[2]
+            return None
+        return message
+
     def serve(self, handler: Any, tracing: Any) -> None:
-        while (call := self.calls.get()) is not None:
-            call_id, task_input, fields, carrier = call
-            cancel = self.cancels[call_id]
+        while (call := self._next_call()) is not None:
+            _, call_id, task_input, fields, carrier, announce = call
+            cancel = self._registered(call_id)
             progress = _Progress(self, call_id)
             ctx = TaskContext(
                 **fields,
@@ -136,13 +164,15 @@ class _Child:
             if cancel.is_set():  # cancelled while this process was still starting: skip it
                 reply = ("result", call_id, False, (True, "Worker.Cancelled", "not started"))
             else:
-                progress.handler_started()
+                if announce:
+                    progress.handler_started()
                 try:
                     with tracing.attached(carrier) if tracing else contextlib.nullcontext():
                         reply = ("result", call_id, True, handler(task_input, ctx))
                 except BaseException as exc:  # noqa: BLE001 - SystemExit too: ends the call only
                     reply = ("result", call_id, False, remote_error(exc))
-            del self.cancels[call_id]
+            with self._cancels_lock:
+                del self.cancels[call_id]
             self.send_reply(reply, ctx.task_token)
 
     def send_reply(self, reply: tuple[Any, ...], task_token: str) -> None:
@@ -150,10 +180,11 @@ class _Child:
         nesting too deep): whatever it raises fails that task with Worker.InvalidOutput,
         never this process."""
         try:
-            data = ForkingPickler.dumps(reply)
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # noqa: BLE001 - the user's object, its failure is the task's
             failure = TaskFailed(INVALID_OUTPUT_ERROR, unpicklable_cause(reply[3], exc, task_token))
-            data = ForkingPickler.dumps((*reply[:2], False, remote_error(failure)))
+            failed = (*reply[:2], False, remote_error(failure))
+            data = pickle.dumps(failed, protocol=pickle.HIGHEST_PROTOCOL)
         with self._send_lock:
             self.conn.send_bytes(data)
 
@@ -178,7 +209,11 @@ class _Progress:
 
 
 def child_main(
-    conn: Connection, handler_path: str, init_path: str | None, log_config: LogConfig | None
+    conn: Connection,
+    control: Connection,
+    handler_path: str,
+    init_path: str | None,
+    log_config: LogConfig | None,
 ) -> None:
     """Entry point of a spawned handler process: log as the worker does, load the handler,
     run the app's ``process_init`` (its result is ``ctx.state`` here), then serve calls
@@ -186,7 +221,7 @@ def child_main(
     if log_config is not None:
         configure_logging(log_config.level, log_config.fmt, log_config.worker_name)
     try:
-        _serve(conn, handler_path, init_path)
+        _serve(conn, control, handler_path, init_path)
     except Exception:
         # A defect here, not the handler's (that is its task's answer): logged as the
         # worker logs, not printed raw by multiprocessing; the worker sees the death.
@@ -195,11 +230,13 @@ def child_main(
         os._exit(1)
 
 
-def _serve(conn: Connection, handler_path: str, init_path: str | None) -> None:
+def _serve(conn: Connection, control: Connection, handler_path: str, init_path: str | None) -> None:
     die_with_parent()
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    child = _Child(conn)
+    child = _Child(conn, control)
+    # Before the handler's import: a cancel or shutdown sent meanwhile is taken, not queued.
+    threading.Thread(target=child.watch_control, name="sfn-handler-control", daemon=True).start()
     try:
         handler = import_object(handler_path, "handler")
         if init_path is not None:
@@ -207,7 +244,6 @@ def _serve(conn: Connection, handler_path: str, init_path: str | None) -> None:
     except BaseException as exc:  # noqa: BLE001 - reported to the worker, then this process ends
         child.send(("init_failed", truncate(f"{type(exc).__name__}: {exc}", MAX_MESSAGE_CHARS)))
         sys.exit(1)
-    threading.Thread(target=child.read, name="sfn-handler-pipe", daemon=True).start()
     tracing = _tracing()
     child.send(("ready",))
     child.serve(handler, tracing)

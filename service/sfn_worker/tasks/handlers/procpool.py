@@ -14,18 +14,22 @@ that its task was cancelled. Here each process has its own pipe, so:
 - with ``max_tasks_per_child`` a process is replaced after that many calls (a leaking
   handler); its replacement starts when its last call starts, so it starts up while that
   call runs and the next call does not wait for it (if the call outlasts a start).
-Processes start on demand (spawn), at most one per slot (and, with recycling, one
-replacement beside a process on its last call), and are reused: a call takes a process
-that is up if there is one, else the one that has been starting longest.
+Processes start on demand (spawn), at most ``max_processes`` (by default one per CPU the
+container may use: cpus.py) and, with recycling, one replacement beside a process on its
+last call; they are reused. A call takes a process that is up if there is one, else the one
+that has been starting longest, else starts one if it may; else it waits, first come first
+served, holding its task's slot (and heartbeated), until a process is free. More slots than
+processes keep the next tasks at hand while the answers' round trips overlap the work.
+The loop reads and writes every process's pipe itself (procpipe.py): no thread per process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import multiprocessing
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -36,11 +40,12 @@ import structlog
 
 from ...aio import retrieve_exception
 from ...context import TaskContext
-from ...errors import INVALID_OUTPUT_ERROR, HandlerProcessDied, describe_exit
+from ...errors import INVALID_OUTPUT_ERROR, SHUTDOWN_ERROR, HandlerProcessDied, describe_exit
 from ...exceptions import TaskFailed
 from ...logs import current_log_config
 from ...retry import Backoff
 from .procchild import child_main, local_error
+from .procpipe import Pipe, widen
 from .safe_spawn import start_children_with_safe_path
 
 log = structlog.get_logger("sfn_worker.processes")
@@ -75,24 +80,49 @@ class _Call:
 
 
 class _Process:
-    """The worker's handle on one handler process."""
+    """The worker's handle on one handler process: its calls pipe (read by the loop) and
+    its control pipe (cancels, shutdown)."""
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, control: Connection) -> None:
         self.process = process
-        self.conn = conn
+        self._conn = conn
+        self._control = control
+        self.pipe: Pipe | None = None
         self.call: _Call | None = None
         self.calls_done = 0
         self.ready = False  # its handler is imported: a call sent now starts at once
         self.init_failure = ""
         self.stopping = False  # the worker ended it: its death is not the handler's fault
+        self.last_call = False  # recycled: its replacement started with its last call
+        self._reaping = False
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
 
+    @property
+    def counted(self) -> bool:
+        """Counts against the pool's limit: neither leaving nor on its last call."""
+        return not (self.stopping or self.last_call)
+
+    def watch(
+        self,
+        on_message: Callable[[_Process, tuple[Any, ...]], None],
+        on_exit: Callable[[_Process, int | None], None],
+    ) -> None:
+        """From now on the loop reads its messages; ``on_exit`` once it is gone and reaped."""
+        self.pipe = Pipe(
+            self._conn, lambda message: on_message(self, message), lambda: self._reap(on_exit)
+        )
+
     def send(self, message: tuple[Any, ...]) -> None:
-        with contextlib.suppress(OSError):  # it died; its reader thread reports the death
-            self.conn.send(message)
+        if self.pipe is not None:
+            self.pipe.send(message)
+
+    def control(self, message: tuple[Any, ...]) -> None:
+        """A few bytes its control thread always reads: a write that blocks cannot happen."""
+        with contextlib.suppress(OSError):  # it died; its pipe reports the death
+            self._control.send(message)
 
     def stop(self) -> None:
         """Terminate now, kill a little later if it ignores SIGTERM."""
@@ -120,42 +150,24 @@ class _Process:
         if self.process.exitcode is None:
             self.process.kill()
 
-    def start_reader(
-        self,
-        on_message: Callable[[_Process, tuple[Any, ...]], None],
-        on_exit: Callable[[_Process, int | None], None],
-    ) -> None:
+    def _reap(self, on_exit: Callable[[_Process, int | None], None]) -> None:
+        """Its pipe closed: report its exit once it has ended (its sentinel becomes
+        readable), killing it if it lives on without its pipe."""
+        if self._reaping:
+            return
+        self._reaping = True
         loop = asyncio.get_running_loop()
-        threading.Thread(
-            target=self._read,
-            args=(loop, on_message, on_exit),
-            name="sfn-handler-reader",
-            daemon=True,
-        ).start()
+        sentinel = self.process.sentinel
+        timer = loop.call_later(REAP_SECONDS, self._kill)
 
-    def _read(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[_Process, tuple[Any, ...]], None],
-        on_exit: Callable[[_Process, int | None], None],
-    ) -> None:
-        """Reader thread: forward messages to the loop; report the exit after EOF."""
-        try:
-            while True:
-                try:
-                    message = self.conn.recv()
-                except (EOFError, OSError):
-                    break
-                except Exception as exc:  # noqa: BLE001 - unpicklable here (class unknown)
-                    message = ("unreadable", f"{type(exc).__name__}: {exc}")
-                loop.call_soon_threadsafe(on_message, self, message)
-            self.process.join(REAP_SECONDS)
-            if self.process.exitcode is None:  # closed its pipe but lives on
-                self.process.kill()
-                self.process.join()
-            loop.call_soon_threadsafe(on_exit, self, self.process.exitcode)
-        except RuntimeError:
-            pass  # the event loop is closed: the worker has exited
+        def ended() -> None:
+            loop.remove_reader(sentinel)
+            timer.cancel()
+            self.process.join()  # it has ended: returns at once
+            self._control.close()
+            on_exit(self, self.process.exitcode)
+
+        loop.add_reader(sentinel, ended)
 
     def finished_call(self, message: tuple[Any, ...]) -> tuple[_Call, bool, Any] | None:
         """The current call and its outcome (ok, value or exception), if ``message`` ends
@@ -181,8 +193,9 @@ class _Process:
 class _Restarts:
     """Deaths and the backoff they impose on starting new processes."""
 
-    def __init__(self, backoff: Backoff) -> None:
+    def __init__(self, backoff: Backoff, on_may_start: Callable[[], None]) -> None:
         self._backoff = backoff
+        self._on_may_start = on_may_start
         self.deaths = 0
         self.consecutive = 0
         self._not_before = 0.0
@@ -201,8 +214,12 @@ class _Restarts:
         self.may_start.clear()
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = loop.call_later(delay, self.may_start.set)
+        self._timer = loop.call_later(delay, self._passed)
         return delay
+
+    def _passed(self) -> None:
+        self.may_start.set()
+        self._on_may_start()
 
     def delayed_seconds(self) -> float:
         return max(0.0, self._not_before - asyncio.get_running_loop().time())
@@ -213,6 +230,7 @@ class HandlerProcessPool:
         self,
         handler_path: str,
         *,
+        max_processes: int,
         init_path: str | None = None,
         max_tasks_per_child: int = 0,
         trace_carrier: Callable[[], dict[str, str] | None] | None = None,
@@ -222,18 +240,25 @@ class HandlerProcessPool:
         self._trace_carrier = trace_carrier
         self._handler_path = handler_path
         self._init_path = init_path
+        self._max_processes = max(1, max_processes)
         self._max_tasks = max_tasks_per_child
         self._on_death = on_death
-        self._restarts = _Restarts(death_backoff)
+        self._restarts = _Restarts(death_backoff, self._fill)
         start_children_with_safe_path()
         self._context = multiprocessing.get_context("spawn")  # fork is unsafe with threads
         self._processes: set[_Process] = set()
         self._idle: list[_Process] = []
+        # Calls waiting for a process, first come first served.
+        self._waiting: collections.deque[asyncio.Future[_Process]] = collections.deque()
         self._ids = itertools.count(1)
         self._shutdown = False
         self._closed = False
         self._all_gone = asyncio.Event()
         self._all_gone.set()
+
+    @property
+    def max_processes(self) -> int:
+        return self._max_processes
 
     # -- what the worker asks ----------------------------------------------------------------
     def health(self) -> PoolHealth:
@@ -245,14 +270,16 @@ class HandlerProcessPool:
         )
 
     async def wait_ready(self) -> None:
-        """Returns once a call could start at once (not backing off after deaths)."""
+        """Returns once a call could start without a backoff after deaths (it may still
+        wait for a busy process: its task is held meanwhile)."""
         if not self._idle:
             await self._restarts.may_start.wait()
 
     async def call(self, task_input: Any, ctx: TaskContext) -> Any:
         """Run the handler in a process; its exception, or HandlerProcessDied."""
-        await self.wait_ready()
-        process = self._take()
+        process = await self._acquire()
+        while process not in self._processes or process.stopping:
+            process = await self._acquire()  # it died before this call could use it
         call = _Call(next(self._ids), asyncio.get_running_loop().create_future(), ctx)
         call.future.add_done_callback(retrieve_exception)  # a result may arrive after nobody waits
         process.call = call
@@ -266,12 +293,17 @@ class HandlerProcessPool:
         }
         # The current trace context (the handler's span) crosses to the child with the call.
         carrier = self._trace_carrier() if self._trace_carrier is not None else None
-        process.send(("call", call.id, task_input, fields, carrier))
-        if self._shutdown:
-            process.send(("shutdown",))
+        # A process known to be up starts the call at once: no "started" message needed.
+        announce = not process.ready
+        process.send(("call", call.id, task_input, fields, carrier, announce))
+        if not announce:
+            self._started(process, call)
         try:
-            return await asyncio.shield(call.future)
+            return await call.future
         except asyncio.CancelledError:
+            if call.future.cancelled():  # with this task: a new one takes the late result
+                call.future = asyncio.get_running_loop().create_future()
+                call.future.add_done_callback(retrieve_exception)
             await self._stop_call(process, call)
             raise
 
@@ -279,13 +311,23 @@ class HandlerProcessPool:
         """Set ``ctx.shutdown_requested`` in every handler process, now and later."""
         self._shutdown = True
         for process in self._processes:
-            process.send(("shutdown",))
+            process.control(("shutdown",))
 
     async def close(self, deadline: float | None = None) -> None:
         """End every process (running calls included); returns when all are gone. With a
         ``deadline`` (loop time), idle processes leave on their own, exporting their last
-        spans until then; the others are terminated at once."""
+        spans until then; the others are terminated at once. Calls still waiting for a
+        process fail with Worker.Shutdown."""
         self._closed = True
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    TaskFailed(
+                        SHUTDOWN_ERROR,
+                        "the worker shut down before a handler process was free for this task",
+                    )
+                )
         flush = 0.0
         if deadline is not None:
             flush = min(EXIT_FLUSH_SECONDS, deadline - asyncio.get_running_loop().time())
@@ -298,9 +340,69 @@ class HandlerProcessPool:
             await asyncio.wait_for(self._all_gone.wait(), CLOSE_TIMEOUT_SECONDS)
 
     # -- inside ------------------------------------------------------------------------------
+    async def _acquire(self) -> _Process:
+        """A process for a call, waiting in line for one if none is free."""
+        process = self._take()
+        if process is not None:
+            return process
+        waiter: asyncio.Future[_Process] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())  # handed over as this call was cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+            raise
+
+    def _take(self) -> _Process | None:
+        """An idle process that is up (the last one freed: its caches are warm), else the
+        idle one starting longest, else a new one if the limit and the backoff allow; None
+        when the call must wait (or others wait already: first come first served)."""
+        if self._waiting:
+            return None
+        chosen = next((p for p in reversed(self._idle) if p.ready), None)
+        if chosen is None and self._idle:
+            chosen = self._idle[0]
+        if chosen is not None:
+            self._idle.remove(chosen)
+            return chosen
+        return self._start() if self._may_start() else None
+
+    def _may_start(self) -> bool:
+        counted = sum(1 for p in self._processes if p.counted)
+        return (
+            not self._closed and self._restarts.may_start.is_set() and counted < self._max_processes
+        )
+
+    def _release(self, process: _Process) -> None:
+        """A free process: to the first waiting call, else idle."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(process)
+                return
+        self._idle.append(process)
+
+    def _fill(self) -> None:
+        """Start processes for waiting calls, as far as the limit and the backoff allow."""
+        while self._waiting and self._may_start():
+            self._release(self._start())
+
+    def _started(self, process: _Process, call: _Call) -> None:
+        """The handler of ``call`` starts now."""
+        progress = call.ctx._progress
+        if progress is not None:
+            progress.handler_started()
+        if self._max_tasks and process.calls_done + 1 >= self._max_tasks:
+            self._start_replacement(process)  # it starts up while this last call runs
+
     async def _stop_call(self, process: _Process, call: _Call) -> None:
         """The call was cancelled: tell the handler, then end its process if it goes on."""
-        process.send(("cancel", call.id))
+        if not call.future.done():
+            process.control(("cancel", call.id))
         try:
             await asyncio.wait_for(asyncio.shield(call.future), CANCEL_GRACE_SECONDS)
         except TimeoutError:
@@ -314,39 +416,45 @@ class HandlerProcessPool:
         except Exception:  # noqa: BLE001, S110 - the call's late result is discarded
             pass
 
-    def _take(self) -> _Process:
-        """A process for a call: an idle one that is up (the last one freed: its caches are
-        warm), else the idle one starting longest, else a new one."""
-        chosen = next((p for p in reversed(self._idle) if p.ready), None)
-        if chosen is None and self._idle:
-            chosen = self._idle[0]
-        if chosen is None:
-            return self._start()
-        self._idle.remove(chosen)
-        return chosen
-
-    def _start_replacement(self) -> None:
+    def _start_replacement(self, process: _Process) -> None:
         """With recycling: the successor of a process whose last call started (then, not
         when the call is handed over: a process still starting would start another, and
         quick calls would pile up starts competing for the cores). Not while stopping (no
-        call needs it) or backing off after deaths (a call will start one)."""
-        if not (self._closed or self._shutdown) and self._restarts.may_start.is_set():
+        call needs it, unless one waits) or backing off after deaths (the backoff's end
+        starts one for a waiting call)."""
+        process.last_call = True
+        if self._waiting:
+            self._fill()
+        elif not (self._closed or self._shutdown) and self._may_start():
             self._idle.append(self._start())
 
     def _start(self) -> _Process:
         parent_end, child_end = self._context.Pipe(duplex=True)
+        widen(parent_end)
+        widen(child_end)
+        control_end, control_child_end = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=child_main,
-            args=(child_end, self._handler_path, self._init_path, current_log_config()),
+            args=(
+                child_end,
+                control_end,
+                self._handler_path,
+                self._init_path,
+                current_log_config(),
+            ),
             name="sfn-handler",
         )
         process.daemon = True  # multiprocessing ends daemonic children at interpreter exit
         process.start()
-        child_end.close()  # the child's end lives in the child: EOF here means it is gone
-        handle = _Process(process, parent_end)
+        # The child's ends live in the child: EOF here means it is gone.
+        child_end.close()
+        control_end.close()
+        handle = _Process(process, parent_end, control_child_end)
         self._processes.add(handle)
         self._all_gone.clear()
-        handle.start_reader(self._on_message, self._on_exit)
+        handle.watch(self._on_message, self._on_exit)
+        if self._shutdown:
+            handle.control(("shutdown",))
         return handle
 
     def _on_message(self, process: _Process, message: tuple[Any, ...]) -> None:
@@ -357,15 +465,10 @@ class HandlerProcessPool:
             call = process.call
             if call is None or message[1] != call.id:
                 return  # a late message of a call that ended
-            progress = call.ctx._progress
-            if message[0] == "progress":
-                if progress is not None:
-                    progress.report_progress()
-                return
-            if progress is not None:
-                progress.handler_started()
-            if self._max_tasks and process.calls_done + 1 >= self._max_tasks:
-                self._start_replacement()  # it starts up while this last call runs
+            if message[0] == "started":
+                self._started(process, call)
+            elif (progress := call.ctx._progress) is not None:
+                progress.report_progress()
             return
         finished = process.finished_call(message)
         if finished is None:
@@ -384,7 +487,7 @@ class HandlerProcessPool:
         elif self._max_tasks and process.calls_done >= self._max_tasks:
             process.retire()  # recycled: its replacement started with its last call
         else:
-            self._idle.append(process)
+            self._release(process)
 
     def _on_exit(self, process: _Process, exitcode: int | None) -> None:
         self._processes.discard(process)
@@ -397,6 +500,7 @@ class HandlerProcessPool:
         if call is not None and not call.future.done():
             call.future.set_exception(died)
         if process.stopping:
+            self._fill()
             return
         delay = self._restarts.died()
         log.error(
