@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from sfn_worker.testing import FakeStepFunctions
+from sfn_worker.testing import FakeStepFunctions, Fault
 
 from ..test_process import BIN, WorkerProcess, worker_process
 
@@ -56,3 +56,40 @@ async def test_a_fleet_past_the_open_poll_limit_backs_off(fake: FakeStepFunction
     assert not [
         e for w in workers for e in w.events if e.get("event") == "poll failed; backing off"
     ]
+
+
+POLLS = 200  # open polls of one worker (SFN_POLLERS and SFN_CONCURRENCY)
+FAILED = "poll failed; backing off"
+
+
+@pytest.mark.timeout(120)
+async def test_an_outage_under_hundreds_of_open_polls_is_one_log_line(
+    fake: FakeStepFunctions,
+) -> None:
+    """Every open poll fails at once (5xx) and again on its backoff: the worker says so once
+    for the source, with how many failed, not once per failed poll (200 polls made ~1,400
+    lines in 30 s), and serves again once the service heals."""
+    stats = fake.stats[fake.activity_arn]
+    failures = 3 * POLLS  # every poll fails, then again on its backoff, and again
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"], fake, SFN_POLLERS=str(POLLS),
+        SFN_CONCURRENCY=str(POLLS), SFN_SHUTDOWN_GRACE_SECONDS="5",
+    ) as worker:  # fmt: skip
+        await fake.wait_for(lambda: stats.open_polls == POLLS, timeout=30)
+        fake.inject("GetActivityTask", *[Fault.server_error(500)] * failures)
+        fake.release_polls()  # every open poll returns and polls again, into the outage
+        fake.resume_polls()
+        await fake.wait_for(lambda: failed_polls(fake) == failures, timeout=30)
+        task = fake.add_task({"in": "SUCCESS"})  # healed: the next polls get it
+        await fake.wait_for(lambda: task.state == "succeeded", timeout=30)
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    assert task.terminal_calls == 1
+    said = [e for e in worker.events if e.get("event") == FAILED]
+    assert len(said) == 1, f"{len(said)} lines for {failures} failed polls"
+    assert said[0]["error"].startswith("InternalFailure")
+
+
+def failed_polls(fake: FakeStepFunctions) -> int:
+    return sum(c.answer == "InternalFailure" for c in fake.calls_of("GetActivityTask"))
