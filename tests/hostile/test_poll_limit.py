@@ -132,3 +132,29 @@ async def test_open_polls_near_the_soft_file_limit_leave_files_for_answers(
     raised = [e for e in worker.events if e.get("event") == RAISED]
     assert len(raised) == 1
     assert WIDE + SOFT_ABOVE < raised[0]["open_files_limit"] <= HARD
+
+
+SHORT = "open files limit below what the connection pools may open"
+
+
+@pytest.mark.skipif(prlimit is None, reason="needs util-linux prlimit")
+@pytest.mark.timeout(60)
+async def test_a_hard_file_limit_below_the_open_polls_is_said_at_start(
+    fake: FakeStepFunctions,
+) -> None:
+    """The hard limit leaves no room to raise the soft one: said once at start, with the
+    limit, what the pools may want and what to change, before a single answer fails."""
+    assert prlimit is not None
+    async with worker_process(
+        [prlimit, f"--nofile={WIDE + SOFT_ABOVE}:{WIDE + SOFT_ABOVE}", str(BIN / "sfn-worker"),
+         "run"], fake, SFN_POLLERS=str(WIDE), SFN_CONCURRENCY=str(WIDE),
+    ) as worker:  # fmt: skip
+        said = await worker.wait_for_log(SHORT)
+        await worker.wait_for_log("worker started")
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    assert said["open_files_limit"] == WIDE + SOFT_ABOVE
+    assert said["wanted"] > WIDE + SOFT_ABOVE
+    assert "SFN_POLLERS" in said["hint"]
+    assert [e.get("event") for e in worker.events].count(SHORT) == 1

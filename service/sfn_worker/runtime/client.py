@@ -207,21 +207,29 @@ def fit_open_files(connections: int) -> None:
     """Raise the soft open-files limit, up to the hard one, to what the pools may open
     (as Go's runtime does at start). 1,000 open polls under a soft limit of 1,024 (Docker's
     default on many hosts) left no file for answers and heartbeats. Short of it even at
-    the hard limit, the worker still runs: a connection that cannot open says why
-    (redact.py), once."""
+    the hard limit, the worker says so once and still runs: a connection that cannot open
+    says why (redact.py)."""
     wanted = connections + FILES_BESIDE_POOLS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return
     raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if raised <= soft:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-    except (OSError, ValueError) as exc:  # a sandbox that refuses it: run with what there is
-        log.info("open files limit left as it is", open_files_limit=soft, error=str(exc))
-        return
-    log.info("open files limit raised for the connection pools", open_files_limit=raised)
+    if raised > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        except (OSError, ValueError):  # a sandbox that refuses it: run with what there is
+            raised = soft
+        else:
+            log.info("open files limit raised for the connection pools", open_files_limit=raised)
+    if raised < wanted:
+        log.warning(
+            "open files limit below what the connection pools may open",
+            open_files_limit=raised,
+            wanted=wanted,
+            hint="raise the hard limit: ECS task definition ulimits nofile (softLimit/"
+            "hardLimit), docker run --ulimit nofile=65536:65536, systemd LimitNOFILE; or "
+            "lower SFN_POLLERS and SFN_CONCURRENCY: open polls hold files answers then lack",
+        )
 
 
 @dataclass(frozen=True)
