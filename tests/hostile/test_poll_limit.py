@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 
 import pytest
 
-from sfn_worker.testing import FakeStepFunctions
+from sfn_worker.testing import FakeStepFunctions, FakeTask, Fault
 
 from ..test_process import BIN, WorkerProcess, worker_process
 
@@ -56,3 +57,104 @@ async def test_a_fleet_past_the_open_poll_limit_backs_off(fake: FakeStepFunction
     assert not [
         e for w in workers for e in w.events if e.get("event") == "poll failed; backing off"
     ]
+
+
+POLLS = 200  # open polls of one worker (SFN_POLLERS and SFN_CONCURRENCY)
+FAILED = "poll failed; backing off"
+
+
+@pytest.mark.timeout(120)
+async def test_an_outage_under_hundreds_of_open_polls_is_one_log_line(
+    fake: FakeStepFunctions,
+) -> None:
+    """Every open poll fails at once (5xx) and again on its backoff: the worker says so once
+    for the source, with how many failed, not once per failed poll (200 polls made ~1,400
+    lines in 30 s), and serves again once the service heals."""
+    stats = fake.stats[fake.activity_arn]
+    failures = 3 * POLLS  # every poll fails, then again on its backoff, and again
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"], fake, SFN_POLLERS=str(POLLS),
+        SFN_CONCURRENCY=str(POLLS), SFN_SHUTDOWN_GRACE_SECONDS="5",
+    ) as worker:  # fmt: skip
+        await fake.wait_for(lambda: stats.open_polls == POLLS, timeout=30)
+        fake.inject("GetActivityTask", *[Fault.server_error(500)] * failures)
+        fake.release_polls()  # every open poll returns and polls again, into the outage
+        fake.resume_polls()
+        await fake.wait_for(lambda: failed_polls(fake) == failures, timeout=30)
+        task = fake.add_task({"in": "SUCCESS"})  # healed: the next polls get it
+        await fake.wait_for(lambda: task.state == "succeeded", timeout=30)
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    assert task.terminal_calls == 1
+    said = [e for e in worker.events if e.get("event") == FAILED]
+    assert len(said) == 1, f"{len(said)} lines for {failures} failed polls"
+    assert said[0]["error"].startswith("InternalFailure")
+
+
+def failed_polls(fake: FakeStepFunctions) -> int:
+    return sum(c.answer == "InternalFailure" for c in fake.calls_of("GetActivityTask"))
+
+
+prlimit = shutil.which("prlimit")
+WIDE = 250  # slots and open polls of one worker, near its soft file limit below
+SOFT_ABOVE = 40  # files the soft limit leaves beside the open polls: all an idle worker needs
+HARD = 4096
+RAISED = "open files limit raised for the connection pools"
+
+
+@pytest.mark.skipif(prlimit is None, reason="needs util-linux prlimit")
+@pytest.mark.timeout(120)
+async def test_open_polls_near_the_soft_file_limit_leave_files_for_answers(
+    fake: FakeStepFunctions,
+) -> None:
+    """A soft open-files limit just above SFN_POLLERS (Docker's 1,024:4,096 on many hosts
+    under SFN_POLLERS=1000): the open polls held nearly every file, so answers and
+    heartbeats failed with "too many open files" (1,000 polls: 8,000 failed answers, 700
+    tokens left at shutdown). The worker raises its soft limit, up to the hard one, to
+    what its pools may open: every task is answered once, nothing fails to connect."""
+    assert prlimit is not None
+    tasks: list[FakeTask] = []
+    async with worker_process(
+        [prlimit, f"--nofile={WIDE + SOFT_ABOVE}:{HARD}", str(BIN / "sfn-worker"), "run"], fake,
+        SFN_HANDLER="sfn_worker.examples:sleep_handler", SFN_POLLERS=str(WIDE),
+        SFN_CONCURRENCY=str(WIDE), SFN_HEARTBEAT_SECONDS="1", SFN_SHUTDOWN_GRACE_SECONDS="5",
+    ) as worker:  # fmt: skip
+        await fake.wait_for(lambda: fake.stats[fake.activity_arn].open_polls == WIDE, 30)
+        tasks = [fake.add_task({"seconds": 2}) for _ in range(WIDE)]
+        await fake.wait_for(lambda: all(t.state == "succeeded" for t in tasks), timeout=60)
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    assert all(t.terminal_calls == 1 for t in tasks)
+    assert not [e for e in worker.events if "too many open files" in str(e.get("error"))]
+    assert not [e for e in worker.events if e.get("event", "").startswith("out of file")]
+    raised = [e for e in worker.events if e.get("event") == RAISED]
+    assert len(raised) == 1
+    assert WIDE + SOFT_ABOVE < raised[0]["open_files_limit"] <= HARD
+
+
+SHORT = "open files limit below what the connection pools may open"
+
+
+@pytest.mark.skipif(prlimit is None, reason="needs util-linux prlimit")
+@pytest.mark.timeout(60)
+async def test_a_hard_file_limit_below_the_open_polls_is_said_at_start(
+    fake: FakeStepFunctions,
+) -> None:
+    """The hard limit leaves no room to raise the soft one: said once at start, with the
+    limit, what the pools may want and what to change, before a single answer fails."""
+    assert prlimit is not None
+    async with worker_process(
+        [prlimit, f"--nofile={WIDE + SOFT_ABOVE}:{WIDE + SOFT_ABOVE}", str(BIN / "sfn-worker"),
+         "run"], fake, SFN_POLLERS=str(WIDE), SFN_CONCURRENCY=str(WIDE),
+    ) as worker:  # fmt: skip
+        said = await worker.wait_for_log(SHORT)
+        await worker.wait_for_log("worker started")
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    assert said["open_files_limit"] == WIDE + SOFT_ABOVE
+    assert said["wanted"] > WIDE + SOFT_ABOVE
+    assert "SFN_POLLERS" in said["hint"]
+    assert [e.get("event") for e in worker.events].count(SHORT) == 1

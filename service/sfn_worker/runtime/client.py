@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import resource
 import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 
 import aioboto3
 import botocore
+import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from botocore import handlers as botocore_handlers
@@ -39,6 +41,8 @@ from ..tasks.answering import MAX_ANSWERING
 from ..tasks.heartbeat import MAX_SENDING
 from ..tasks.sources.queue.worker import MAX_PROBING
 from .credentials import wait_for_credentials
+
+log = structlog.get_logger("sfn_worker.client")
 
 
 def _package_version() -> str:
@@ -194,6 +198,40 @@ def calls_pool_connections(sources: Sequence[SourceConfig]) -> int:
     return answers + heartbeats + probes + SPARE_CONNECTIONS
 
 
+# Files the process opens beside its pools: the HTTP server's connections, pipes to
+# handler processes, log and metrics streams, the libraries' own.
+FILES_BESIDE_POOLS = 256
+
+
+def fit_open_files(connections: int) -> None:
+    """Raise the soft open-files limit, up to the hard one, to what the pools may open
+    (as Go's runtime does at start). 1,000 open polls under a soft limit of 1,024 (Docker's
+    default on many hosts) left no file for answers and heartbeats. Short of it even at
+    the hard limit, the worker says so once and still runs: a connection that cannot open
+    says why (redact.py)."""
+    wanted = connections + FILES_BESIDE_POOLS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if raised > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        except (OSError, ValueError):  # a sandbox that refuses it: run with what there is
+            raised = soft
+        else:
+            log.info("open files limit raised for the connection pools", open_files_limit=raised)
+    if raised < wanted:
+        log.warning(
+            "open files limit below what the connection pools may open",
+            open_files_limit=raised,
+            wanted=wanted,
+            hint="raise the hard limit: ECS task definition ulimits nofile (softLimit/"
+            "hardLimit), docker run --ulimit nofile=65536:65536, systemd LimitNOFILE; or "
+            "lower SFN_POLLERS and SFN_CONCURRENCY: open polls hold files answers then lack",
+        )
+
+
 @dataclass(frozen=True)
 class SfnClients:
     """``polls`` for GetActivityTask only; ``calls`` for everything answered at once; the
@@ -255,6 +293,10 @@ async def open_clients(
     timeout = call_timeout_seconds(min(heartbeats, default=0.0))
     queues = [s for s in sources if s.uses_sqs]
     pollers = sum(s.pollers for s in sources if s not in queues) or 1
+    calls_pool = calls_pool_connections(sources)
+    receivers = sum(q.pollers for q in queues)
+    sqs_calls = sum(q.concurrency for q in queues) + SPARE_CONNECTIONS if queues else 0
+    fit_open_files(pollers + calls_pool + receivers + sqs_calls)
     async with contextlib.AsyncExitStack() as stack:
         try:
             polls = await _client(
@@ -264,16 +306,16 @@ async def open_clients(
                 stack,
                 session,
                 "stepfunctions",
-                call_config(calls_pool_connections(sources), timeout),
+                call_config(calls_pool, timeout),
                 endpoint_url,
                 direct,
             )
             sqs_polls = sqs = None
             if queues:
-                receive = poll_config(sum(q.pollers for q in queues), RECEIVE_READ_TIMEOUT_SECONDS)
+                receive = poll_config(receivers, RECEIVE_READ_TIMEOUT_SECONDS)
                 sqs_polls = await _client(stack, session, "sqs", receive, endpoint_url, direct)
                 # Visibility changes, deletes and releases: one per running task at most.
-                quick = call_config(sum(q.concurrency for q in queues) + SPARE_CONNECTIONS, timeout)
+                quick = call_config(sqs_calls, timeout)
                 sqs = await _client(stack, session, "sqs", quick, endpoint_url, direct)
         except NoRegionError:
             raise SettingsError(NO_REGION) from None

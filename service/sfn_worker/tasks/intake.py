@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import structlog
@@ -25,11 +27,31 @@ from .task import Task
 log = structlog.get_logger("sfn_worker.intake")
 
 
+class FailureNotice:
+    """A source's failed requests: said at once, then at most once per ``every`` seconds
+    with how many failed since. In an outage every open request fails together and again
+    on each backoff: 200 open polls made 1,400 lines in 30 s, one per failed poll."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self._every = every
+        self._last = -math.inf
+        self._count = 0
+
+    def note(self, event: str, **fields: object) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last < self._every:
+            return
+        log.warning(event, failed_requests=self._count, per_seconds=self._every, **fields)
+        self._last, self._count = now, 0
+
+
 @dataclass(frozen=True)
 class IntakeParts:
     """What every intake loop of one source shares: its slots, its open requests' target,
     the handler's readiness, the queue it hands tasks to, the process's stop events, where
-    a fatal error goes, its source's metrics and its backoff."""
+    a fatal error goes, its source's metrics, its backoff and the notice of its failed
+    requests."""
 
     slots: Slots
     open_polls: OpenPolls
@@ -41,6 +63,7 @@ class IntakeParts:
     metrics: SourceMetrics
     untraced: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
     backoff: Backoff = POLL_BACKOFF
+    failures: FailureNotice = field(default_factory=FailureNotice)
 
 
 class IntakeLoop:
@@ -68,6 +91,7 @@ class IntakeLoop:
         self._metrics = parts.metrics
         self._backoff = parts.backoff
         self._untraced = parts.untraced
+        self._failures = parts.failures
         self._holds_task = False
         self._ticket = 0  # of the last request, from OpenPolls.enter
         # A request refused as one too many keeps its place under the source's target
@@ -154,9 +178,10 @@ class IntakeLoop:
         return Again.AFTER_BACKOFF if self._keep_going_after(exc) else Stop(None)
 
     def _say_retry(self, exc: BaseException, delay: float, retry: Retry) -> None:
-        # Throttles go to the process's throttle notice, "too many" to OpenPolls' one line.
+        # Throttles go to the process's throttle notice, "too many" to OpenPolls' one line,
+        # the rest to the source's notice: one line per outage, not one per open request.
         if not is_throttling(exc) and error_code(exc) not in self.TOO_MANY:
-            log.warning(self.FAILED, error=describe(exc), retry_in=round(delay, 2))
+            self._failures.note(self.FAILED, error=describe(exc), retry_in=round(delay, 2))
 
     def _keep_going_after(self, exc: BaseException) -> bool:
         code = error_code(exc)
