@@ -14,7 +14,7 @@ from sfn_worker import TaskContext
 from sfn_worker.app import Handler
 from sfn_worker.settings import DEFAULT_POLLERS, Settings
 from sfn_worker.tasks.open_polls import OpenPolls
-from sfn_worker.testing import FakeStepFunctions
+from sfn_worker.testing import FakeStepFunctions, Fault
 from sfn_worker.worker import Worker
 from tests.conftest import FAST_BACKOFF, WorkerHarness
 
@@ -179,3 +179,25 @@ async def test_a_refused_poll_keeps_its_place_through_its_backoff() -> None:
     # Over the target: the first two give their places up, the last two go again.
     assert [polls.keep(), polls.keep(), polls.keep(), polls.keep()] == [None, None, 1, 1]
     assert polls.open() == 2
+
+
+async def test_throttled_polls_lower_the_target_without_a_warning(
+    fake: FakeStepFunctions,
+) -> None:
+    """Hundreds of open polls each retried within a second of a throttle would keep the
+    account throttled: a throttled volley halves the open polls, as a refused one does; the
+    process's throttle notice reports it, not the too-many-workers warning."""
+    fake.inject("GetActivityTask", *[Fault.throttle() for _ in range(16)])
+
+    async def handler(task_input: Any, ctx: TaskContext) -> Any:
+        return task_input
+
+    with structlog.testing.capture_logs() as logs:
+        async with default_worker(fake, handler):
+            await fake.wait_for(lambda: fake.open_polls == 8)
+            task = fake.add_task({})
+            await fake.wait_for(lambda: task.state == "succeeded")
+            await fake.wait_for(lambda: fake.open_polls == 8)
+    assert fake.max_open_polls == 8
+    assert not [e for e in logs if e["event"] == LOWERED]
+    assert task.terminal_calls == 1

@@ -186,8 +186,8 @@ class IntakeLoop:
     def _keep_going_after(self, exc: BaseException) -> bool:
         code = error_code(exc)
         self._metrics.poll_error(code)
-        if code in self.TOO_MANY:
-            self._open_polls.too_many(code, self._ticket)
+        if code in self.TOO_MANY or is_throttling(exc):
+            self._open_polls.too_many(code, self._ticket, say=code in self.TOO_MANY)
         # Only transient errors heal by waiting; anything else means this request can never work.
         if classify(exc) is not ErrorKind.TRANSIENT:
             self._on_fatal(FatalWorkerError(f"{self.API} failed: {describe(exc)}"))

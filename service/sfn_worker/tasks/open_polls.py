@@ -75,15 +75,17 @@ class OpenPolls:
                 log.info("open polls back at their cap", open_polls=self.cap)
         self._wake()
 
-    def too_many(self, code: str, ticket: int) -> None:
+    def too_many(self, code: str, ticket: int, *, say: bool = True) -> None:
         """The service refused the request of ``ticket``: too many are open on the ARN,
-        fleet-wide."""
+        fleet-wide, or (``say=False``) the account's calls are throttled, which the process's
+        throttle notice reports: fewer open requests then mean fewer calls, where hundreds
+        retried each within a second would keep the whole account throttled."""
         if ticket != self._epoch:
             return  # begun before the last lowering: that one answered it already
         self._epoch += 1
         self.times_lowered += 1
         self._target, self._answered = max(1, self._target // 2), 0
-        if not self._lowered:
+        if say and not self._lowered:
             self._lowered = True
             log.warning(
                 "too many workers poll this activity; lowering this worker's open polls"
