@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import stat
 import threading
 import time
 from typing import Any
@@ -146,3 +148,26 @@ def stamped_sleep(task_input: Any, ctx: TaskContext) -> Any:
     started = time.time()
     time.sleep(task_input.get("seconds", 0))
     return {"pid": os.getpid(), "started": started}
+
+
+def die_leaving_a_child(task_input: Any, ctx: TaskContext) -> Any:
+    """With ``die``: forks a child that outlives this process for ``child_seconds`` (as the
+    workers of a ``multiprocessing.Pool`` do when the OOM killer takes their parent), so
+    the child holds this process's end of its pipe; then ends abruptly."""
+    if task_input.get("die"):
+        if os.fork() == 0:
+            _keep_only_sockets()  # the test reads the worker's streams to their end
+            time.sleep(task_input.get("child_seconds", 30))
+            os._exit(0)
+        os._exit(3)
+    return {"pid": os.getpid()}
+
+
+def _keep_only_sockets() -> None:
+    """Close every descriptor but sockets (a handler process's calls pipe is one): the
+    worker's streams and the resource tracker's pipe (which keeps the tracker, and so
+    those streams, open) are not."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                os.close(int(name))

@@ -66,6 +66,27 @@ def test_a_bad_process_count_is_one_line_naming_the_variable_and_exit_2(value: s
     assert "SFN_PROCESSES" in line
 
 
+@pytest.mark.parametrize(
+    ("processes", "shown"),
+    [
+        ("8", "processes          8, capped at the concurrency (2)"),
+        ("2", "processes          2 (environment"),
+        ("0", f"processes          0 = one per CPU it may use ({available_cpus()})"),
+    ],
+)
+def test_settings_show_the_processes_capped_at_the_concurrency(processes: str, shown: str) -> None:
+    env = {
+        "SFN_ACTIVITY_ARN": ARN,
+        "SFN_HANDLER": SEED,
+        "SFN_HANDLER_MODE": "process",
+        "SFN_PROCESSES": processes,
+        "SFN_CONCURRENCY": "2",
+    }
+    result = _run_cli("settings", env=env)
+    assert result.returncode == 0, result.stderr
+    assert shown in result.stdout, result.stdout  # was "8" while 2 processes at most ran
+
+
 # -- tasks waiting for a process ----------------------------------------------------------------
 @pytest.mark.timeout(90)
 async def test_tasks_beyond_the_processes_take_turns_in_one_process(

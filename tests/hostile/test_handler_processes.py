@@ -9,7 +9,8 @@ import signal
 
 import pytest
 
-from sfn_worker.errors import INVALID_OUTPUT_ERROR, SHUTDOWN_ERROR
+from sfn_worker.context import token_hash
+from sfn_worker.errors import INVALID_OUTPUT_ERROR, PROCESS_DIED_ERROR, SHUTDOWN_ERROR
 from sfn_worker.testing import FakeStepFunctions
 
 from ..test_process import BIN, worker_process
@@ -142,3 +143,60 @@ async def test_sigterm_with_tasks_waiting_for_the_one_process_answers_every_toke
     # Held, heartbeated, never run; at the end of the grace failed like the running one.
     for task in [running, *waiting]:
         assert (task.state, task.error, task.terminal_calls) == ("failed", SHUTDOWN_ERROR, 1)
+
+
+@pytest.mark.timeout(90)
+async def test_a_process_that_dies_leaving_a_child_with_its_pipe_fails_only_its_task(
+    fake: FakeStepFunctions,
+) -> None:
+    # The child keeps the dead process's end of the pipe open for 30 s: no end of file.
+    dying = fake.add_task({"die": True, "child_seconds": 30})
+    waiting = [fake.add_task({}) for _ in range(3)]  # held for the one process
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"],
+        fake,
+        SFN_HANDLER="tests.handler_mistakes:die_leaving_a_child",
+        SFN_HANDLER_MODE="process",
+        SFN_PROCESSES="1",
+        SFN_CONCURRENCY="4",
+        SFN_POLLERS="1",
+        SFN_HEARTBEAT_SECONDS="0",
+        SFN_SHUTDOWN_GRACE_SECONDS="3",
+    ) as worker:
+        # Seconds on a busy machine; was never (the worker waited for the pipe to close).
+        await fake.wait_for(lambda: all(t.state != "open" for t in fake.tasks.values()), 20)
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    assert (dying.state, dying.error, dying.terminal_calls) == ("failed", PROCESS_DIED_ERROR, 1)
+    assert "code 3" in (dying.cause or "")
+    assert [(t.state, t.terminal_calls) for t in waiting] == [("succeeded", 1)] * 3
+
+
+@pytest.mark.timeout(90)
+async def test_a_process_death_is_logged_with_the_token_of_its_own_task(
+    fake: FakeStepFunctions,
+) -> None:
+    first = fake.add_task({"in": "SUCCESS"})  # its task starts the process
+    dying = fake.add_task({"die": True})
+    async with worker_process(
+        [str(BIN / "sfn-worker"), "run"],
+        fake,
+        SFN_HANDLER="tests.handler_mistakes:die_when_asked",
+        SFN_HANDLER_MODE="process",
+        SFN_PROCESSES="1",
+        SFN_CONCURRENCY="1",
+        SFN_POLLERS="1",
+        SFN_HEARTBEAT_SECONDS="0",
+        SFN_SHUTDOWN_GRACE_SECONDS="3",
+    ) as worker:
+        death = await worker.wait_for_log("handler process died", 30)
+        worker.signal_worker(signal.SIGTERM)
+        fake.release_polls()
+        assert await worker.exit_code() == 0
+    assert first.state == "succeeded"
+    assert dying.error == PROCESS_DIED_ERROR
+    # Was the first task's: the pipe's callbacks ran in the context of the task that
+    # started the process, so every death of it and its replacements named that task.
+    assert death["token"] == token_hash(dying.token)
+    assert death["source"] == "fake-activity"

@@ -87,5 +87,8 @@ def _shown(config: SourceConfig, name: str) -> str | None:
     if name == "processes":
         if config.handler_mode is not HandlerMode.PROCESS:
             return None  # only process mode has handler processes
-        return show(value or f"0 = one per CPU it may use ({available_cpus()})")
+        shown = show(value or f"0 = one per CPU it may use ({available_cpus()})")
+        if (value or available_cpus()) > config.concurrency:  # no more processes than slots
+            shown += f", capped at the concurrency ({config.concurrency})"
+        return shown
     return show(value)

@@ -105,6 +105,13 @@ class Pipe:
         if not waiting:
             self._write()
 
+    def finish(self) -> None:
+        """The other end's process has ended: deliver what it wrote before, then close,
+        without waiting for an end of file (a child it left may hold its end open)."""
+        while self._open and self._read_once():
+            pass
+        self.close()
+
     def close(self) -> None:
         if self._open:
             self._open = False
@@ -136,18 +143,23 @@ class Pipe:
 
     # -- reading -----------------------------------------------------------------------------
     def _readable(self) -> None:
+        if self._read_once() == 0:
+            self._closed()
+
+    def _read_once(self) -> int | None:
+        """Read what is there and deliver the messages it completes: the bytes read, 0 when
+        the other end is gone, None when nothing was there yet."""
         self._make_room()
         try:
             count = os.readv(self._fd, [memoryview(self._buffer)[self._end :]])
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
-            count = 0
-        if count == 0:
-            self._closed()
-            return
-        self._end += count
-        self._deliver()
+            return 0
+        if count:
+            self._end += count
+            self._deliver()
+        return count
 
     def _make_room(self) -> None:
         """Room for the rest of the message being read (at least a chunk): moved to the

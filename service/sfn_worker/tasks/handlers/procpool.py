@@ -28,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import itertools
 import multiprocessing
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -94,7 +96,8 @@ class _Process:
         self.init_failure = ""
         self.stopping = False  # the worker ended it: its death is not the handler's fault
         self.last_call = False  # recycled: its replacement started with its last call
-        self._reaping = False
+        self._reap_timer: asyncio.TimerHandle | None = None
+        self._exit_fd = _exit_fd(process)
 
     @property
     def pid(self) -> int | None:
@@ -110,10 +113,11 @@ class _Process:
         on_message: Callable[[_Process, tuple[Any, ...]], None],
         on_exit: Callable[[_Process, int | None], None],
     ) -> None:
-        """From now on the loop reads its messages; ``on_exit`` once it is gone and reaped."""
-        self.pipe = Pipe(
-            self._conn, lambda message: on_message(self, message), lambda: self._reap(on_exit)
-        )
+        """From now on the loop reads its messages; ``on_exit`` once it is gone and reaped.
+        Its end is its exit, not its pipe's end of file: a child it leaves behind (a fork,
+        a ``multiprocessing`` pool) may hold its end of the pipe open."""
+        self.pipe = Pipe(self._conn, lambda message: on_message(self, message), self._pipe_closed)
+        asyncio.get_running_loop().add_reader(self._exit_fd, self._ended, on_exit)
 
     def send(self, message: tuple[Any, ...]) -> None:
         if self.pipe is not None:
@@ -150,24 +154,22 @@ class _Process:
         if self.process.exitcode is None:
             self.process.kill()
 
-    def _reap(self, on_exit: Callable[[_Process, int | None], None]) -> None:
-        """Its pipe closed: report its exit once it has ended (its sentinel becomes
-        readable), killing it if it lives on without its pipe."""
-        if self._reaping:
-            return
-        self._reaping = True
-        loop = asyncio.get_running_loop()
-        sentinel = self.process.sentinel
-        timer = loop.call_later(REAP_SECONDS, self._kill)
+    def _pipe_closed(self) -> None:
+        """Its pipe closed: it is ending; killed if it lives on without its pipe."""
+        self._reap_timer = asyncio.get_running_loop().call_later(REAP_SECONDS, self._kill)
 
-        def ended() -> None:
-            loop.remove_reader(sentinel)
-            timer.cancel()
-            self.process.join()  # it has ended: returns at once
-            self._control.close()
-            on_exit(self, self.process.exitcode)
-
-        loop.add_reader(sentinel, ended)
+    def _ended(self, on_exit: Callable[[_Process, int | None], None]) -> None:
+        """It has ended: what it wrote before is read, then its exit reported."""
+        asyncio.get_running_loop().remove_reader(self._exit_fd)
+        if self._exit_fd != self.process.sentinel:
+            os.close(self._exit_fd)
+        if self._reap_timer is not None:
+            self._reap_timer.cancel()
+        self.process.join()  # it has ended: returns at once
+        if self.pipe is not None:
+            self.pipe.finish()
+        self._control.close()
+        on_exit(self, self.process.exitcode)
 
     def finished_call(self, message: tuple[Any, ...]) -> tuple[_Call, bool, Any] | None:
         """The current call and its outcome (ok, value or exception), if ``message`` ends
@@ -188,6 +190,16 @@ class _Process:
         self.call = None
         self.calls_done += 1
         return call, *outcome
+
+
+def _exit_fd(process: BaseProcess) -> int:
+    """A descriptor readable once ``process`` has ended: its pidfd (Linux 5.3), else its
+    sentinel, whose other end a child it forks inherits (then its end is seen only when
+    that child ends too). Opened at its start, before anything may reap it."""
+    if process.pid is not None and hasattr(os, "pidfd_open"):
+        with contextlib.suppress(OSError):
+            return os.pidfd_open(process.pid)
+    return process.sentinel
 
 
 class _Restarts:
@@ -452,7 +464,11 @@ class HandlerProcessPool:
         handle = _Process(process, parent_end, control_child_end)
         self._processes.add(handle)
         self._all_gone.clear()
-        handle.watch(self._on_message, self._on_exit)
+        # Its callbacks run in a copy of this context: without the token of the task that
+        # happened to start it, or every later line about it would name that task.
+        context = contextvars.copy_context()
+        context.run(structlog.contextvars.unbind_contextvars, "token")
+        context.run(handle.watch, self._on_message, self._on_exit)
         if self._shutdown:
             handle.control(("shutdown",))
         return handle
@@ -511,6 +527,7 @@ class HandlerProcessPool:
             consecutive_deaths=self._restarts.consecutive,
             next_start_in=round(delay, 2),
             detail=process.init_failure or None,
+            **({"token": call.ctx.token_hash} if call is not None else {}),
         )
         if self._on_death is not None:
             self._on_death()
