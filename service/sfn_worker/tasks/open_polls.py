@@ -12,10 +12,9 @@ already under way when it was last lowered.
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
-
 import structlog
+
+from .waiters import Waiters
 
 log = structlog.get_logger("sfn_worker.intake")
 
@@ -26,7 +25,7 @@ class OpenPolls:
         self._target = cap
         self._answered = 0  # answered polls since the target last moved
         self._open = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters = Waiters()
         self._lowered = False  # said so since the target was last at the cap
         self._epoch = 0  # bumped at each lowering; a request carries the one it began in
         self.times_lowered = 0
@@ -41,17 +40,7 @@ class OpenPolls:
         """Wait until one more request may be open, and count it open; its ticket for
         ``too_many``."""
         while self._open >= self.target():
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # woken and cancelled at once: pass the wake-up on
-                raise
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            await self._waiters.wait()
         self._open += 1
         return self._epoch
 
@@ -98,9 +87,4 @@ class OpenPolls:
             )
 
     def _wake(self) -> None:
-        room = self.target() - self._open
-        while room > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                room -= 1
+        self._waiters.wake(self.target() - self._open)
